@@ -1,0 +1,382 @@
+import { OutboxError } from "../../src/errors.ts";
+import type { NewMessage } from "../../src/message.ts";
+import type {
+  Claim,
+  ClaimedMessage,
+  DeadLetter,
+  DeadLetterPage,
+  OutboxStats,
+  OutboxStorage,
+  SettleResult,
+  Settlement,
+  StorageCapabilities,
+} from "../../src/storage.ts";
+
+/** A write transaction on a {@link MemoryStorage}: staged rows become visible at `commit()`. */
+export interface MemoryTransaction {
+  /** Whether commit or rollback has run. */
+  readonly closed: boolean;
+}
+
+/** What `memoryStorage().begin()` returns. */
+export interface MemoryTransactionHandle {
+  /** Pass to `outbox.enqueue(tx, …)`. */
+  readonly tx: MemoryTransaction;
+  /** Makes the staged messages visible, in commit order. */
+  commit(): Promise<void>;
+  /** Discards the staged messages. */
+  rollback(): Promise<void>;
+}
+
+/** Options of {@link memoryStorage}. */
+export interface MemoryStorageOptions {
+  /** The clock, epoch ms (the "database clock" of this storage). @default Date.now */
+  now?: () => number;
+  /** Keep delivered rows this long (ms) instead of deleting them. @default 0 */
+  retainDeliveredMs?: number;
+  /** Share the data of another memory storage (a second "connection" to the same database). @default a new store */
+  shareWith?: MemoryStorage;
+}
+
+/** The in-memory storage: real transactions, the full contract, nothing persisted. */
+export interface MemoryStorage extends OutboxStorage<MemoryTransaction, never> {
+  /** Opens a transaction. */
+  begin(): MemoryTransactionHandle;
+  /** Number of rows of each status (for tests). */
+  count(): { pending: number; dead: number; delivered: number };
+}
+
+interface Row {
+  seq: number;
+  id: string;
+  topic: string;
+  key: string | null;
+  payload: string;
+  headers: string;
+  status: "pending" | "dead" | "delivered";
+  createdAt: number;
+  availableAt: number;
+  attempts: number;
+  leaseToken: string | null;
+  leaseUntil: number | null;
+  lastError: string | null;
+  doneAt: number | null;
+}
+
+interface Bucket {
+  delivered: number;
+  retried: number;
+  dead: number;
+  latencySum: number;
+  latencyMax: number;
+}
+
+interface Store {
+  seq: number;
+  rows: Map<string, Row>;
+  buckets: Map<number, Bucket>;
+}
+
+const closedError = (): OutboxError => new OutboxError("STORAGE", "[edge-outbox:memory] the transaction is already closed");
+const STORE = new WeakMap<MemoryStorage, Store>();
+const MINUTE = 60_000;
+
+interface Tx extends MemoryTransaction {
+  closed: boolean;
+  staged: NewMessage[];
+  store: Store;
+}
+
+/**
+ * Creates an in-memory storage with real transactions, for tests and demos. It passes the same conformance
+ * suite as the database adapters.
+ *
+ * @param options clock, delivered-row retention, shared store
+ * @returns the storage
+ * @example
+ * ```ts
+ * import { createOutbox, defineTopic } from "edge-outbox";
+ * import { memoryStorage } from "edge-outbox/memory";
+ * import * as v from "valibot";
+ *
+ * const storage = memoryStorage();
+ * const ping = defineTopic("ping", v.object({ n: v.number() }));
+ * const outbox = createOutbox({ storage, topics: [ping] });
+ * const { tx, commit } = storage.begin();
+ * await outbox.enqueue(tx, ping, { n: 1 });
+ * await commit();
+ * ```
+ */
+export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage {
+  const clock = options.now ?? Date.now;
+  const retain = options.retainDeliveredMs ?? 0;
+  if (!Number.isInteger(retain) || retain < 0) {
+    throw new OutboxError("CONFIG", "memoryStorage options: retainDeliveredMs must be a non-negative integer");
+  }
+  let store: Store;
+  if (options.shareWith) {
+    const shared = STORE.get(options.shareWith);
+    if (!shared) throw new OutboxError("CONFIG", "memoryStorage options: shareWith must be a memory storage");
+    store = shared;
+  } else {
+    store = { seq: 0, rows: new Map(), buckets: new Map() };
+  }
+  const capabilities: StorageCapabilities = { batchStatement: false, skipLocked: false, serialWrites: false };
+
+  // Rows are only ever inserted with a growing seq, and a Map iterates in insertion order: already seq order.
+  const ordered = (): IterableIterator<Row> => store.rows.values();
+  const bucket = (t: number): Bucket => {
+    const k = Math.floor(t / MINUTE) * MINUTE;
+    let b = store.buckets.get(k);
+    if (!b) store.buckets.set(k, b = { delivered: 0, retried: 0, dead: 0, latencySum: 0, latencyMax: 0 });
+    return b;
+  };
+  /** Due, unblocked rows in seq order (the claim's eligibility rule). */
+  const eligible = (t: number): Row[] => {
+    const blocked = new Set<string>();
+    const out: Row[] = [];
+    for (const r of ordered()) {
+      if (r.status !== "pending") continue;
+      const due = r.availableAt <= t;
+      if (r.key !== null) {
+        if (blocked.has(r.key)) continue;
+        if (!due) {
+          blocked.add(r.key);
+          continue;
+        }
+      }
+      if (due) out.push(r);
+    }
+    return out;
+  };
+  const toMessage = (r: Row): ClaimedMessage => ({
+    id: r.id,
+    topic: r.topic,
+    key: r.key,
+    payload: JSON.parse(r.payload),
+    body: r.payload,
+    headers: JSON.parse(r.headers),
+    createdAt: r.createdAt,
+    attempts: r.attempts,
+    lastError: r.lastError,
+    seq: r.seq,
+  });
+  const insert = (m: NewMessage, t: number): void => {
+    if (store.rows.has(m.id)) {
+      throw new OutboxError("STORAGE", `[edge-outbox:memory] enqueue failed: a message with id ${m.id} already exists`);
+    }
+    store.rows.set(m.id, {
+      seq: ++store.seq,
+      id: m.id,
+      topic: m.topic,
+      key: m.key,
+      payload: m.payload,
+      headers: m.headers,
+      status: "pending",
+      createdAt: t,
+      availableAt: t + m.delayMs,
+      attempts: 0,
+      leaseToken: null,
+      leaseUntil: null,
+      lastError: null,
+      doneAt: null,
+    });
+  };
+
+  const storage: MemoryStorage = {
+    name: "memory",
+    capabilities,
+    migrate(): Promise<void> {
+      return Promise.resolve();
+    },
+    begin(): MemoryTransactionHandle {
+      const tx: Tx = { closed: false, staged: [], store };
+      return {
+        tx,
+        commit(): Promise<void> {
+          if (tx.closed) return Promise.reject(closedError());
+          tx.closed = true;
+          const t = clock();
+          const ids = new Set<string>();
+          for (const m of tx.staged) {
+            if (store.rows.has(m.id) || ids.has(m.id)) {
+              return Promise.reject(new OutboxError("STORAGE", `[edge-outbox:memory] commit failed: duplicate message id ${m.id}`));
+            }
+            ids.add(m.id);
+          }
+          for (const m of tx.staged) insert(m, t); // seq assigned at commit: commit order, as the contract requires
+          return Promise.resolve();
+        },
+        rollback(): Promise<void> {
+          if (tx.closed) return Promise.reject(closedError());
+          tx.closed = true;
+          tx.staged.length = 0;
+          return Promise.resolve();
+        },
+      };
+    },
+    enqueue(tx: MemoryTransaction, messages: readonly NewMessage[]): Promise<void> {
+      const t = tx as Tx;
+      if (!t || !Array.isArray(t.staged) || t.store !== store) {
+        return Promise.reject(new OutboxError("STORAGE", "[edge-outbox:memory] enqueue needs a transaction from this storage's begin()"));
+      }
+      if (t.closed) return Promise.reject(new OutboxError("STORAGE", "[edge-outbox:memory] enqueue on a closed transaction"));
+      t.staged.push(...messages);
+      return Promise.resolve();
+    },
+    claim({ limit, leaseMs }): Promise<Claim> {
+      const t = clock();
+      const token = crypto.randomUUID();
+      const leaseUntil = t + leaseMs;
+      const rows = eligible(t).slice(0, limit);
+      for (const r of rows) {
+        r.leaseToken = token;
+        r.leaseUntil = leaseUntil;
+        r.availableAt = leaseUntil;
+        r.attempts++;
+      }
+      return Promise.resolve({ token, leaseUntil, now: t, messages: rows.map(toMessage) });
+    },
+    settle(token: string, settlements: readonly Settlement[]): Promise<SettleResult> {
+      const t = clock();
+      const lost: string[] = [];
+      let applied = 0;
+      const b = bucket(t);
+      for (const s of settlements) {
+        const r = store.rows.get(s.id);
+        if (!r || r.status !== "pending" || r.leaseToken !== token) {
+          lost.push(s.id);
+          continue;
+        }
+        applied++;
+        r.leaseToken = null;
+        r.leaseUntil = null;
+        switch (s.outcome) {
+          case "delivered": {
+            const latency = t - r.createdAt;
+            b.delivered++;
+            b.latencySum += latency;
+            b.latencyMax = Math.max(b.latencyMax, latency);
+            if (retain > 0) {
+              r.status = "delivered";
+              r.doneAt = t;
+            } else store.rows.delete(r.id);
+            break;
+          }
+          case "retry":
+            r.availableAt = t + s.delayMs;
+            r.lastError = s.error;
+            b.retried++;
+            break;
+          case "dead":
+            r.status = "dead";
+            r.doneAt = t;
+            r.lastError = s.error;
+            b.dead++;
+            break;
+          case "released":
+            r.availableAt = t;
+            r.attempts = Math.max(0, r.attempts - 1);
+            break;
+        }
+      }
+      return Promise.resolve({ applied, lost });
+    },
+    hasDue(): Promise<boolean> {
+      return Promise.resolve(eligible(clock()).length > 0);
+    },
+    stats(opts?: { windowMs?: number }): Promise<OutboxStats> {
+      const windowMs = opts?.windowMs ?? 300_000;
+      const t = clock();
+      let pending = 0, due = 0, leased = 0, dead = 0;
+      let oldest: number | null = null;
+      for (const r of store.rows.values()) {
+        if (r.status === "dead") dead++;
+        if (r.status !== "pending") continue;
+        pending++;
+        if (r.availableAt <= t) due++;
+        if (r.leaseToken !== null && r.leaseUntil !== null && r.leaseUntil > t) leased++;
+        if (oldest === null || r.createdAt < oldest) oldest = r.createdAt;
+      }
+      const from = Math.floor((t - windowMs) / MINUTE) * MINUTE;
+      let delivered = 0, retried = 0, deadW = 0, sum = 0, max: number | null = null;
+      for (const [k, b] of store.buckets) {
+        if (k < from) continue;
+        delivered += b.delivered;
+        retried += b.retried;
+        deadW += b.dead;
+        sum += b.latencySum;
+        if (b.delivered > 0) max = Math.max(max ?? 0, b.latencyMax);
+      }
+      return Promise.resolve({
+        pending,
+        due,
+        leased,
+        dead,
+        oldestPendingAgeMs: oldest === null ? null : Math.max(0, t - oldest),
+        window: {
+          windowMs,
+          delivered,
+          retried,
+          dead: deadW,
+          avgLatencyMs: delivered > 0 ? sum / delivered : null,
+          maxLatencyMs: max,
+        },
+        now: t,
+      });
+    },
+    listDead({ limit, cursor }): Promise<DeadLetterPage> {
+      let after = 0;
+      if (cursor != null) {
+        if (!/^\d+$/.test(cursor)) return Promise.reject(new OutboxError("VALIDATION", `invalid dead-letter cursor ${JSON.stringify(cursor)}`));
+        after = Number(cursor);
+      }
+      const rows = [...ordered()].filter((r) => r.status === "dead" && r.seq > after);
+      const page = rows.slice(0, limit);
+      const items: DeadLetter[] = page.map((r) => ({
+        id: r.id,
+        topic: r.topic,
+        key: r.key,
+        payload: JSON.parse(r.payload),
+        headers: JSON.parse(r.headers),
+        createdAt: r.createdAt,
+        deadAt: r.doneAt ?? r.createdAt,
+        attempts: r.attempts,
+        lastError: r.lastError,
+      }));
+      const next = rows.length > limit ? String(page[page.length - 1]!.seq) : null;
+      return Promise.resolve({ items, cursor: next });
+    },
+    replayDead(id: string): Promise<boolean> {
+      const r = store.rows.get(id);
+      if (!r || r.status !== "dead") return Promise.resolve(false);
+      r.status = "pending";
+      r.attempts = 0;
+      r.availableAt = clock();
+      r.leaseToken = null;
+      r.leaseUntil = null;
+      r.doneAt = null;
+      return Promise.resolve(true);
+    },
+    purge({ status, olderThan, limit }): Promise<number> {
+      let n = 0;
+      for (const r of ordered()) {
+        if (n >= limit) break;
+        if (r.status === status && r.doneAt !== null && r.doneAt < olderThan) {
+          store.rows.delete(r.id);
+          n++;
+        }
+      }
+      const horizon = clock() - 7 * 86_400_000;
+      for (const k of store.buckets.keys()) if (k < horizon) store.buckets.delete(k);
+      return Promise.resolve(n);
+    },
+    count(): { pending: number; dead: number; delivered: number } {
+      const c = { pending: 0, dead: 0, delivered: 0 };
+      for (const r of store.rows.values()) c[r.status]++;
+      return c;
+    },
+  };
+  STORE.set(storage, store);
+  return storage;
+}

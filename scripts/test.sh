@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The whole test run (`npm test`): every step runs even when an earlier one fails, then
+# scripts/count-results.mjs sums the real test cases from the reports and prints ONE last line
+# `N passed, N failed[, N skipped]`; the exit code is non-zero on any failure or missing report.
+#
+#   1. typecheck  tsc on the shipped sources (no Node types), on tests/bench/demo (Node types), and the dist/ build
+#   2. vitest     vitest run                                  -> test-results/vitest.json (JSON reporter)
+#   3. bun        bun test test/runtimes/bun.test.ts          -> test-results/bun.xml     (JUnit)
+#   4. deno       deno test test/runtimes/deno.test.ts        -> test-results/deno.xml    (JUnit)
+#   5. publish    deno publish --dry-run --allow-dirty        (JSR checks, including "no slow types")
+#
+# Only the project's own binaries are used (node_modules/.bin): run `npm ci` first.
+# Environment: RESULTS_DIR (default test-results); extra runner arguments via VITEST_ARGS, BUN_ARGS, DENO_ARGS.
+set -u
+cd "$(dirname "$0")/.."
+
+BIN=node_modules/.bin
+RESULTS="${RESULTS_DIR:-test-results}"
+export DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
+
+for tool in tsc vitest bun deno; do
+  if [ ! -x "$BIN/$tool" ]; then
+    echo "scripts/test.sh: $BIN/$tool is missing: run npm ci (with install scripts enabled for bun and deno)" >&2
+  fi
+done
+
+rm -rf "$RESULTS"
+mkdir -p "$RESULTS"
+STEPS="$RESULTS/steps.tsv"
+: >"$STEPS"
+
+# step NAME KIND REPORT -- COMMAND...: runs COMMAND, records its exit code (never stops the script).
+step() {
+  local name="$1" kind="$2" report="$3"
+  shift 4
+  echo
+  echo "=== $name: $*"
+  "$@"
+  local code=$?
+  printf '%s\t%s\t%s\t%s\n' "$name" "$code" "$kind" "$report" >>"$STEPS"
+  echo "=== $name: exit $code"
+}
+
+typecheck() {
+  local code=0
+  echo "--- tsc -p tsconfig.json (src, adapters, mod.ts: Web APIs only, no Node types)"
+  "$BIN/tsc" -p tsconfig.json || code=1
+  echo "--- tsc -p tsconfig.test.json (tests, bench, demo: with Node types)"
+  "$BIN/tsc" -p tsconfig.test.json || code=1
+  echo "--- tsc -p tsconfig.build.json (the npm build into dist/)"
+  rm -rf dist
+  "$BIN/tsc" -p tsconfig.build.json || code=1
+  return $code
+}
+
+# Deno needs: read/write (fixtures' temp files), env (@libsql/client reads LIBSQL_JS_DEV), sys (its native-binding
+# loader calls process.report / os.cpus) and ffi (the napi module node_modules/@libsql/<target>/index.node).
+DENO_PERMS=(--allow-read --allow-write --allow-env --allow-sys --allow-ffi)
+
+step typecheck case - -- typecheck
+# shellcheck disable=SC2086
+step vitest vitest-json vitest.json -- "$BIN/vitest" run --reporter=default --reporter=json \
+  --outputFile.json="$RESULTS/vitest.json" ${VITEST_ARGS:-}
+# shellcheck disable=SC2086
+step bun junit bun.xml -- "$BIN/bun" test ./test/runtimes/bun.test.ts --reporter=junit \
+  --reporter-outfile="$RESULTS/bun.xml" ${BUN_ARGS:-}
+# Types are checked by tsc (step 1): --no-check keeps Deno from type-checking the graph a second time.
+# shellcheck disable=SC2086
+step deno deno-junit deno.xml -- "$BIN/deno" test --no-check "${DENO_PERMS[@]}" --junit-path="$RESULTS/deno.xml" \
+  ${DENO_ARGS:-} test/runtimes/deno.test.ts
+step "deno publish --dry-run" case - -- "$BIN/deno" publish --dry-run --allow-dirty
+
+echo
+node scripts/count-results.mjs "$RESULTS"

@@ -1,0 +1,72 @@
+/**
+ * edge-outbox: a transactional outbox for Node, Bun, Deno, Cloudflare Workers and Vercel Edge.
+ *
+ * Write your business rows and your outgoing messages in one database transaction; a relay later drains the
+ * messages to a transport with retries, dead letters and per-key ordering, never losing one.
+ *
+ * @example
+ * ```ts
+ * import * as v from "valibot";
+ * import { createClient } from "@libsql/client";
+ * import { createOutbox, createRelay, defineTopic } from "edge-outbox";
+ * import { libsqlStorage } from "edge-outbox/libsql";
+ * import { recordingTransport } from "edge-outbox/memory";
+ *
+ * const client = createClient({ url: "file:app.db" });
+ * const orderCreated = defineTopic("order.created", v.object({ id: v.string(), total: v.number() }));
+ * const storage = libsqlStorage(client);
+ * await storage.migrate();
+ * const outbox = createOutbox({ storage, topics: [orderCreated] });
+ * await client.batch([outbox.statement(orderCreated, { id: "o1", total: 5 })], "write");
+ *
+ * const transport = recordingTransport();
+ * const relay = createRelay({ outbox, transport });
+ * console.log(await relay.drain({ budgetMs: 5_000 }), transport.delivered);
+ * ```
+ *
+ * @module
+ */
+export { type OutboxErrorCode, OutboxError, type OutboxErrorOptions, isOutboxError, toOutboxError } from "./errors.ts";
+export {
+  assertTopicName,
+  DEFAULT_MAX_PAYLOAD_BYTES,
+  encodePayload,
+  type EnqueueOptions,
+  isUuid,
+  MAX_DELAY_MS,
+  MAX_KEY_LENGTH,
+  type NewMessage,
+  normalizeEnqueueOptions,
+  type OutboxMessage,
+  utf8Length,
+  uuidv7,
+} from "./message.ts";
+export {
+  type AnyTopic,
+  defineTopic,
+  type StandardResult,
+  type StandardSchemaV1,
+  type Topic,
+  type TopicInput,
+  type TopicOutput,
+  validatePayload,
+} from "./topic.ts";
+export type {
+  Claim,
+  ClaimedMessage,
+  DeadLetter,
+  DeadLetterPage,
+  OutboxStats,
+  OutboxStorage,
+  SettleResult,
+  Settlement,
+  StmtOf,
+  StorageCapabilities,
+  TxOf,
+} from "./storage.ts";
+export type { DeliveryOutcome, SendContext, Transport } from "./transport.ts";
+export type { Lease, Lock } from "./lock.ts";
+export { type BackoffOptions, backoffDelay, parseRetryAfter } from "./backoff.ts";
+export { parseOptions, quoteIdentifier } from "./options.ts";
+export { createOutbox, type DeadLetters, type Outbox, type OutboxOptions } from "./outbox.ts";
+export { createRelay, type DrainOptions, type DrainReport, type Relay, type RelayOptions, type RunOptions } from "./relay.ts";

@@ -1,0 +1,203 @@
+/**
+ * `createOutbox`: the write side (enqueue in the caller's transaction, or a statement for an atomic batch) and the
+ * administrative reads (stats, dead letters).
+ *
+ * @module
+ */
+import * as v from "valibot";
+import { OutboxError } from "./errors.ts";
+import {
+  assertTopicName,
+  DEFAULT_MAX_PAYLOAD_BYTES,
+  encodePayload,
+  type EnqueueOptions,
+  type NewMessage,
+  normalizeEnqueueOptions,
+} from "./message.ts";
+import { parseOptions } from "./options.ts";
+import type { DeadLetterPage, OutboxStats, OutboxStorage } from "./storage.ts";
+import { type AnyTopic, type TopicInput, validatePayload } from "./topic.ts";
+
+/** Options of {@link createOutbox}. */
+export interface OutboxOptions<Tx, Stmt, T extends AnyTopic> {
+  /** The storage adapter (e.g. `libsqlStorage(client)`). */
+  storage: OutboxStorage<Tx, Stmt>;
+  /**
+   * The topics this outbox accepts. When given, enqueueing any other topic is a VALIDATION error and payloads are
+   * validated by the registered topic's schema. @default undefined (any topic)
+   */
+  topics?: readonly T[];
+  /** Largest encoded payload in UTF-8 bytes. @default 262144 (256 KiB) */
+  maxPayloadBytes?: number;
+}
+
+/** Dead-letter operations. */
+export interface DeadLetters {
+  /** Pages through dead letters, oldest first. @param options.limit page size @default 50 */
+  list(options?: { limit?: number; cursor?: string | null }): Promise<DeadLetterPage>;
+  /** Makes a dead letter pending again: same id, attempts reset, same place in its key's order. False if not found. */
+  replay(id: string): Promise<boolean>;
+  /**
+   * Deletes at most `limit` dead letters dead-lettered before `olderThan`. Returns how many; call again while it
+   * returns `limit`. @param options.limit @default 1000
+   */
+  purge(options: { olderThan: Date | number; limit?: number }): Promise<number>;
+}
+
+/** The outbox: typed enqueue and administration over one storage. */
+export interface Outbox<Tx, Stmt, T extends AnyTopic = AnyTopic> {
+  /** The storage this outbox writes to. */
+  readonly storage: OutboxStorage<Tx, Stmt>;
+  /** The declared topics, or null when any topic is accepted. */
+  readonly topics: readonly T[] | null;
+  /** Largest encoded payload in bytes. */
+  readonly maxPayloadBytes: number;
+  /**
+   * Enqueues one message inside the caller's open transaction `tx`. Validates everything before writing anything.
+   * @returns the message id (UUIDv7)
+   * @throws {OutboxError} VALIDATION (bad payload, unknown topic, oversized) with nothing written; STORAGE from the database
+   */
+  enqueue<K extends T>(tx: Tx, topic: K, payload: TopicInput<K>, options?: EnqueueOptions): Promise<string>;
+  /** Enqueues by topic name (topics must be declared for the payload to be typed and validated). */
+  enqueue<N extends T["name"]>(
+    tx: Tx,
+    topic: N,
+    payload: TopicInput<Extract<T, { name: N }>>,
+    options?: EnqueueOptions,
+  ): Promise<string>;
+  /**
+   * Returns the storage's native statement inserting one message, for the caller's atomic batch
+   * (`client.batch([insertOrder, outbox.statement(topic, payload)], "write")`). Synchronous; sends nothing.
+   * Pass `options.id` to know the id in advance.
+   * @throws {OutboxError} VALIDATION as `enqueue`; CONFIG when the storage cannot join a batch this way
+   */
+  statement<K extends T>(topic: K | K["name"], payload: TopicInput<K>, options?: EnqueueOptions): Stmt;
+  /** Counts and windowed counters from the database. @param options.windowMs @default 300000 */
+  stats(options?: { windowMs?: number }): Promise<OutboxStats>;
+  /** Dead-letter operations. */
+  readonly deadLetters: DeadLetters;
+  /**
+   * Deletes at most `limit` delivered rows kept by a retention window and delivered before `olderThan`.
+   * @param options.limit @default 1000
+   */
+  purgeDelivered(options: { olderThan: Date | number; limit?: number }): Promise<number>;
+}
+
+const outboxOptionsSchema = v.object({
+  storage: v.custom<object>((s) => typeof s === "object" && s !== null && typeof (s as { claim?: unknown }).claim === "function", "must be an OutboxStorage"),
+  topics: v.optional(v.array(v.custom<AnyTopic>((t) => typeof t === "object" && t !== null && typeof (t as { name?: unknown }).name === "string" && typeof (t as { schema?: unknown }).schema === "object", "must be topics made by defineTopic"))),
+  maxPayloadBytes: v.optional(v.pipe(v.number(), v.integer(), v.minValue(2), v.maxValue(64 * 1024 * 1024)), DEFAULT_MAX_PAYLOAD_BYTES),
+});
+
+const limitSchema = v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100_000));
+
+/**
+ * Creates an outbox over a storage.
+ *
+ * @param options storage, topics (optional), maxPayloadBytes (default 256 KiB)
+ * @returns the outbox
+ * @throws {OutboxError} CONFIG for a bad option or two topics with one name
+ * @example
+ * ```ts
+ * import * as v from "valibot";
+ * import { createClient } from "@libsql/client";
+ * import { createOutbox, defineTopic } from "edge-outbox";
+ * import { libsqlStorage } from "edge-outbox/libsql";
+ *
+ * const client = createClient({ url: "file:app.db" });
+ * const orderCreated = defineTopic("order.created", v.object({ id: v.string(), total: v.number() }));
+ * const storage = libsqlStorage(client);
+ * await storage.migrate();
+ * const outbox = createOutbox({ storage, topics: [orderCreated] });
+ *
+ * const tx = await client.transaction("write");
+ * await tx.execute({ sql: "insert into orders (id, total) values (?, ?)", args: ["o1", 5] });
+ * await outbox.enqueue(tx, orderCreated, { id: "o1", total: 5 }, { key: "customer-7" });
+ * await tx.commit();
+ * ```
+ */
+export function createOutbox<Tx, Stmt, const T extends AnyTopic = AnyTopic>(
+  options: OutboxOptions<Tx, Stmt, T>,
+): Outbox<Tx, Stmt, T> {
+  const parsed = parseOptions("createOutbox options", outboxOptionsSchema, options);
+  const storage = options.storage;
+  const maxPayloadBytes = parsed.maxPayloadBytes;
+  const topics = options.topics ?? null;
+  const byName = new Map<string, AnyTopic>();
+  for (const t of topics ?? []) {
+    if (byName.has(t.name)) throw new OutboxError("CONFIG", `createOutbox options: topics: "${t.name}" is declared twice`);
+    byName.set(t.name, t);
+  }
+
+  function prepare(topic: AnyTopic | string, payload: unknown, opts: EnqueueOptions | undefined): NewMessage {
+    const name = typeof topic === "string" ? topic : topic?.name;
+    if (typeof name !== "string") throw new OutboxError("VALIDATION", "topic must be a topic from defineTopic or its name");
+    assertTopicName(name);
+    let schemaTopic: AnyTopic | undefined;
+    if (topics) {
+      schemaTopic = byName.get(name);
+      if (!schemaTopic) {
+        throw new OutboxError("VALIDATION", `unknown topic "${name}": this outbox declares ${[...byName.keys()].map((n) => `"${n}"`).join(", ") || "no topics"}`);
+      }
+    } else if (typeof topic !== "string") {
+      schemaTopic = topic;
+    }
+    const value = schemaTopic ? validatePayload(schemaTopic, payload) : payload;
+    const meta = normalizeEnqueueOptions(opts);
+    const body = encodePayload(value, maxPayloadBytes);
+    return { id: meta.id, topic: name, key: meta.key, payload: body, headers: meta.headers, delayMs: meta.delayMs };
+  }
+
+  const toEpoch = (d: Date | number, field: string): number => {
+    const ms = d instanceof Date ? d.getTime() : d;
+    if (typeof ms !== "number" || !Number.isFinite(ms)) throw new OutboxError("VALIDATION", `${field} must be a Date or epoch milliseconds`);
+    return ms;
+  };
+  const toLimit = (n: number | undefined, fallback: number, field: string): number => {
+    const r = v.safeParse(limitSchema, n ?? fallback);
+    if (!r.success) throw new OutboxError("VALIDATION", `${field} must be an integer between 1 and 100000`);
+    return r.output;
+  };
+
+  return {
+    storage,
+    topics,
+    maxPayloadBytes,
+    async enqueue(tx: Tx, topic: AnyTopic | string, payload: unknown, opts?: EnqueueOptions): Promise<string> {
+      const message = prepare(topic, payload, opts);
+      await storage.enqueue(tx, [message]);
+      return message.id;
+    },
+    statement(topic: AnyTopic | string, payload: unknown, opts?: EnqueueOptions): Stmt {
+      if (!storage.capabilities.batchStatement || typeof storage.statement !== "function") {
+        throw new OutboxError(
+          "CONFIG",
+          `the ${storage.name} storage cannot join a batch with statement(): use enqueue(tx, …) inside your transaction`,
+        );
+      }
+      return storage.statement([prepare(topic, payload, opts)]);
+    },
+    stats(opts?: { windowMs?: number }): Promise<OutboxStats> {
+      const windowMs = opts?.windowMs ?? 300_000;
+      if (!Number.isInteger(windowMs) || windowMs < 1 || windowMs > 30 * 86_400_000) {
+        throw new OutboxError("VALIDATION", "windowMs must be an integer between 1 and 30 days in ms");
+      }
+      return storage.stats({ windowMs });
+    },
+    deadLetters: {
+      list(opts?: { limit?: number; cursor?: string | null }): Promise<DeadLetterPage> {
+        return storage.listDead({ limit: toLimit(opts?.limit, 50, "limit"), cursor: opts?.cursor ?? null });
+      },
+      replay(id: string): Promise<boolean> {
+        if (typeof id !== "string" || id.length === 0) throw new OutboxError("VALIDATION", "replay(id): id must be a message id");
+        return storage.replayDead(id);
+      },
+      purge(opts: { olderThan: Date | number; limit?: number }): Promise<number> {
+        return storage.purge({ status: "dead", olderThan: toEpoch(opts?.olderThan, "olderThan"), limit: toLimit(opts?.limit, 1000, "limit") });
+      },
+    },
+    purgeDelivered(opts: { olderThan: Date | number; limit?: number }): Promise<number> {
+      return storage.purge({ status: "delivered", olderThan: toEpoch(opts?.olderThan, "olderThan"), limit: toLimit(opts?.limit, 1000, "limit") });
+    },
+  } as Outbox<Tx, Stmt, T>;
+}

@@ -1,0 +1,562 @@
+/**
+ * The storage conformance suite: every case an `OutboxStorage` must pass, written once against a runner-neutral
+ * harness so vitest, `bun test` and `deno test` run the same cases.
+ *
+ * @module
+ */
+import { isOutboxError, type OutboxErrorCode } from "../errors.ts";
+import { type NewMessage, uuidv7 } from "../message.ts";
+import { createOutbox } from "../outbox.ts";
+import { createRelay } from "../relay.ts";
+import type { ClaimedMessage, OutboxStorage } from "../storage.ts";
+import type { DeliveryOutcome, Transport } from "../transport.ts";
+import type { ConformanceFixture, ConformanceHarness, ConformanceOptions } from "./harness.ts";
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Builds a valid NewMessage for tests. */
+function message(n: number, extra: Partial<NewMessage> = {}): NewMessage {
+  return {
+    id: uuidv7(),
+    topic: "test.event",
+    key: null,
+    payload: JSON.stringify({ n }),
+    headers: "{}",
+    delayMs: 0,
+    ...extra,
+  };
+}
+
+const payloadN = (m: { payload: unknown }): number => (m.payload as { n: number }).n;
+
+/**
+ * Registers the conformance cases for one storage adapter.
+ *
+ * @param t the runner's `describe`, `it` and `expect`
+ * @param options the adapter's name and fixture factory
+ * @example
+ * ```ts
+ * import { describe, expect, it } from "vitest";
+ * import { storageConformance } from "edge-outbox/testing";
+ * import { memoryStorage } from "edge-outbox/memory";
+ *
+ * storageConformance({ describe, it, expect }, {
+ *   name: "memory",
+ *   async create() {
+ *     const storage = memoryStorage();
+ *     return {
+ *       storage,
+ *       begin: async () => storage.begin(),
+ *       another: async () => memoryStorage({ shareWith: storage }),
+ *       close: async () => {},
+ *     };
+ *   },
+ * });
+ * ```
+ */
+export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: ConformanceOptions<Tx, Stmt>): void {
+  const { describe, it, expect } = t;
+  const scale = options.scale ?? 1;
+
+  /** Runs a test body on a fresh fixture, closing it afterwards. */
+  const withFixture = (fn: (f: ConformanceFixture<Tx, Stmt>) => Promise<void>) => async (): Promise<void> => {
+    const f = await options.create();
+    try {
+      await fn(f);
+    } finally {
+      await f.close();
+    }
+  };
+  const test = (name: string, fn: (f: ConformanceFixture<Tx, Stmt>) => Promise<void>, timeoutMs = 30_000): void =>
+    it(name, withFixture(fn), timeoutMs);
+
+  async function enqueueCommitted(f: ConformanceFixture<Tx, Stmt>, messages: NewMessage[]): Promise<void> {
+    const h = await f.begin();
+    try {
+      for (let i = 0; i < messages.length; i += 500) await f.storage.enqueue(h.tx, messages.slice(i, i + 500));
+    } catch (e) {
+      await h.rollback();
+      throw e;
+    }
+    await h.commit();
+  }
+
+  async function expectError(p: Promise<unknown>, code: OutboxErrorCode): Promise<void> {
+    let caught: unknown;
+    try {
+      await p;
+    } catch (e) {
+      caught = e;
+    }
+    expect(isOutboxError(caught, code)).toBe(true);
+  }
+
+  const ids = (ms: readonly { id: string }[]): string[] => ms.map((m) => m.id);
+
+  describe(`storage conformance: ${options.name}`, () => {
+    describe("transactions", () => {
+      test("rollback leaves no message; commit leaves exactly one", async (f) => {
+        const a = await f.begin();
+        await f.storage.enqueue(a.tx, [message(1)]);
+        await a.rollback();
+        expect((await f.storage.claim({ limit: 10, leaseMs: 10_000 })).messages).toHaveLength(0);
+        expect((await f.storage.stats()).pending).toBe(0);
+
+        const m = message(2, { key: "k", headers: JSON.stringify({ "x-trace": "abc" }) });
+        const b = await f.begin();
+        await f.storage.enqueue(b.tx, [m]);
+        await b.commit();
+        const claim = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+        expect(claim.messages).toHaveLength(1);
+        const got = claim.messages[0]!;
+        expect(got.id).toBe(m.id);
+        expect(got.topic).toBe("test.event");
+        expect(got.key).toBe("k");
+        expect(got.payload).toEqual({ n: 2 });
+        expect(got.body).toBe(m.payload);
+        expect(got.headers).toEqual({ "x-trace": "abc" });
+        expect(got.attempts).toBe(1);
+        expect(got.lastError).toBeNull();
+      });
+
+      test("payloads round-trip exactly (unicode, nesting, numbers)", async (f) => {
+        const payload = { s: "héllo ✓ 🚀 \u0000 \"q\"", a: [1, 2.5, -3e-7, null, true], o: { deep: { x: "y" } } };
+        const m = message(0, { payload: JSON.stringify(payload) });
+        await enqueueCommitted(f, [m]);
+        const [got] = (await f.storage.claim({ limit: 1, leaseMs: 10_000 })).messages;
+        expect(got!.payload).toEqual(payload);
+        expect(got!.body).toBe(m.payload);
+      });
+
+      test("a duplicate message id is a STORAGE error", async (f) => {
+        const m = message(1);
+        await enqueueCommitted(f, [m]);
+        const h = await f.begin();
+        let caught: unknown;
+        try {
+          await f.storage.enqueue(h.tx, [{ ...m }]);
+          await h.commit();
+        } catch (e) {
+          caught = e;
+          await h.rollback().catch(() => {});
+        }
+        expect(isOutboxError(caught, "STORAGE")).toBe(true);
+        expect((await f.storage.stats()).pending).toBe(1);
+      });
+
+      test("migrate is idempotent and keeps the data", async (f) => {
+        await enqueueCommitted(f, [message(1)]);
+        await f.storage.migrate();
+        await f.storage.migrate();
+        expect((await f.storage.stats()).pending).toBe(1);
+      });
+
+      it(`statement() joins an atomic batch (when supported)`, withFixture(async (f) => {
+        if (!f.storage.capabilities.batchStatement) {
+          expect(f.storage.statement).toBe(undefined);
+          return;
+        }
+        expect(typeof f.runBatch).toBe("function");
+        const m1 = message(1), m2 = message(2, { key: "k" });
+        await f.runBatch!([f.storage.statement!([m1, m2])]);
+        const claim = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+        expect(ids(claim.messages)).toEqual([m1.id, m2.id]);
+      }));
+    });
+
+    describe("claims", () => {
+      test("claims come back in commit (seq) order with a fresh token each time", async (f) => {
+        const ms = Array.from({ length: 20 }, (_, i) => message(i));
+        for (const m of ms) await enqueueCommitted(f, [m]);
+        const c1 = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+        const c2 = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+        expect(ids(c1.messages)).toEqual(ids(ms.slice(0, 10)));
+        expect(ids(c2.messages)).toEqual(ids(ms.slice(10)));
+        expect(c1.token).not.toBe(c2.token);
+        for (let i = 1; i < c1.messages.length; i++) expect(c1.messages[i]!.seq).toBeGreaterThan(c1.messages[i - 1]!.seq);
+        expect(c1.leaseUntil).toBeGreaterThanOrEqual(c1.now + 10_000);
+        expect((await f.storage.claim({ limit: 10, leaseMs: 10_000 })).messages).toHaveLength(0);
+      });
+
+      test("concurrent claimers on separate connections get disjoint sets whose union is everything", async (f) => {
+        const total = Math.max(200, Math.round(3_000 * scale));
+        const all = Array.from({ length: total }, (_, i) => message(i));
+        await enqueueCommitted(f, all);
+        const claimers: OutboxStorage<Tx, Stmt>[] = [f.storage];
+        for (let i = 0; i < 3; i++) claimers.push(await f.another());
+        const seen: string[][] = await Promise.all(claimers.map(async (s) => {
+          const mine: string[] = [];
+          for (;;) {
+            const c = await s.claim({ limit: 37, leaseMs: 60_000 });
+            if (c.messages.length === 0) return mine;
+            mine.push(...ids(c.messages));
+          }
+        }));
+        const flat = seen.flat();
+        expect(flat).toHaveLength(total);
+        expect(new Set(flat).size).toBe(total);
+        const expected = new Set(ids(all));
+        for (const id of flat) expect(expected.has(id)).toBe(true);
+      }, 120_000);
+
+      test("an expired lease makes the row claimable again, with the attempt counted", async (f) => {
+        const m = message(1);
+        await enqueueCommitted(f, [m]);
+        const c1 = await f.storage.claim({ limit: 1, leaseMs: 100 });
+        expect(ids(c1.messages)).toEqual([m.id]);
+        expect((await f.storage.claim({ limit: 1, leaseMs: 100 })).messages).toHaveLength(0);
+        await sleep(160);
+        const c2 = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+        expect(ids(c2.messages)).toEqual([m.id]);
+        expect(c2.messages[0]!.attempts).toBe(2);
+      });
+
+      test("a stale lease token cannot settle (fencing)", async (f) => {
+        const m = message(1);
+        await enqueueCommitted(f, [m]);
+        const stale = await f.storage.claim({ limit: 1, leaseMs: 100 });
+        await sleep(160);
+        const fresh = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+        expect(ids(fresh.messages)).toEqual([m.id]);
+        for (const outcome of ["delivered", "dead", "released"] as const) {
+          const r = await f.storage.settle(stale.token, [
+            outcome === "dead" ? { id: m.id, outcome, error: "late" } : { id: m.id, outcome } as never,
+          ]);
+          expect(r.applied).toBe(0);
+          expect(r.lost).toEqual([m.id]);
+        }
+        const late = await f.storage.settle(stale.token, [{ id: m.id, outcome: "retry", delayMs: 0, error: "late" }]);
+        expect(late.lost).toEqual([m.id]);
+        const s = await f.storage.stats();
+        expect(s.pending).toBe(1);
+        expect(s.leased).toBe(1);
+        expect(s.dead).toBe(0);
+        const ok = await f.storage.settle(fresh.token, [{ id: m.id, outcome: "delivered" }]);
+        expect(ok).toEqual({ applied: 1, lost: [] });
+        expect((await f.storage.stats()).pending).toBe(0);
+        // Settling twice with the same token finds nothing the second time.
+        expect((await f.storage.settle(fresh.token, [{ id: m.id, outcome: "delivered" }])).lost).toEqual([m.id]);
+      });
+
+      test("delayed messages are not claimed early", async (f) => {
+        const m = message(1, { delayMs: 400 });
+        await enqueueCommitted(f, [m]);
+        expect(await f.storage.hasDue()).toBe(false);
+        expect((await f.storage.claim({ limit: 1, leaseMs: 10_000 })).messages).toHaveLength(0);
+        const s = await f.storage.stats();
+        expect(s.pending).toBe(1);
+        expect(s.due).toBe(0);
+        await sleep(500);
+        expect(await f.storage.hasDue()).toBe(true);
+        expect(ids((await f.storage.claim({ limit: 1, leaseMs: 10_000 })).messages)).toEqual([m.id]);
+      });
+    });
+
+    describe("settling", () => {
+      test("retry moves the row into the future and records the error", async (f) => {
+        const m = message(1);
+        await enqueueCommitted(f, [m]);
+        const c = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+        const r = await f.storage.settle(c.token, [{ id: m.id, outcome: "retry", delayMs: 400, error: "HTTP 503" }]);
+        expect(r).toEqual({ applied: 1, lost: [] });
+        expect(await f.storage.hasDue()).toBe(false);
+        expect((await f.storage.claim({ limit: 1, leaseMs: 10_000 })).messages).toHaveLength(0);
+        const s = await f.storage.stats();
+        expect(s.leased).toBe(0);
+        expect(s.due).toBe(0);
+        await sleep(500);
+        const again = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+        expect(ids(again.messages)).toEqual([m.id]);
+        expect(again.messages[0]!.attempts).toBe(2);
+        expect(again.messages[0]!.lastError).toBe("HTTP 503");
+      });
+
+      test("released rows keep their attempt count and are due at once", async (f) => {
+        const m = message(1);
+        await enqueueCommitted(f, [m]);
+        const c1 = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+        expect(c1.messages[0]!.attempts).toBe(1);
+        await f.storage.settle(c1.token, [{ id: m.id, outcome: "released" }]);
+        expect(await f.storage.hasDue()).toBe(true);
+        const c2 = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+        expect(c2.messages[0]!.attempts).toBe(1);
+        await f.storage.settle(c2.token, [{ id: m.id, outcome: "retry", delayMs: 0, error: "x" }]);
+        const c3 = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+        expect(c3.messages[0]!.attempts).toBe(2);
+      });
+
+      test("attempts counted at claim let a crashing relay's message reach dead letters", async (f) => {
+        const m = message(1);
+        await enqueueCommitted(f, [m]);
+        // Three relays claim it and die without settling.
+        for (let i = 0; i < 3; i++) {
+          expect((await f.storage.claim({ limit: 1, leaseMs: 50 })).messages).toHaveLength(1);
+          await sleep(80);
+        }
+        const transport = recording();
+        const outbox = createOutbox({ storage: f.storage });
+        const relay = createRelay({ outbox, transport, maxAttempts: 3, leaseMs: 2_000, sendTimeoutMs: 500 });
+        const report = await relay.drain({ budgetMs: 5_000 });
+        expect(report.dead).toBe(1);
+        expect(transport.sent).toHaveLength(0);
+        const page = await f.storage.listDead({ limit: 10 });
+        expect(ids(page.items)).toEqual([m.id]);
+        expect(page.items[0]!.attempts).toBe(4);
+      });
+
+      test("one settle applies mixed outcomes in one call", async (f) => {
+        const ms = [message(1), message(2), message(3), message(4)];
+        await enqueueCommitted(f, ms);
+        const c = await f.storage.claim({ limit: 4, leaseMs: 10_000 });
+        const r = await f.storage.settle(c.token, [
+          { id: ms[0]!.id, outcome: "delivered" },
+          { id: ms[1]!.id, outcome: "retry", delayMs: 60_000, error: "later" },
+          { id: ms[2]!.id, outcome: "dead", error: "HTTP 400" },
+          { id: ms[3]!.id, outcome: "released" },
+          { id: uuidv7(), outcome: "delivered" },
+        ]);
+        expect(r.applied).toBe(4);
+        expect(r.lost).toHaveLength(1);
+        const s = await f.storage.stats();
+        expect(s.pending).toBe(2);
+        expect(s.due).toBe(1);
+        expect(s.dead).toBe(1);
+        expect(s.leased).toBe(0);
+      });
+    });
+
+    describe("per-key order", () => {
+      test("a key's claimed rows are a prefix of its queue; other keys and keyless rows flow", async (f) => {
+        const a = [message(1, { key: "a" }), message(2, { key: "a" }), message(3, { key: "a" })];
+        const b = message(4, { key: "b" });
+        const n = message(5);
+        for (const m of [...a, b, n]) await enqueueCommitted(f, [m]);
+        const c1 = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+        expect(ids(c1.messages)).toEqual([a[0]!.id]);
+        // a1 is leased: a2 and a3 are blocked; b and the keyless row are not.
+        const c2 = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+        expect(ids(c2.messages)).toEqual([b.id, n.id]);
+        // The head retries: its key stays blocked while it backs off.
+        await f.storage.settle(c1.token, [{ id: a[0]!.id, outcome: "retry", delayMs: 300, error: "boom" }]);
+        expect((await f.storage.claim({ limit: 10, leaseMs: 10_000 })).messages).toHaveLength(0);
+        expect(await f.storage.hasDue()).toBe(false);
+        await sleep(400);
+        // Head due again: the whole key comes back, in order.
+        const c3 = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+        expect(ids(c3.messages)).toEqual(ids(a));
+      });
+
+      test("a delayed head delays its key; a dead-lettered head unblocks it", async (f) => {
+        const h = message(1, { key: "k", delayMs: 300 });
+        const rest = [message(2, { key: "k" }), message(3, { key: "k" })];
+        await enqueueCommitted(f, [h]);
+        await enqueueCommitted(f, rest);
+        expect((await f.storage.claim({ limit: 10, leaseMs: 10_000 })).messages).toHaveLength(0);
+        await sleep(400);
+        const c = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+        expect(ids(c.messages)).toEqual([h.id]);
+        await f.storage.settle(c.token, [{ id: h.id, outcome: "dead", error: "poison" }]);
+        const next = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+        expect(ids(next.messages)).toEqual(ids(rest));
+      });
+
+      test("a replayed dead letter keeps its id and regains its place in its key's order", async (f) => {
+        const ms = [message(1, { key: "k" }), message(2, { key: "k" }), message(3, { key: "k" })];
+        await enqueueCommitted(f, ms);
+        const c = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+        await f.storage.settle(c.token, [{ id: ms[0]!.id, outcome: "dead", error: "poison" }]);
+        expect(await f.storage.replayDead(ms[0]!.id)).toBe(true);
+        expect(await f.storage.replayDead(ms[0]!.id)).toBe(false);
+        expect(await f.storage.replayDead(uuidv7())).toBe(false);
+        const again = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+        expect(ids(again.messages)).toEqual(ids(ms));
+        expect(again.messages[0]!.attempts).toBe(1);
+        expect((await f.storage.stats()).dead).toBe(0);
+      });
+    });
+
+    describe("dead letters and purge", () => {
+      test("dead letters page oldest first with a cursor; purge is bounded", async (f) => {
+        const ms = Array.from({ length: 5 }, (_, i) => message(i));
+        await enqueueCommitted(f, ms);
+        const c = await f.storage.claim({ limit: 5, leaseMs: 10_000 });
+        await f.storage.settle(c.token, ms.map((m, i) => ({ id: m.id, outcome: "dead" as const, error: `e${i}` })));
+        const seen: string[] = [];
+        let cursor: string | null = null;
+        let pages = 0;
+        do {
+          const page = await f.storage.listDead({ limit: 2, cursor });
+          expect(page.items.length).toBeLessThanOrEqual(2);
+          seen.push(...ids(page.items));
+          for (const d of page.items) {
+            expect(d.deadAt).toBeGreaterThanOrEqual(d.createdAt);
+            expect(d.attempts).toBe(1);
+            expect(d.topic).toBe("test.event");
+          }
+          cursor = page.cursor;
+          pages++;
+        } while (cursor !== null && pages < 10);
+        expect(seen).toEqual(ids(ms));
+        expect(pages).toBe(3);
+        expect((await f.storage.listDead({ limit: 10 })).items[4]!.lastError).toBe("e4");
+        await expectError(f.storage.listDead({ limit: 2, cursor: "'; drop table x; --" }), "VALIDATION");
+
+        const future = (await f.storage.stats()).now + 60_000;
+        expect(await f.storage.purge({ status: "dead", olderThan: future, limit: 2 })).toBe(2);
+        expect(await f.storage.purge({ status: "dead", olderThan: future, limit: 2 })).toBe(2);
+        expect(await f.storage.purge({ status: "dead", olderThan: future, limit: 2 })).toBe(1);
+        expect(await f.storage.purge({ status: "dead", olderThan: future, limit: 2 })).toBe(0);
+        expect((await f.storage.stats()).dead).toBe(0);
+      });
+
+      test("purge keeps dead letters newer than olderThan", async (f) => {
+        await enqueueCommitted(f, [message(1)]);
+        const c = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+        await f.storage.settle(c.token, [{ id: c.messages[0]!.id, outcome: "dead", error: "x" }]);
+        const past = c.now - 60_000;
+        expect(await f.storage.purge({ status: "dead", olderThan: past, limit: 100 })).toBe(0);
+        expect((await f.storage.stats()).dead).toBe(1);
+      });
+    });
+
+    describe("stats", () => {
+      test("counts and database counters are right, and read the same from another connection", async (f) => {
+        const ms = [message(1), message(2), message(3), message(4, { delayMs: 60_000 })];
+        await enqueueCommitted(f, ms);
+        await sleep(30);
+        const c = await f.storage.claim({ limit: 3, leaseMs: 10_000 });
+        expect(c.messages).toHaveLength(3);
+        let s = await f.storage.stats();
+        expect(s.pending).toBe(4);
+        expect(s.leased).toBe(3);
+        expect(s.due).toBe(0);
+        expect(s.oldestPendingAgeMs!).toBeGreaterThanOrEqual(25);
+        await f.storage.settle(c.token, [
+          { id: ms[0]!.id, outcome: "delivered" },
+          { id: ms[1]!.id, outcome: "retry", delayMs: 60_000, error: "503" },
+          { id: ms[2]!.id, outcome: "dead", error: "400" },
+        ]);
+        const other = await f.another();
+        s = await other.stats({ windowMs: 300_000 });
+        expect(s.pending).toBe(2);
+        expect(s.leased).toBe(0);
+        expect(s.dead).toBe(1);
+        expect(s.due).toBe(0);
+        expect(s.window.windowMs).toBe(300_000);
+        expect(s.window.delivered).toBe(1);
+        expect(s.window.retried).toBe(1);
+        expect(s.window.dead).toBe(1);
+        expect(s.window.avgLatencyMs!).toBeGreaterThanOrEqual(25);
+        expect(s.window.maxLatencyMs!).toBeGreaterThanOrEqual(s.window.avgLatencyMs!);
+        expect(s.window.avgLatencyMs!).toBeLessThan(60_000);
+        expect(Math.abs(s.now - Date.now())).toBeLessThan(60_000);
+      });
+
+      test("an empty outbox reports zeros and nulls", async (f) => {
+        const s = await f.storage.stats();
+        expect(s.pending).toBe(0);
+        expect(s.due).toBe(0);
+        expect(s.leased).toBe(0);
+        expect(s.dead).toBe(0);
+        expect(s.oldestPendingAgeMs).toBeNull();
+        expect(s.window.delivered).toBe(0);
+        expect(s.window.avgLatencyMs).toBeNull();
+        expect(s.window.maxLatencyMs).toBeNull();
+      });
+    });
+
+    describe("relay on this storage", () => {
+      test("concurrent relays deliver every message exactly once, each key in commit order", async (f) => {
+        const keys = ["k0", "k1", "k2", "k3", "k4"];
+        const total = Math.max(100, Math.round(600 * scale));
+        const all: NewMessage[] = [];
+        for (let i = 0; i < total; i++) all.push(message(i, { key: i % 6 === 5 ? null : keys[i % 5]! }));
+        for (let i = 0; i < all.length; i += 50) await enqueueCommitted(f, all.slice(i, i + 50));
+        let rolls = 0;
+        const transport = recording((m) => (++rolls % 7 === 0 && m.attempts < 3) ? { status: "retry", error: "flaky" } : { status: "delivered" });
+        const storages = [f.storage, await f.another(), await f.another()];
+        await Promise.all(storages.map(async (storage) => {
+          const relay = createRelay({
+            outbox: createOutbox({ storage }),
+            transport,
+            batchSize: 25,
+            concurrency: 4,
+            leaseMs: 20_000,
+            sendTimeoutMs: 5_000,
+            backoff: { baseMs: 5, maxMs: 20, minMs: 1 },
+          });
+          for (let i = 0; i < 2_000; i++) {
+            const r = await relay.drain({ budgetMs: 5_000 });
+            if (r.claimed === 0 && (await storage.stats()).pending === 0) return;
+            if (r.claimed === 0) await sleep(5);
+          }
+        }));
+        expect(transport.delivered).toHaveLength(total);
+        expect(new Set(ids(transport.delivered)).size).toBe(total);
+        for (const k of keys) {
+          const got = transport.delivered.filter((m) => m.key === k).map(payloadN);
+          const want = all.filter((m) => m.key === k).map((m) => JSON.parse(m.payload).n as number);
+          expect(got).toEqual(want);
+        }
+        expect((await f.storage.stats()).pending).toBe(0);
+      }, 120_000);
+
+      test("retries until maxAttempts, then dead-letters; replay delivers with the same id", async (f) => {
+        const m = message(1, { key: "k" });
+        const follower = message(2, { key: "k" });
+        await enqueueCommitted(f, [m, follower]);
+        let fail = true;
+        const transport = recording((x) => fail && x.id === m.id ? { status: "retry", error: "HTTP 503" } : { status: "delivered" });
+        const relay = createRelay({
+          outbox: createOutbox({ storage: f.storage }),
+          transport,
+          maxAttempts: 3,
+          leaseMs: 2_000,
+          sendTimeoutMs: 500,
+          backoff: { baseMs: 1, maxMs: 1, minMs: 0 },
+        });
+        const report = await relay.drain({ budgetMs: 5_000 });
+        expect(report.retried).toBe(2);
+        expect(report.dead).toBe(1);
+        expect(report.delivered).toBe(1);
+        expect(ids(transport.attempts)).toEqual([m.id, m.id, m.id, follower.id]);
+        const dead = await f.storage.listDead({ limit: 10 });
+        expect(ids(dead.items)).toEqual([m.id]);
+        expect(dead.items[0]!.lastError).toContain("HTTP 503");
+        fail = false;
+        expect(await createOutbox({ storage: f.storage }).deadLetters.replay(m.id)).toBe(true);
+        const again = await relay.drain({ budgetMs: 5_000 });
+        expect(again.delivered).toBe(1);
+        expect(ids(transport.delivered)).toEqual([follower.id, m.id]);
+        expect((await f.storage.stats()).dead).toBe(0);
+      });
+    });
+  });
+}
+
+interface Recording extends Transport {
+  readonly sent: ClaimedMessageLike[];
+  readonly attempts: ClaimedMessageLike[];
+  readonly delivered: ClaimedMessageLike[];
+}
+type ClaimedMessageLike = Pick<ClaimedMessage, "id" | "key" | "payload" | "attempts">;
+
+/** A minimal recording transport, local to the suite so it depends on nothing but the contracts. */
+function recording(decide?: (m: ClaimedMessageLike) => DeliveryOutcome): Recording {
+  const attempts: ClaimedMessageLike[] = [];
+  const delivered: ClaimedMessageLike[] = [];
+  return {
+    name: "conformance-recording",
+    sent: attempts,
+    attempts,
+    delivered,
+    send(messages) {
+      return Promise.resolve(messages.map((m) => {
+        attempts.push(m);
+        const o = decide ? decide(m) : { status: "delivered" as const };
+        if (o.status === "delivered") delivered.push(m);
+        return o;
+      }));
+    },
+  };
+}

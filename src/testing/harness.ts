@@ -1,0 +1,75 @@
+/**
+ * The test-runner-neutral harness the conformance suite runs on: vitest, `bun test` and `deno test`
+ * (through `node:test`) each supply these functions.
+ *
+ * @module
+ */
+import type { OutboxStorage } from "../storage.ts";
+
+/** The subset of a Jest-style `expect` the conformance suite uses. */
+export interface ExpectLike {
+  (actual: unknown): Matchers;
+}
+
+/** Matchers used by the suite (vitest, bun:test and the `expect` package all provide them). */
+export interface Matchers {
+  toBe(expected: unknown): void;
+  toEqual(expected: unknown): void;
+  toBeGreaterThan(n: number): void;
+  toBeGreaterThanOrEqual(n: number): void;
+  toBeLessThan(n: number): void;
+  toBeLessThanOrEqual(n: number): void;
+  toHaveLength(n: number): void;
+  toContain(item: unknown): void;
+  toBeNull(): void;
+  toBeTruthy(): void;
+  /** Negated matchers. */
+  readonly not: Matchers;
+}
+
+/** The test functions of one runner. */
+export interface ConformanceHarness {
+  /** Groups tests. */
+  describe(name: string, fn: () => void): void;
+  /** Declares one test; `timeoutMs` is that test's time limit. */
+  it(name: string, fn: () => Promise<void>, timeoutMs?: number): void;
+  /** Assertions. */
+  expect: ExpectLike;
+}
+
+/** A transaction opened by a fixture's `begin()`. */
+export interface FixtureTransaction<Tx> {
+  /** The handle passed to `storage.enqueue`. */
+  tx: Tx;
+  /** Commits. */
+  commit(): Promise<void>;
+  /** Rolls back. */
+  rollback(): Promise<void>;
+}
+
+/** One fresh, migrated, empty storage for one test. */
+export interface ConformanceFixture<Tx, Stmt> {
+  /** The storage under test, already migrated and empty. */
+  storage: OutboxStorage<Tx, Stmt>;
+  /** Opens a write transaction on the storage's database. */
+  begin(): Promise<FixtureTransaction<Tx>>;
+  /**
+   * Opens another storage on the same database through a separate client or connection when the database has
+   * them (file, server); for an in-process database, another storage object over the same data.
+   */
+  another(): Promise<OutboxStorage<Tx, Stmt>>;
+  /** Runs an atomic batch made of `storage.statement(...)` results (only when `capabilities.batchStatement`). */
+  runBatch?(statements: Stmt[]): Promise<void>;
+  /** Releases clients, files and connections. */
+  close(): Promise<void>;
+}
+
+/** What {@link storageConformance} needs to know about the adapter. */
+export interface ConformanceOptions<Tx, Stmt> {
+  /** Shown in test names, e.g. "libsql file". */
+  name: string;
+  /** Makes a fresh fixture; called once per test. */
+  create(): Promise<ConformanceFixture<Tx, Stmt>>;
+  /** Scales the row counts of the heavier cases (1 = the full suite). @default 1 */
+  scale?: number;
+}

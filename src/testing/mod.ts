@@ -1,0 +1,32 @@
+/**
+ * `edge-outbox/testing`: the storage conformance suite, for this project's adapters and for third-party ones.
+ * It takes the runner's `describe`, `it` and `expect`, so vitest, `bun test` and `deno test` run the same cases.
+ *
+ * @example
+ * ```ts
+ * import { describe, expect, it } from "vitest";
+ * import { storageConformance } from "edge-outbox/testing";
+ * import { myStorage } from "./my-storage.ts";
+ *
+ * storageConformance({ describe, it, expect }, {
+ *   name: "my-storage",
+ *   async create() {
+ *     const db = await openFreshDatabase();
+ *     const storage = myStorage(db);
+ *     await storage.migrate();
+ *     return { storage, begin: () => db.begin(), another: async () => myStorage(await db.connectAgain()), close: () => db.close() };
+ *   },
+ * });
+ * ```
+ *
+ * @module
+ */
+export { storageConformance } from "./conformance.ts";
+export type {
+  ConformanceFixture,
+  ConformanceHarness,
+  ConformanceOptions,
+  ExpectLike,
+  FixtureTransaction,
+  Matchers,
+} from "./harness.ts";

@@ -1,0 +1,5 @@
+import { describe, expect, it } from "vitest";
+import { storageConformance } from "../src/testing/mod.ts";
+import { memoryFixture } from "./memory-fixtures.ts";
+
+storageConformance({ describe, it, expect }, { name: "memory", create: memoryFixture });
