@@ -31,6 +31,13 @@ export interface OutboxOptions<Tx, Stmt, T extends AnyTopic> {
   maxPayloadBytes?: number;
 }
 
+/**
+ * The payload type for a topic name: the declared topic's input, or `unknown` when no topics are declared
+ * (the name is then checked at run time only).
+ */
+export type PayloadOf<T extends AnyTopic, N extends string> = string extends T["name"] ? unknown
+  : TopicInput<Extract<T, { name: N }>>;
+
 /** Dead-letter operations. */
 export interface DeadLetters {
   /** Pages through dead letters, oldest first. @param options.limit page size @default 50 */
@@ -62,7 +69,7 @@ export interface Outbox<Tx, Stmt, T extends AnyTopic = AnyTopic> {
   enqueue<N extends T["name"]>(
     tx: Tx,
     topic: N,
-    payload: TopicInput<Extract<T, { name: N }>>,
+    payload: PayloadOf<T, N>,
     options?: EnqueueOptions,
   ): Promise<string>;
   /**

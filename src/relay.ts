@@ -247,7 +247,8 @@ export function createRelay(options: RelayOptions): Relay {
   ): Promise<Settlement[]> {
     const settlements = new Map<string, Settlement>();
     const units: Array<() => Promise<void>> = [];
-    const canSend = (): boolean => !stopped() && now() + Math.min(sendTimeoutMs, 50) < leaseDeadline;
+    // A send starts only when its whole timeout fits in the lease, so no send is cut short by it.
+    const canSend = (): boolean => !stopped() && now() + sendTimeoutMs <= leaseDeadline;
     const release = (ms: readonly ClaimedMessage[]): void => {
       for (const m of ms) settlements.set(m.id, { id: m.id, outcome: "released" });
     };
