@@ -6,7 +6,7 @@
 #   1. typecheck  tsc on the shipped sources (no Node types), on tests/bench/demo (Node types), and the dist/ build
 #   2. vitest     vitest run                                  -> test-results/vitest.json (JSON reporter)
 #   3. bun        bun test test/runtimes/bun.test.ts          -> test-results/bun.xml     (JUnit)
-#   4. deno       deno test test/runtimes/deno.test.ts        -> test-results/deno.xml    (JUnit)
+#   4. deno       deno test test/runtimes/deno-*.test.ts      -> test-results/deno.xml    (JUnit)
 #   5. publish    deno publish --dry-run --allow-dirty        (JSR checks, including "no slow types")
 #
 # Only the project's own binaries are used (node_modules/.bin): run `npm ci` first.
@@ -67,7 +67,7 @@ step bun junit bun.xml -- "$BIN/bun" test ./test/runtimes/bun.test.ts --reporter
 # Types are checked by tsc (step 1): --no-check keeps Deno from type-checking the graph a second time.
 # shellcheck disable=SC2086
 step deno deno-junit deno.xml -- "$BIN/deno" test --no-check "${DENO_PERMS[@]}" --junit-path="$RESULTS/deno.xml" \
-  ${DENO_ARGS:-} test/runtimes/deno.test.ts
+  ${DENO_ARGS:-} test/runtimes/deno-memory.test.ts test/runtimes/deno-libsql.test.ts
 step "deno publish --dry-run" case - -- "$BIN/deno" publish --dry-run --allow-dirty
 
 echo

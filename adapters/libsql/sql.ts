@@ -1,0 +1,226 @@
+/**
+ * The SQL of the libSQL adapter (SQLite dialect, shared with the planned D1 adapter), as named constants with the
+ * `{{table}}` placeholder of {@link TABLE_PLACEHOLDER}. Values are always bound parameters; numbers are `CAST` to
+ * INTEGER because drivers bind JavaScript numbers as REAL.
+ *
+ * @module
+ */
+import { NOW_MS, renderSql, TABLE_PLACEHOLDER } from "./schema.ts";
+
+export { NOW_MS, TABLE_PLACEHOLDER };
+
+const NOW = NOW_MS;
+
+/**
+ * Inserts messages. `?1`: a JSON array of `[id, topic, key, payload, headers, delayMs]` arrays. Array order is
+ * insertion order, so `seq` follows it.
+ */
+export const ENQUEUE_SQL: string = `INSERT INTO "{{table}}" (id, topic, key, payload, headers, status, created_at, available_at, attempts)
+SELECT json_extract(m.value, '$[0]'), json_extract(m.value, '$[1]'), json_extract(m.value, '$[2]'),
+  json_extract(m.value, '$[3]'), json_extract(m.value, '$[4]'), 'pending', ${NOW},
+  ${NOW} + CAST(json_extract(m.value, '$[5]') AS INTEGER), 0
+FROM json_each(?1) AS m ORDER BY m.key`;
+
+/** Whether row `o` is claimable now: due, and no earlier row of its key is pending and not due. */
+const ELIGIBLE = `o.status = 'pending' AND o.available_at <= ${NOW}
+  AND (o.key IS NULL OR NOT EXISTS (
+    SELECT 1 FROM "{{table}}" AS p
+    WHERE p.status = 'pending' AND p.key = o.key AND p.seq < o.seq AND p.available_at > ${NOW}))`;
+
+/**
+ * Claims rows in `seq` order. `?1` token, `?2` lease ms, `?3` limit. RETURNING order is arbitrary: sort by seq.
+ * (libSQL has no `UPDATE … ORDER BY … LIMIT`, hence the subquery.)
+ */
+export const CLAIM_SQL: string = `UPDATE "{{table}}"
+SET lease_token = ?1, lease_until = ${NOW} + CAST(?2 AS INTEGER), available_at = ${NOW} + CAST(?2 AS INTEGER),
+  attempts = attempts + 1
+WHERE seq IN (SELECT o.seq FROM "{{table}}" AS o WHERE ${ELIGIBLE} ORDER BY o.seq LIMIT CAST(?3 AS INTEGER))
+RETURNING seq, id, topic, key, payload, headers, created_at, attempts, last_error, lease_until, ${NOW} AS now`;
+
+/** The database clock. */
+export const NOW_SQL: string = `SELECT ${NOW} AS now`;
+
+/** Whether a row is claimable now. */
+export const HAS_DUE_SQL: string = `SELECT 1 AS due FROM "{{table}}" AS o WHERE ${ELIGIBLE} LIMIT 1`;
+
+/**
+ * Adds the settle counters to the current minute's bucket, from the rows that still carry the token (so it runs
+ * before the outcome statements). `?1` token, `?2` delivered ids, `?3` retried ids, `?4` dead ids (JSON arrays).
+ */
+export const COUNT_SETTLE_SQL: string = `WITH s(id, kind) AS (
+  SELECT value, 'delivered' FROM json_each(?2)
+  UNION ALL SELECT value, 'retried' FROM json_each(?3)
+  UNION ALL SELECT value, 'dead' FROM json_each(?4)
+), a AS (
+  SELECT COUNT(*) AS n,
+    COALESCE(SUM(s.kind = 'delivered'), 0) AS delivered,
+    COALESCE(SUM(s.kind = 'retried'), 0) AS retried,
+    COALESCE(SUM(s.kind = 'dead'), 0) AS dead,
+    COALESCE(SUM(CASE WHEN s.kind = 'delivered' THEN MAX(0, ${NOW} - o.created_at) END), 0) AS latency_sum,
+    COALESCE(MAX(CASE WHEN s.kind = 'delivered' THEN MAX(0, ${NOW} - o.created_at) END), 0) AS latency_max
+  FROM s JOIN "{{table}}" AS o ON o.id = s.id
+  WHERE o.lease_token = ?1 AND o.status = 'pending'
+)
+INSERT INTO "{{table}}_counters" (bucket, shard, delivered, retried, dead, latency_sum_ms, latency_max_ms)
+SELECT (${NOW} / 60000) * 60000, 0, a.delivered, a.retried, a.dead, a.latency_sum, a.latency_max FROM a WHERE a.n > 0
+ON CONFLICT (bucket, shard) DO UPDATE SET
+  delivered = delivered + excluded.delivered,
+  retried = retried + excluded.retried,
+  dead = dead + excluded.dead,
+  latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
+  latency_max_ms = MAX(latency_max_ms, excluded.latency_max_ms)`;
+
+const FENCE = `lease_token = ?1 AND status = 'pending'`;
+
+/** Delivered, no retention: delete. `?1` token, `?2` JSON array of ids. */
+export const DELIVERED_DELETE_SQL: string =
+  `DELETE FROM "{{table}}" WHERE id IN (SELECT value FROM json_each(?2)) AND ${FENCE} RETURNING id`;
+
+/** Delivered, with retention: mark delivered. `?1` token, `?2` JSON array of ids. */
+export const DELIVERED_MARK_SQL: string = `UPDATE "{{table}}"
+SET status = 'delivered', done_at = ${NOW}, lease_token = NULL, lease_until = NULL
+WHERE id IN (SELECT value FROM json_each(?2)) AND ${FENCE} RETURNING id`;
+
+/** Retry later. `?1` token, `?2` JSON array of `[id, delayMs, error]`. */
+export const RETRY_SQL: string = `UPDATE "{{table}}"
+SET available_at = ${NOW} + CAST(j.delay_ms AS INTEGER), last_error = j.error, lease_token = NULL, lease_until = NULL
+FROM (SELECT json_extract(value, '$[0]') AS jid, json_extract(value, '$[1]') AS delay_ms,
+        json_extract(value, '$[2]') AS error FROM json_each(?2)) AS j
+WHERE "{{table}}".id = j.jid AND "{{table}}".lease_token = ?1 AND "{{table}}".status = 'pending'
+RETURNING id`;
+
+/** Dead-letter. `?1` token, `?2` JSON array of `[id, error]`. */
+export const DEAD_SQL: string = `UPDATE "{{table}}"
+SET status = 'dead', done_at = ${NOW}, last_error = j.error, lease_token = NULL, lease_until = NULL
+FROM (SELECT json_extract(value, '$[0]') AS jid, json_extract(value, '$[1]') AS error FROM json_each(?2)) AS j
+WHERE "{{table}}".id = j.jid AND "{{table}}".lease_token = ?1 AND "{{table}}".status = 'pending'
+RETURNING id`;
+
+/** Give back unsent claims: due now, attempt returned. `?1` token, `?2` JSON array of ids. */
+export const RELEASE_SQL: string = `UPDATE "{{table}}"
+SET available_at = ${NOW}, attempts = MAX(0, attempts - 1), lease_token = NULL, lease_until = NULL
+WHERE id IN (SELECT value FROM json_each(?2)) AND ${FENCE} RETURNING id`;
+
+/** Counts and windowed counters in one consistent read. `?1` window ms. */
+export const STATS_SQL: string = `SELECT ${NOW} AS now,
+  (SELECT COUNT(*) FROM "{{table}}" WHERE status = 'pending') AS pending,
+  (SELECT COUNT(*) FROM "{{table}}" WHERE status = 'pending' AND available_at <= ${NOW}) AS due,
+  (SELECT COUNT(*) FROM "{{table}}" WHERE status = 'pending' AND lease_token IS NOT NULL AND lease_until > ${NOW}) AS leased,
+  (SELECT COUNT(*) FROM "{{table}}" WHERE status = 'dead') AS dead,
+  (SELECT MIN(created_at) FROM "{{table}}" WHERE status = 'pending') AS oldest,
+  w.delivered, w.retried, w.dead_window, w.latency_sum, w.latency_max
+FROM (SELECT COALESCE(SUM(delivered), 0) AS delivered, COALESCE(SUM(retried), 0) AS retried,
+        COALESCE(SUM(dead), 0) AS dead_window, COALESCE(SUM(latency_sum_ms), 0) AS latency_sum,
+        MAX(CASE WHEN delivered > 0 THEN latency_max_ms END) AS latency_max
+      FROM "{{table}}_counters" WHERE bucket >= ((${NOW} - CAST(?1 AS INTEGER)) / 60000) * 60000) AS w`;
+
+/** One page of dead letters after a seq. `?1` cursor seq, `?2` limit. */
+export const LIST_DEAD_SQL: string = `SELECT seq, id, topic, key, payload, headers, created_at, done_at, attempts, last_error
+FROM "{{table}}" WHERE status = 'dead' AND seq > CAST(?1 AS INTEGER) ORDER BY seq LIMIT CAST(?2 AS INTEGER)`;
+
+/** Back to pending, due now, attempts reset; keeps id and seq. `?1` id. */
+export const REPLAY_DEAD_SQL: string = `UPDATE "{{table}}"
+SET status = 'pending', attempts = 0, available_at = ${NOW}, lease_token = NULL, lease_until = NULL, done_at = NULL
+WHERE id = ?1 AND status = 'dead' RETURNING id`;
+
+/** Deletes at most `?3` rows of status `?1` done before `?2`. */
+export const PURGE_SQL: string = `DELETE FROM "{{table}}" WHERE seq IN (
+  SELECT seq FROM "{{table}}" WHERE status = ?1 AND done_at < CAST(?2 AS INTEGER) ORDER BY done_at, seq LIMIT CAST(?3 AS INTEGER)
+) RETURNING seq`;
+
+/** Drops counter buckets older than 7 days. */
+export const PURGE_COUNTERS_SQL: string = `DELETE FROM "{{table}}_counters" WHERE bucket < ${NOW} - 604800000`;
+
+/**
+ * A write that matches no row: run through `executeMultiple` at the start of a deferred transaction, it takes
+ * SQLite's write lock (or fails at once with SQLITE_BUSY) without leaving a prepared statement behind.
+ */
+export const LOCK_SQL: string = `UPDATE "{{table}}" SET attempts = attempts WHERE 0`;
+
+/** Run through `executeMultiple` at the start of a deferred transaction: takes the shared (read) lock. */
+export const READ_LOCK_SQL: string = `SELECT 1 FROM "{{table}}" LIMIT 0`;
+
+/** Same as {@link LOCK_SQL} for `migrate()`, whose outbox table may not exist yet. */
+export const MIGRATE_LOCK_SQL: string = `UPDATE "{{table}}_migrations" SET version = version WHERE 0`;
+
+/** Applied schema versions. */
+export const APPLIED_VERSIONS_SQL: string = `SELECT version FROM "{{table}}_migrations" ORDER BY version`;
+
+/** Every statement of the adapter, rendered for one table. */
+export interface LibsqlSql {
+  /** See {@link ENQUEUE_SQL}. */
+  readonly enqueue: string;
+  /** See {@link CLAIM_SQL}. */
+  readonly claim: string;
+  /** See {@link NOW_SQL}. */
+  readonly now: string;
+  /** See {@link HAS_DUE_SQL}. */
+  readonly hasDue: string;
+  /** See {@link COUNT_SETTLE_SQL}. */
+  readonly countSettle: string;
+  /** See {@link DELIVERED_DELETE_SQL}. */
+  readonly deliveredDelete: string;
+  /** See {@link DELIVERED_MARK_SQL}. */
+  readonly deliveredMark: string;
+  /** See {@link RETRY_SQL}. */
+  readonly retry: string;
+  /** See {@link DEAD_SQL}. */
+  readonly dead: string;
+  /** See {@link RELEASE_SQL}. */
+  readonly release: string;
+  /** See {@link STATS_SQL}. */
+  readonly stats: string;
+  /** See {@link LIST_DEAD_SQL}. */
+  readonly listDead: string;
+  /** See {@link REPLAY_DEAD_SQL}. */
+  readonly replayDead: string;
+  /** See {@link PURGE_SQL}. */
+  readonly purge: string;
+  /** See {@link PURGE_COUNTERS_SQL}. */
+  readonly purgeCounters: string;
+  /** See {@link LOCK_SQL}. */
+  readonly lock: string;
+  /** See {@link READ_LOCK_SQL}. */
+  readonly readLock: string;
+  /** See {@link MIGRATE_LOCK_SQL}. */
+  readonly migrateLock: string;
+  /** See {@link APPLIED_VERSIONS_SQL}. */
+  readonly appliedVersions: string;
+}
+
+/**
+ * Renders every statement of the adapter for one table.
+ *
+ * @param table the outbox table name (validated)
+ * @returns the statements
+ * @throws {OutboxError} CONFIG when `table` is not a plain identifier
+ * @example
+ * ```ts
+ * import { libsqlSql } from "./sql.ts";
+ * console.log(libsqlSql("outbox").claim);
+ * ```
+ */
+export function libsqlSql(table: string): LibsqlSql {
+  const r = (s: string): string => renderSql(s, table);
+  return {
+    enqueue: r(ENQUEUE_SQL),
+    claim: r(CLAIM_SQL),
+    now: r(NOW_SQL),
+    hasDue: r(HAS_DUE_SQL),
+    countSettle: r(COUNT_SETTLE_SQL),
+    deliveredDelete: r(DELIVERED_DELETE_SQL),
+    deliveredMark: r(DELIVERED_MARK_SQL),
+    retry: r(RETRY_SQL),
+    dead: r(DEAD_SQL),
+    release: r(RELEASE_SQL),
+    stats: r(STATS_SQL),
+    listDead: r(LIST_DEAD_SQL),
+    replayDead: r(REPLAY_DEAD_SQL),
+    purge: r(PURGE_SQL),
+    purgeCounters: r(PURGE_COUNTERS_SQL),
+    lock: r(LOCK_SQL),
+    readLock: r(READ_LOCK_SQL),
+    migrateLock: r(MIGRATE_LOCK_SQL),
+    appliedVersions: r(APPLIED_VERSIONS_SQL),
+  };
+}

@@ -1,0 +1,571 @@
+import { type Client, createClient, type InStatement, type Transaction } from "@libsql/client";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import {
+  isBusyError,
+  LATEST_SCHEMA_VERSION,
+  type LibsqlClient,
+  type LibsqlExecutor,
+  libsqlSchema,
+  type LibsqlStatement,
+  libsqlStorage,
+  type LibsqlTransaction,
+  TABLE_PLACEHOLDER,
+} from "../adapters/libsql/mod.ts";
+import { libsqlSql } from "../adapters/libsql/sql.ts";
+import { isOutboxError, type OutboxError, type OutboxErrorCode } from "../src/errors.ts";
+import { type NewMessage, uuidv7 } from "../src/message.ts";
+import { storageConformance } from "../src/testing/mod.ts";
+import { libsqlFileFixture, libsqlMemoryFixture } from "./libsql-fixtures.ts";
+
+// ---- type level: the real driver types fit the structural ones (checked by tsc -p tsconfig.test.json) ----
+type Assignable<T, U extends T> = U;
+export type ClientIsLibsqlClient = Assignable<LibsqlClient, Client>;
+export type ClientIsExecutor = Assignable<LibsqlExecutor, Client>;
+export type TransactionIsExecutor = Assignable<LibsqlExecutor, Transaction>;
+export type TransactionIsLibsqlTransaction = Assignable<LibsqlTransaction, Transaction>;
+export type StatementIsInStatement = Assignable<InStatement, LibsqlStatement>;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function message(n: number, extra: Partial<NewMessage> = {}): NewMessage {
+  return { id: uuidv7(), topic: "test.event", key: null, payload: JSON.stringify({ n }), headers: "{}", delayMs: 0, ...extra };
+}
+
+async function caught(p: Promise<unknown> | (() => unknown)): Promise<unknown> {
+  try {
+    await (typeof p === "function" ? p() : p);
+  } catch (e) {
+    return e;
+  }
+  throw new Error("expected a rejection");
+}
+
+function expectCode(e: unknown, code: OutboxErrorCode): OutboxError {
+  expect(isOutboxError(e, code), String(e)).toBe(true);
+  return e as OutboxError;
+}
+
+/** A client that records every call and never touches a database. */
+function recordingClient(): LibsqlClient & { calls: string[] } {
+  const calls: string[] = [];
+  const no = (what: string) => (...args: unknown[]): never => {
+    calls.push(`${what} ${JSON.stringify(args)}`);
+    throw new Error("recording client: no database");
+  };
+  return { calls, protocol: "file", execute: no("execute"), batch: no("batch"), transaction: no("transaction") };
+}
+
+/** Wraps a client, counting round trips. */
+function countingClient(inner: Client, protocol: string = inner.protocol) {
+  const counts = { execute: 0, batch: 0, transaction: 0, txBatch: 0, txExecute: 0, txExecuteMultiple: 0, statements: 0 };
+  const client: LibsqlClient = {
+    protocol,
+    execute: (s) => {
+      counts.execute++;
+      return inner.execute(s);
+    },
+    batch: (s, m) => {
+      counts.batch++;
+      counts.statements += s.length;
+      return inner.batch(s, m);
+    },
+    transaction: async (m) => {
+      counts.transaction++;
+      const tx = await inner.transaction(m);
+      return {
+        execute: (s) => {
+          counts.txExecute++;
+          return tx.execute(s);
+        },
+        batch: (s) => {
+          counts.txBatch++;
+          counts.statements += s.length;
+          return tx.batch(s);
+        },
+        executeMultiple: (s) => {
+          counts.txExecuteMultiple++;
+          return tx.executeMultiple(s);
+        },
+        commit: () => tx.commit(),
+        rollback: () => tx.rollback(),
+        close: () => tx.close(),
+      };
+    },
+  };
+  const reset = (): void => {
+    for (const k of Object.keys(counts) as (keyof typeof counts)[]) counts[k] = 0;
+  };
+  return { client, counts, reset };
+}
+
+function tempDir(): { url: string; remove(): void } {
+  const dir = mkdtempSync(join(tmpdir(), "edge-outbox-libsql-test-"));
+  return { url: `file:${join(dir, "db.sqlite")}`, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+describe("libsqlStorage: configuration", () => {
+  it("rejects hostile table names with CONFIG before any SQL is sent", async () => {
+    const client = recordingClient();
+    for (const table of ["outbox; drop table x", 'out"box', "", "1outbox", "a".repeat(64), "outbox--", "out box"]) {
+      const e = expectCode(await caught(() => libsqlStorage(client, { table })), "CONFIG");
+      expect(e.message).toContain("table");
+    }
+    expectCode(await caught(() => libsqlSchema({ table: "x; drop table y" })), "CONFIG");
+    expectCode(await caught(() => libsqlSql("x y")), "CONFIG");
+    expect(client.calls).toEqual([]);
+  });
+
+  it("accepts a plain identifier, and constructing sends nothing", () => {
+    const client = recordingClient();
+    const s = libsqlStorage(client, { table: "app_outbox_2" });
+    expect(s.table).toBe("app_outbox_2");
+    expect(s.name).toBe("libsql");
+    expect(s.capabilities).toEqual({ batchStatement: true, skipLocked: false, serialWrites: true });
+    expect(s.statement([message(1)]).sql).toContain('"app_outbox_2"');
+    expect(client.calls).toEqual([]);
+  });
+
+  it("validates options with CONFIG errors naming the field", async () => {
+    const client = recordingClient();
+    const bad: [unknown, string][] = [
+      [{ retainDeliveredMs: -1 }, "retainDeliveredMs"],
+      [{ retainDeliveredMs: 1.5 }, "retainDeliveredMs"],
+      [{ busyRetryMs: "soon" }, "busyRetryMs"],
+      [{ table: 7 }, "table"],
+      [{ tabel: "outbox" }, "tabel"],
+    ];
+    for (const [options, field] of bad) {
+      const e = expectCode(await caught(() => libsqlStorage(client, options as never)), "CONFIG");
+      expect(e.message).toContain(field);
+    }
+    expectCode(await caught(() => libsqlStorage({} as never)), "CONFIG");
+    expect(client.calls).toEqual([]);
+  });
+});
+
+describe("libsqlStorage: schema", () => {
+  it("exports DDL for a table that a migration tool can run, after which migrate() is a no-op", async () => {
+    const ddl = libsqlSchema({ table: "my_outbox" });
+    expect(ddl.length).toBeGreaterThan(3);
+    for (const s of ddl) expect(s).not.toContain(TABLE_PLACEHOLDER);
+    expect(ddl.join("\n")).toContain('CREATE TABLE IF NOT EXISTS "my_outbox"');
+    expect(ddl.join("\n")).toContain('"my_outbox_counters"');
+    expect(ddl.join("\n")).toContain('"my_outbox_migrations"');
+    const client = createClient({ url: ":memory:" });
+    try {
+      await client.batch(ddl, "write");
+      await client.batch(ddl, "write"); // idempotent
+      const storage = libsqlStorage(client, { table: "my_outbox" });
+      await storage.migrate();
+      const versions = await client.execute("SELECT version FROM my_outbox_migrations");
+      expect(versions.rows.map((r) => Number(r["version"]))).toEqual([LATEST_SCHEMA_VERSION]);
+      await client.batch([storage.statement([message(1)])], "write");
+      expect((await storage.stats()).pending).toBe(1);
+    } finally {
+      client.close();
+    }
+  });
+
+  it("migrate is idempotent and safe to run concurrently from two clients on one file", async () => {
+    const { url, remove } = tempDir();
+    const a = createClient({ url }), b = createClient({ url });
+    try {
+      const sa = libsqlStorage(a), sb = libsqlStorage(b);
+      await Promise.all([sa.migrate(), sb.migrate(), sa.migrate(), sb.migrate()]);
+      await sa.migrate();
+      const rows = (await a.execute("SELECT version FROM outbox_migrations")).rows;
+      expect(rows.map((r) => Number(r["version"]))).toEqual([LATEST_SCHEMA_VERSION]);
+      const tables = (await a.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")).rows.map((r) => r["name"]);
+      expect(tables).toContain("outbox");
+      expect(tables).toContain("outbox_counters");
+    } finally {
+      a.close();
+      b.close();
+      remove();
+    }
+  });
+
+  it("migrate runs concurrently on one :memory: client", async () => {
+    const client = createClient({ url: ":memory:" });
+    try {
+      const s = libsqlStorage(client);
+      await Promise.all([s.migrate(), libsqlStorage(client).migrate(), s.migrate()]);
+      expect((await client.execute("SELECT count(*) AS n FROM outbox_migrations")).rows[0]!["n"]).toBe(1);
+    } finally {
+      client.close();
+    }
+  });
+
+  it("the real Client and Transaction types are accepted where the structural ones are expected", async () => {
+    const f = await libsqlMemoryFixture();
+    try {
+      const client: Client = f.client;
+      const storage = libsqlStorage(client);
+      const stmt: InStatement = storage.statement([message(1)]);
+      await client.batch([stmt], "write");
+      const tx: Transaction = await client.transaction("write");
+      await storage.enqueue(tx, [message(2)]);
+      await tx.commit();
+      expect((await storage.stats()).pending).toBe(2);
+    } finally {
+      await f.close();
+    }
+  });
+});
+
+describe("libsqlStorage: writes", () => {
+  it("statement() joins an atomic batch: a failure after it leaves no message", async () => {
+    const f = await libsqlMemoryFixture();
+    try {
+      const e = await caught(f.client.batch([f.storage.statement([message(1), message(2)]), "INSERT INTO no_such_table VALUES (1)"], "write"));
+      expect(e).toBeInstanceOf(Error);
+      expect((await f.storage.stats()).pending).toBe(0);
+      await f.client.batch([f.storage.statement([])], "write"); // an empty list inserts nothing
+      expect((await f.storage.stats()).pending).toBe(0);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("enqueue keeps array order as seq order in one statement, and a rollback leaves nothing", async () => {
+    const f = await libsqlFileFixture();
+    try {
+      const ms = Array.from({ length: 300 }, (_, i) => message(i, { key: i % 3 === 0 ? null : `k${i % 2}` }));
+      ms.reverse(); // ids no longer sorted: seq must follow the array, not the id
+      const { client, counts } = countingClient(f.client);
+      const tx = await client.transaction("write");
+      await f.storage.enqueue(tx, ms);
+      await f.storage.enqueue(tx, []);
+      expect(counts.txExecute).toBe(1);
+      await tx.rollback();
+      expect((await f.storage.stats()).pending).toBe(0);
+      const h = await f.begin();
+      await f.storage.enqueue(h.tx, ms);
+      await h.commit();
+      const claim = await f.storage.claim({ limit: 1000, leaseMs: 10_000 });
+      expect(claim.messages.map((m) => m.id)).toEqual(ms.map((m) => m.id));
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("a duplicate id is a non-retryable STORAGE error with the adapter prefix and the driver cause", async () => {
+    const f = await libsqlMemoryFixture();
+    try {
+      const m = message(1);
+      await f.client.batch([f.storage.statement([m])], "write");
+      const tx = await f.client.transaction("write");
+      const e = expectCode(await caught(f.storage.enqueue(tx, [m])), "STORAGE");
+      tx.close();
+      expect(e.message).toMatch(/^\[edge-outbox:libsql\] enqueue failed: /);
+      expect(e.retryable).toBe(false);
+      expect((e.cause as { code?: string }).code).toBe("SQLITE_CONSTRAINT");
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("enqueue with the client itself is a standalone atomic insert", async () => {
+    for (const make of [libsqlMemoryFixture, libsqlFileFixture]) {
+      const f = await make();
+      try {
+        await f.storage.enqueue(f.client, [message(1), message(2)]);
+        expect((await f.storage.stats()).pending).toBe(2);
+      } finally {
+        await f.close();
+      }
+    }
+  });
+
+  it("timestamps come from the database clock", async () => {
+    const f = await libsqlMemoryFixture();
+    try {
+      await f.client.batch([f.storage.statement([message(1, { delayMs: 5_000 })])], "write");
+      const row = (await f.client.execute("SELECT created_at, available_at FROM outbox")).rows[0]!;
+      expect(Number(row["available_at"]) - Number(row["created_at"])).toBe(5_000);
+      expect(Math.abs(Number(row["created_at"]) - Date.now())).toBeLessThan(5_000);
+      expect(Number.isInteger(Number(row["created_at"]))).toBe(true);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("works with a client in intMode bigint", async () => {
+    const client = createClient({ url: ":memory:", intMode: "bigint" });
+    try {
+      const s = libsqlStorage(client);
+      await s.migrate();
+      await client.batch([s.statement([message(1)])], "write");
+      const c = await s.claim({ limit: 5, leaseMs: 1_000 });
+      expect(typeof c.now).toBe("number");
+      expect(typeof c.messages[0]!.seq).toBe("number");
+      expect(typeof c.messages[0]!.createdAt).toBe("number");
+      expect(await s.settle(c.token, [{ id: c.messages[0]!.id, outcome: "delivered" }])).toEqual({ applied: 1, lost: [] });
+      const st = await s.stats();
+      expect(st.window.delivered).toBe(1);
+      expect(typeof st.window.maxLatencyMs).toBe("number");
+    } finally {
+      client.close();
+    }
+  });
+});
+
+describe("libsqlStorage: claims and settles", () => {
+  it("claimed rows of a key are a prefix of its queue, in seq order", async () => {
+    const f = await libsqlMemoryFixture();
+    try {
+      const [a1, b1, a2, n1, b2, a3] = [
+        message(1, { key: "a" }), message(2, { key: "b" }), message(3, { key: "a" }),
+        message(4), message(5, { key: "b" }), message(6, { key: "a" }),
+      ];
+      await f.client.batch([f.storage.statement([a1!, b1!, a2!, n1!, b2!, a3!])], "write");
+      const ids = (c: { messages: readonly { id: string }[] }): string[] => c.messages.map((m) => m.id);
+      const c1 = await f.storage.claim({ limit: 3, leaseMs: 10_000 });
+      expect(ids(c1)).toEqual([a1!.id, b1!.id, a2!.id]);
+      // a3 waits behind leased a1/a2, b2 behind b1; the keyless row flows.
+      const c2 = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+      expect(ids(c2)).toEqual([n1!.id]);
+      await f.storage.settle(c1.token, [
+        { id: a1!.id, outcome: "delivered" },
+        { id: a2!.id, outcome: "retry", delayMs: 0, error: "again" },
+        { id: b1!.id, outcome: "retry", delayMs: 60_000, error: "later" },
+      ]);
+      // a2 is due again and a3 follows it; b1 backs off and keeps b2 blocked.
+      const c3 = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+      expect(ids(c3)).toEqual([a2!.id, a3!.id]);
+      expect(c3.messages[0]!.attempts).toBe(2);
+      expect(c3.messages[0]!.lastError).toBe("again");
+      expect(c3.leaseUntil - c3.now).toBe(10_000);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("settle is one batch round trip on a server client, one locked transaction on a local file", async () => {
+    const mem = await libsqlMemoryFixture();
+    const file = await libsqlFileFixture();
+    try {
+      for (const [f, protocol] of [[mem, "http"], [file, "file"]] as const) {
+        const { client, counts, reset } = countingClient(f.client, protocol);
+        const storage = libsqlStorage(client);
+        const ms = [message(1), message(2), message(3), message(4)];
+        await f.client.batch([storage.statement(ms)], "write");
+        const c = await storage.claim({ limit: 10, leaseMs: 10_000 });
+        reset();
+        const r = await storage.settle(c.token, [
+          { id: ms[0]!.id, outcome: "delivered" },
+          { id: ms[1]!.id, outcome: "retry", delayMs: 1_000, error: "503" },
+          { id: ms[2]!.id, outcome: "dead", error: "400" },
+          { id: ms[3]!.id, outcome: "released" },
+        ]);
+        expect(r).toEqual({ applied: 4, lost: [] });
+        expect(counts.statements).toBe(5); // counters + one statement per outcome kind
+        if (protocol === "http") {
+          expect(counts).toMatchObject({ batch: 1, transaction: 0, execute: 0 });
+        } else {
+          // Local: BEGIN DEFERRED, lock (executeMultiple), one batch, COMMIT (executeMultiple): no network.
+          expect(counts).toMatchObject({ batch: 0, transaction: 1, txBatch: 1, txExecute: 0, execute: 0 });
+        }
+      }
+    } finally {
+      await mem.close();
+      await file.close();
+    }
+  });
+
+  it("delivered rows are kept with retainDeliveredMs and purged by status", async () => {
+    const f = await libsqlFileFixture({ retainDeliveredMs: 60_000 });
+    try {
+      expect(f.storage.retainDeliveredMs).toBe(60_000);
+      const ms = [message(1), message(2), message(3)];
+      await f.client.batch([f.storage.statement(ms)], "write");
+      const c = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+      await f.storage.settle(c.token, ms.map((m) => ({ id: m.id, outcome: "delivered" as const })));
+      const rows = (await f.client.execute("SELECT status, done_at, lease_token FROM outbox")).rows;
+      expect(rows.map((r) => r["status"])).toEqual(["delivered", "delivered", "delivered"]);
+      for (const r of rows) {
+        expect(r["done_at"]).not.toBeNull();
+        expect(r["lease_token"]).toBeNull();
+      }
+      const s = await f.storage.stats();
+      expect(s.pending).toBe(0);
+      expect(s.window.delivered).toBe(3);
+      expect(await f.storage.purge({ status: "dead", olderThan: s.now + 1, limit: 10 })).toBe(0);
+      expect(await f.storage.purge({ status: "delivered", olderThan: s.now - 60_000, limit: 10 })).toBe(0);
+      expect(await f.storage.purge({ status: "delivered", olderThan: s.now + 1, limit: 2 })).toBe(2);
+      expect(await f.storage.purge({ status: "delivered", olderThan: s.now + 1, limit: 2 })).toBe(1);
+      expect((await f.client.execute("SELECT count(*) AS n FROM outbox")).rows[0]!["n"]).toBe(0);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("purge drops counter buckets older than 7 days", async () => {
+    const f = await libsqlMemoryFixture();
+    try {
+      const now = (await f.storage.stats()).now;
+      await f.client.execute({
+        sql: "INSERT INTO outbox_counters (bucket, shard, delivered) VALUES (?, 0, 1), (?, 0, 1)",
+        args: [now - 8 * 86_400_000, now - 60_000],
+      });
+      await f.storage.purge({ status: "dead", olderThan: now, limit: 10 });
+      expect((await f.client.execute("SELECT count(*) AS n FROM outbox_counters")).rows[0]!["n"]).toBe(1);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("bad arguments are VALIDATION errors, sent nowhere", async () => {
+    const f = await libsqlMemoryFixture();
+    try {
+      expectCode(await caught(f.storage.claim({ limit: 0, leaseMs: 1_000 })), "VALIDATION");
+      expectCode(await caught(f.storage.claim({ limit: 1, leaseMs: -5 })), "VALIDATION");
+      expectCode(await caught(f.storage.listDead({ limit: 10, cursor: "1 OR 1=1" })), "VALIDATION");
+      expectCode(await caught(f.storage.listDead({ limit: 10, cursor: "-1" })), "VALIDATION");
+      expectCode(await caught(f.storage.purge({ status: "pending" as never, olderThan: 0, limit: 1 })), "VALIDATION");
+      expectCode(await caught(f.storage.settle("t", [{ id: "x", outcome: "retry", delayMs: -1, error: "" }])), "VALIDATION");
+      expectCode(await caught(f.storage.stats({ windowMs: -1 })), "VALIDATION");
+      expect(await f.storage.settle("t", [])).toEqual({ applied: 0, lost: [] });
+    } finally {
+      await f.close();
+    }
+  });
+});
+
+describe("libsqlStorage: busy databases", () => {
+  it("isBusyError recognises what @libsql/client 0.18 throws", () => {
+    expect(isBusyError({ code: "SQLITE_BUSY", rawCode: 5 })).toBe(true);
+    expect(isBusyError({ code: "SQLITE_LOCKED" })).toBe(true);
+    expect(isBusyError({ code: "TRANSACTION_ACTIVE" })).toBe(true);
+    expect(isBusyError({ code: "SQLITE_UNKNOWN", extendedCode: "SQLITE_BUSY_SNAPSHOT" })).toBe(true);
+    expect(isBusyError({ code: "SQLITE_CONSTRAINT", rawCode: 2067 })).toBe(false);
+    expect(isBusyError(new Error("x"))).toBe(false);
+  });
+
+  it("a claim from a second connection waits asynchronously while a write transaction is open, then succeeds", async () => {
+    const f = await libsqlFileFixture();
+    try {
+      const m = message(1);
+      await f.storage.enqueue(f.client, [m]);
+      const other = f.connect();
+      const relayStorage = libsqlStorage(other);
+      const holder = await f.client.transaction("write");
+      await holder.execute("INSERT INTO outbox_counters (bucket, shard) VALUES (1, 1)");
+
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 5);
+      let done = false;
+      const claimP = relayStorage.claim({ limit: 10, leaseMs: 10_000 }).finally(() => (done = true));
+      await sleep(150);
+      expect(done).toBe(false);
+      expect(ticks).toBeGreaterThan(5); // the event loop kept running while the claim retried
+      await holder.commit();
+      const claim = await claimP;
+      clearInterval(timer);
+      expect(claim.messages.map((x) => x.id)).toEqual([m.id]);
+
+      // The relay's client is healthy after its busy retries: nothing was left in progress on its connections.
+      expect(await relayStorage.settle(claim.token, [{ id: m.id, outcome: "delivered" }])).toEqual({ applied: 1, lost: [] });
+      await other.execute("INSERT INTO outbox_counters (bucket, shard) VALUES (2, 2)"); // autocommit
+      const seen = await f.client.execute("SELECT count(*) AS n FROM outbox_counters WHERE shard = 2");
+      expect(seen.rows[0]!["n"]).toBe(1);
+      const tx = await other.transaction("write");
+      await tx.execute("INSERT INTO outbox_counters (bucket, shard) VALUES (3, 3)");
+      await tx.commit();
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("busy errors surface as retryable STORAGE errors once the retry budget is spent", async () => {
+    const f = await libsqlFileFixture();
+    try {
+      const other = f.connect();
+      const impatient = libsqlStorage(other, { busyRetryMs: 0 });
+      const patient = libsqlStorage(other, { busyRetryMs: 100 });
+      await impatient.hasDue(); // mode probe done before the lock is taken
+      const holder = await f.client.transaction("write");
+      await holder.execute("INSERT INTO outbox_counters (bucket, shard) VALUES (1, 1)");
+      try {
+        for (const [what, p] of [
+          ["claim", impatient.claim({ limit: 1, leaseMs: 1_000 })],
+          ["settle", impatient.settle("t", [{ id: uuidv7(), outcome: "delivered" }])],
+          ["purge", impatient.purge({ status: "dead", olderThan: 0, limit: 1 })],
+          ["replayDead", impatient.replayDead(uuidv7())],
+          ["migrate", impatient.migrate()],
+          ["begin", impatient.begin()],
+          ["enqueue", impatient.enqueue(other, [message(1)])],
+        ] as const) {
+          const e = expectCode(await caught(p), "STORAGE");
+          expect(e.retryable).toBe(true);
+          expect(e.message).toContain(`[edge-outbox:libsql] ${what} failed: SQLITE_BUSY`);
+          expect((e.cause as { code?: string }).code).toBe("SQLITE_BUSY");
+        }
+        // enqueue inside the caller's context never retries, even with a budget.
+        const t0 = Date.now();
+        expectCode(await caught(patient.enqueue(other, [message(2)])), "STORAGE");
+        expect(Date.now() - t0).toBeLessThan(50);
+        const t1 = Date.now();
+        expectCode(await caught(patient.claim({ limit: 1, leaseMs: 1_000 })), "STORAGE");
+        expect(Date.now() - t1).toBeGreaterThanOrEqual(30);
+        // Reads still work while a writer holds the lock.
+        expect(await impatient.hasDue()).toBe(false);
+      } finally {
+        await holder.commit();
+      }
+      // Nothing was poisoned: every call works once the lock is free.
+      await impatient.enqueue(other, [message(3)]);
+      const c = await impatient.claim({ limit: 5, leaseMs: 1_000 });
+      expect(c.messages).toHaveLength(1);
+      expect((await impatient.settle(c.token, [{ id: c.messages[0]!.id, outcome: "delivered" }])).applied).toBe(1);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("begin() waits for the lock asynchronously and gives a working write transaction", async () => {
+    const f = await libsqlFileFixture();
+    try {
+      const other = f.connect();
+      const s2 = libsqlStorage(other);
+      const holder = await f.storage.begin();
+      await f.storage.enqueue(holder, [message(1)]);
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 5);
+      const p = s2.begin();
+      await sleep(100);
+      expect(ticks).toBeGreaterThan(5);
+      await holder.commit();
+      const tx = await p;
+      clearInterval(timer);
+      await s2.enqueue(tx, [message(2)]);
+      await tx.commit();
+      expect((await f.storage.stats()).pending).toBe(2);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("on :memory:, TRANSACTION_ACTIVE is retryable and retried until the transaction ends", async () => {
+    const f = await libsqlMemoryFixture();
+    try {
+      await f.storage.enqueue(f.client, [message(1)]);
+      const holder = await f.client.transaction("write");
+      const e = expectCode(await caught(libsqlStorage(f.client, { busyRetryMs: 0 }).claim({ limit: 1, leaseMs: 1_000 })), "STORAGE");
+      expect(e.retryable).toBe(true);
+      expect((e.cause as { code?: string }).code).toBe("TRANSACTION_ACTIVE");
+      const p = f.storage.claim({ limit: 1, leaseMs: 1_000 });
+      await sleep(50);
+      await holder.commit();
+      expect((await p).messages).toHaveLength(1);
+    } finally {
+      await f.close();
+    }
+  });
+});
+
+storageConformance({ describe, it, expect }, { name: "libsql :memory:", create: () => libsqlMemoryFixture() });
+storageConformance({ describe, it, expect }, { name: "libsql file", create: () => libsqlFileFixture() });
