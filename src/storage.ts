@@ -13,7 +13,9 @@
  *   row due again by itself. Every settle is conditional on the token (fencing): a stale holder changes nothing.
  * - A keyed row is claimable only when no row of its key with a smaller `seq` is pending and not claimable now
  *   (leased, backing off or delayed). Claims take rows in `seq` order, so the claimed rows of a key are always a
- *   prefix of that key's queue; the relay then sends them one after another.
+ *   prefix of that key's queue; the relay then sends them one after another. An adapter whose concurrent claimers
+ *   can read stale snapshots claims only each key's head (no earlier pending row at all) and declares
+ *   `capabilities.keyPrefixClaims: false`.
  * - Counters (delivered, retried, dead, delivery latency) live in the database, written in the same statement
  *   batch as the settle, so `stats()` is right when every call runs in a new serverless process.
  * - Driver failures are thrown as `OutboxError("STORAGE")` with the driver error as `cause`, `retryable` when a
@@ -130,6 +132,12 @@ export interface StorageCapabilities {
   readonly skipLocked: boolean;
   /** Writers are serialised by the database (SQLite): one write transaction at a time. */
   readonly serialWrites: boolean;
+  /**
+   * A claim may return several rows of one key (a prefix of its queue, sent one after another). When false, a claim
+   * returns at most the head row of each key: the safe choice where concurrent claimers read possibly stale
+   * snapshots (Postgres `SKIP LOCKED`), at the cost of one message per key per claim.
+   */
+  readonly keyPrefixClaims: boolean;
 }
 
 /**

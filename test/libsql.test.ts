@@ -123,7 +123,7 @@ describe("libsqlStorage: configuration", () => {
     const s = libsqlStorage(client, { table: "app_outbox_2" });
     expect(s.table).toBe("app_outbox_2");
     expect(s.name).toBe("libsql");
-    expect(s.capabilities).toEqual({ batchStatement: true, skipLocked: false, serialWrites: true });
+    expect(s.capabilities).toEqual({ batchStatement: true, skipLocked: false, serialWrites: true, keyPrefixClaims: true });
     expect(s.statement([message(1)]).sql).toContain('"app_outbox_2"');
     expect(client.calls).toEqual([]);
   });

@@ -337,7 +337,12 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
   const busyRetryMs = opts.busyRetryMs;
   const readLock = sql.readLock;
   const migrationsDdl = renderSql(MIGRATIONS_TABLE_DDL, table);
-  const capabilities: StorageCapabilities = { batchStatement: true, skipLocked: false, serialWrites: true };
+  const capabilities: StorageCapabilities = {
+    batchStatement: true,
+    skipLocked: false,
+    serialWrites: true,
+    keyPrefixClaims: true,
+  };
 
   /** Retries busy errors with an asynchronous, jittered, doubling backoff, then throws a typed error. */
   async function relaySide<T>(what: string, op: () => Promise<T>): Promise<T> {

@@ -121,7 +121,12 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
   } else {
     store = { seq: 0, rows: new Map(), buckets: new Map() };
   }
-  const capabilities: StorageCapabilities = { batchStatement: false, skipLocked: false, serialWrites: false };
+  const capabilities: StorageCapabilities = {
+    batchStatement: false,
+    skipLocked: false,
+    serialWrites: false,
+    keyPrefixClaims: true,
+  };
 
   // Rows are only ever inserted with a growing seq, and a Map iterates in insertion order: already seq order.
   const ordered = (): IterableIterator<Row> => store.rows.values();
