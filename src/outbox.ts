@@ -78,7 +78,9 @@ export interface Outbox<Tx, Stmt, T extends AnyTopic = AnyTopic> {
    * Pass `options.id` to know the id in advance.
    * @throws {OutboxError} VALIDATION as `enqueue`; CONFIG when the storage cannot join a batch this way
    */
-  statement<K extends T>(topic: K | K["name"], payload: TopicInput<K>, options?: EnqueueOptions): Stmt;
+  statement<K extends T>(topic: K, payload: TopicInput<K>, options?: EnqueueOptions): Stmt;
+  /** Returns the insert statement by topic name (typed like `enqueue` by name). */
+  statement<N extends T["name"]>(topic: N, payload: PayloadOf<T, N>, options?: EnqueueOptions): Stmt;
   /** Counts and windowed counters from the database. @param options.windowMs @default 300000 */
   stats(options?: { windowMs?: number }): Promise<OutboxStats>;
   /** Dead-letter operations. */

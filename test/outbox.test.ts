@@ -159,3 +159,14 @@ describe("createOutbox", () => {
     expect(await codeOf(() => outbox.stats({ windowMs: 0 }))).toBe("VALIDATION");
   });
 });
+
+describe("typing", () => {
+  it("statement() and enqueue() by name take that topic's payload type", async () => {
+    const { outbox, storage } = memoryOutbox();
+    // @ts-expect-error n must be a number, also by name
+    expect(await codeOf(() => outbox.statement("test.event", { n: "x" }))).toBe("CONFIG");
+    const h = storage.begin();
+    await outbox.enqueue(h.tx, "test.event", { n: 1 });
+    await h.rollback();
+  });
+});
