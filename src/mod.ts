@@ -70,3 +70,14 @@ export { type BackoffOptions, backoffDelay, parseRetryAfter } from "./backoff.ts
 export { parseOptions, quoteIdentifier } from "./options.ts";
 export { createOutbox, type DeadLetters, type Outbox, type OutboxOptions, type PayloadOf } from "./outbox.ts";
 export { createRelay, type DrainOptions, type DrainReport, type Relay, type RelayOptions, type RunOptions } from "./relay.ts";
+export {
+  DEFAULT_HEALTH_THRESHOLDS,
+  evaluateHealth,
+  type HealthCheck,
+  type HealthLevels,
+  type HealthReport,
+  type HealthStatus,
+  type HealthThresholds,
+  parseHealthThresholds,
+  retryRate,
+} from "./stats.ts";
