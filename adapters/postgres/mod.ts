@@ -1,0 +1,122 @@
+/**
+ * `edge-outbox/postgres`: the outbox storage on PostgreSQL through postgres.js, and a session advisory lock.
+ *
+ * The client is typed structurally ({@link PostgresClient}), so importing this module pulls in no driver: pass the
+ * `sql` you created with `postgres(url)`. Messages join your transaction: `sql.begin(tx => outbox.enqueue(tx, …))`,
+ * or a reserved connection on which you ran `BEGIN`. There is no atomic-batch `statement()` on Postgres
+ * (`outbox.statement()` throws CONFIG): use a transaction.
+ *
+ * Guarantees and how they are kept:
+ * - **Per-key order = commit order**, even with concurrent writers: an enqueue takes a transaction-scoped advisory
+ *   lock on each of its keys (sorted) before its rows draw their `seq`, so `seq` order per key is commit order.
+ *   Enqueue all messages of one transaction in one call: two separate calls whose keys are taken in opposite orders
+ *   by two transactions can deadlock, and PostgreSQL aborts one of them (40P01, a retryable STORAGE error).
+ * - **Claims** are one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED)` statement; a keyed row is claimable only as
+ *   the head of its key (`capabilities.keyPrefixClaims: false`), which stays correct when concurrent claimers read
+ *   stale snapshots. Keyless rows flow in parallel. A claim walks pending rows in seq order on a partial index, so
+ *   its cost grows with the rows queued behind leased or backing-off heads: cheap when keys are many, slow (seconds
+ *   at a million rows) when a huge backlog sits in a handful of keys.
+ * - **Settles** are one statement (data-modifying CTEs) per call, fenced on the lease token, with the counters
+ *   written by the same statement. All times come from the database clock.
+ *
+ * @example
+ * ```ts
+ * import postgres from "postgres";
+ * import * as v from "valibot";
+ * import { createOutbox, createRelay, defineTopic } from "edge-outbox";
+ * import { postgresStorage } from "edge-outbox/postgres";
+ *
+ * const sql = postgres(process.env.DATABASE_URL!, { max: 4 });
+ * const storage = postgresStorage(sql, { table: "outbox", schema: "public" });
+ * await storage.migrate();
+ * const orderCreated = defineTopic("order.created", v.object({ id: v.string() }));
+ * const outbox = createOutbox({ storage, topics: [orderCreated] });
+ * await sql.begin(async (tx) => {
+ *   await tx`insert into orders (id) values ('o1')`;
+ *   await outbox.enqueue(tx, orderCreated, { id: "o1" }, { key: "customer-7" });
+ * });
+ * ```
+ *
+ * @module
+ */
+import { OutboxError } from "../../src/errors.ts";
+import { hasMethod, type PostgresClient, PREFIX } from "./client.ts";
+import { postgresSql } from "./sql.ts";
+import {
+  createPostgresStorage,
+  type PostgresStorage,
+  type PostgresStorageOptions,
+  resolvePostgresStorageOptions,
+} from "./storage.ts";
+
+export type { PostgresStorage, PostgresStorageOptions } from "./storage.ts";
+export {
+  isBusyError,
+  isConnectionError,
+  isRetryableError,
+  type PostgresClient,
+  type PostgresExecutor,
+  type PostgresLockClient,
+  type PostgresParameter,
+  type PostgresQueryOptions,
+  type PostgresReservedConnection,
+  type PostgresRow,
+} from "./client.ts";
+export { ADVISORY_KEY_SQL, advisoryLockKey, pgAdvisoryLock, type PgAdvisoryLockOptions } from "./lock.ts";
+export {
+  CREATE_SCHEMA_DDL,
+  epochMs,
+  LATEST_SCHEMA_VERSION,
+  MAX_TABLE_NAME_LENGTH,
+  MIGRATIONS_TABLE_DDL,
+  type PostgresNames,
+  postgresNames,
+  postgresSchema,
+  recordVersionSql,
+  renderSql,
+  SCHEMA_PLACEHOLDER,
+  SCHEMA_V1,
+  SCHEMA_VERSIONS,
+  type SchemaVersion,
+  TABLE_PLACEHOLDER,
+} from "./schema.ts";
+
+/**
+ * Creates the Postgres storage over your postgres.js client. It never opens connections itself. Call `migrate()`
+ * once at start (idempotent, versioned, safe from several processes at once), or install {@link postgresSchema}
+ * with your own migration tool.
+ *
+ * Enqueue with the transaction handle of `sql.begin(tx => …)`, a reserved connection (`sql.reserve()`) inside your
+ * own `BEGIN`/`COMMIT`, or `sql` itself (a standalone insert). Claims, settles and reads use `sql`'s pool.
+ *
+ * @param sql a postgres.js client (`postgres(url)`), typed structurally
+ * @param options table (default "outbox"), schema (default "public"), retainDeliveredMs (default 0), busyRetryMs
+ *   (default 2000)
+ * @returns the storage; `capabilities` is `{ batchStatement: false, skipLocked: true, serialWrites: false,
+ *   keyPrefixClaims: false }`
+ * @throws {OutboxError} CONFIG for a bad option (a table or schema that is not a plain identifier, a table name longer
+ *   than 52 characters) or a value that is not a postgres.js client; nothing is sent to the database
+ * @example
+ * ```ts
+ * import postgres from "postgres";
+ * import { createOutbox } from "edge-outbox";
+ * import { postgresStorage } from "edge-outbox/postgres";
+ *
+ * const sql = postgres("postgres://app@localhost:5432/app", { max: 4 });
+ * const storage = postgresStorage(sql, { table: "outbox", schema: "messaging" });
+ * await storage.migrate();
+ * const outbox = createOutbox({ storage });
+ * await sql.begin(async (tx) => {
+ *   await tx`update accounts set balance = balance - 5 where id = 1`;
+ *   await outbox.enqueue(tx, "account.debited", { id: 1, amount: 5 }, { key: "account-1" });
+ * });
+ * ```
+ */
+export function postgresStorage(sql: PostgresClient, options: PostgresStorageOptions = {}): PostgresStorage {
+  const opts = resolvePostgresStorageOptions(options); // CONFIG before anything is sent
+  const statements = postgresSql(opts);
+  if (!hasMethod(sql, "unsafe") || !hasMethod(sql, "begin")) {
+    throw new OutboxError("CONFIG", `${PREFIX} postgresStorage needs a postgres.js client (unsafe, begin)`);
+  }
+  return createPostgresStorage(sql, opts, statements);
+}

@@ -1,0 +1,514 @@
+// The Postgres storage on the machine's PostgreSQL server: the conformance suite, then what is specific to Postgres
+// (structural types, hostile names, migrations, commit-order locks, errors and dropped connections).
+import { connect as netConnect } from "node:net";
+import postgres from "postgres";
+import { describe, expect, it } from "vitest";
+import {
+  ADVISORY_KEY_SQL,
+  advisoryLockKey,
+  isConnectionError,
+  isRetryableError,
+  LATEST_SCHEMA_VERSION,
+  MAX_TABLE_NAME_LENGTH,
+  type PostgresClient,
+  type PostgresExecutor,
+  type PostgresLockClient,
+  type PostgresReservedConnection,
+  postgresSchema,
+  postgresStorage,
+  TABLE_PLACEHOLDER,
+} from "../adapters/postgres/mod.ts";
+import { postgresSql } from "../adapters/postgres/sql.ts";
+import { createOutbox, createRelay } from "../mod.ts";
+import { recordingTransport } from "../adapters/memory/mod.ts";
+import { isOutboxError, type OutboxError, type OutboxErrorCode } from "../src/errors.ts";
+import { type NewMessage, uuidv7 } from "../src/message.ts";
+import { storageConformance } from "../src/testing/mod.ts";
+import { connect, PG_URL, postgresFixture, randomSuffix, reservedTransaction, type Sql, START_HINT } from "./postgres-fixtures.ts";
+
+// ---- type level: the real driver types fit the structural ones (checked by tsc -p tsconfig.test.json) ----
+type Assignable<T, U extends T> = U;
+export type SqlIsClient = Assignable<PostgresClient, postgres.Sql>;
+export type TypedSqlIsClient = Assignable<PostgresClient, postgres.Sql<{ bigint: bigint }>>;
+export type SqlIsLockClient = Assignable<PostgresLockClient, postgres.Sql>;
+export type SqlIsExecutor = Assignable<PostgresExecutor, postgres.Sql>;
+export type TransactionSqlIsExecutor = Assignable<PostgresExecutor, postgres.TransactionSql>;
+export type ReservedSqlIsExecutor = Assignable<PostgresExecutor, postgres.ReservedSql>;
+export type ReservedSqlIsReservedConnection = Assignable<PostgresReservedConnection, postgres.ReservedSql>;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function message(n: number, extra: Partial<NewMessage> = {}): NewMessage {
+  return { id: uuidv7(), topic: "test.event", key: null, payload: JSON.stringify({ n }), headers: "{}", delayMs: 0, ...extra };
+}
+
+async function caught(p: Promise<unknown> | (() => unknown)): Promise<unknown> {
+  try {
+    await (typeof p === "function" ? p() : p);
+  } catch (e) {
+    return e;
+  }
+  throw new Error("expected a rejection");
+}
+
+function expectCode(e: unknown, code: OutboxErrorCode): OutboxError {
+  expect(isOutboxError(e, code), String(e)).toBe(true);
+  return e as OutboxError;
+}
+
+/** A fake postgres.js client that records every call and never touches a database. */
+function recordingClient(): PostgresClient & PostgresLockClient & { calls: string[] } {
+  const calls: string[] = [];
+  const no = (what: string) => (...args: unknown[]): never => {
+    calls.push(`${what} ${JSON.stringify(args)}`);
+    throw new Error("recording client: no database");
+  };
+  const fn = Object.assign((...args: unknown[]) => no("tag")(...args), {
+    calls,
+    unsafe: no("unsafe"),
+    begin: no("begin"),
+    reserve: no("reserve"),
+  });
+  return fn as unknown as PostgresClient & PostgresLockClient & { calls: string[] };
+}
+
+/** Waits until `check` is true (polling), failing after `ms`. */
+async function until(check: () => Promise<boolean> | boolean, ms = 10_000, what = "condition"): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+/** Whether a backend of `appName` is waiting on a lock (advisory or row). */
+async function waitingOnLock(admin: Sql, appName: string): Promise<boolean> {
+  const rows = await admin`select count(*)::int as n from pg_stat_activity where application_name = ${appName} and wait_event_type = 'Lock'`;
+  return rows[0]!["n"] > 0;
+}
+
+storageConformance({ describe, it, expect }, { name: "postgres", create: () => postgresFixture() });
+
+describe("postgresStorage: configuration", () => {
+  it("rejects hostile table and schema names with CONFIG before any SQL is sent", async () => {
+    const client = recordingClient();
+    const hostile = ["outbox; drop table x", 'out"box', "out'box", "", "1outbox", "out box", "outbox--", "outbox/*", "é", "a".repeat(64)];
+    for (const table of [...hostile, "a".repeat(MAX_TABLE_NAME_LENGTH + 1)]) {
+      const e = expectCode(await caught(() => postgresStorage(client, { table })), "CONFIG");
+      expect(e.message).toContain("table");
+      expectCode(await caught(() => postgresSchema({ table })), "CONFIG");
+    }
+    for (const schema of hostile) {
+      const e = expectCode(await caught(() => postgresStorage(client, { schema })), "CONFIG");
+      expect(e.message).toContain("schema");
+      expectCode(await caught(() => postgresSchema({ schema })), "CONFIG");
+    }
+    expectCode(await caught(() => postgresSql({ schema: "public", table: "x; drop table y" })), "CONFIG");
+    expect(client.calls).toEqual([]);
+  });
+
+  it("accepts plain identifiers up to the length limit; constructing sends nothing", () => {
+    const client = recordingClient();
+    const s = postgresStorage(client, { table: "a".repeat(MAX_TABLE_NAME_LENGTH), schema: "App_2" });
+    expect(s.table).toBe("a".repeat(MAX_TABLE_NAME_LENGTH));
+    expect(s.schema).toBe("App_2");
+    expect(s.name).toBe("postgres");
+    expect(s.capabilities).toEqual({ batchStatement: false, skipLocked: true, serialWrites: false, keyPrefixClaims: false });
+    expect(postgresStorage(client).table).toBe("outbox");
+    expect(postgresStorage(client).schema).toBe("public");
+    expect(client.calls).toEqual([]);
+  });
+
+  it("validates options with CONFIG errors naming the field, and refuses a non-client", async () => {
+    const client = recordingClient();
+    const bad: [unknown, string][] = [
+      [{ retainDeliveredMs: -1 }, "retainDeliveredMs"],
+      [{ busyRetryMs: "soon" }, "busyRetryMs"],
+      [{ table: 7 }, "table"],
+      [{ tabel: "outbox" }, "tabel"],
+    ];
+    for (const [options, field] of bad) {
+      const e = expectCode(await caught(() => postgresStorage(client, options as never)), "CONFIG");
+      expect(e.message).toContain(field);
+    }
+    expectCode(await caught(() => postgresStorage({} as never)), "CONFIG");
+    expect(client.calls).toEqual([]);
+  });
+
+  it("has no statement(): capabilities.batchStatement is false and outbox.statement() throws CONFIG", async () => {
+    const client = recordingClient();
+    const storage = postgresStorage(client);
+    expect(storage.statement).toBe(undefined);
+    expect(storage.capabilities.batchStatement).toBe(false);
+    const outbox = createOutbox({ storage });
+    const e = expectCode(await caught(() => outbox.statement("test.event", { n: 1 })), "CONFIG");
+    expect(e.message).toContain("postgres");
+    expect(client.calls).toEqual([]);
+  });
+
+  it("the real Sql, TransactionSql and ReservedSql work where the structural types are expected", async () => {
+    const f = await postgresFixture();
+    try {
+      const sql: postgres.Sql = f.sql;
+      const storage = postgresStorage(sql, { schema: f.schema });
+      await sql.begin(async (tx: postgres.TransactionSql) => {
+        await storage.enqueue(tx, [message(1)]);
+      });
+      const reserved: postgres.ReservedSql = await sql.reserve();
+      try {
+        await reserved`begin`;
+        await storage.enqueue(reserved, [message(2)]);
+        await reserved`commit`;
+      } finally {
+        reserved.release();
+      }
+      await storage.enqueue(sql, [message(3)]); // the pool itself: a standalone insert
+      expect((await storage.stats()).pending).toBe(3);
+    } finally {
+      await f.close();
+    }
+  });
+});
+
+describe("postgresStorage: schema and migrations", () => {
+  it("exports DDL a migration tool can run (idempotent), after which migrate() is a no-op", async () => {
+    const schema = `eo_test_ddl_${randomSuffix()}`;
+    const ddl = postgresSchema({ table: "my_outbox", schema });
+    for (const s of ddl) expect(s).not.toContain(TABLE_PLACEHOLDER);
+    const all = ddl.join("\n");
+    expect(all).toContain(`CREATE SCHEMA IF NOT EXISTS "${schema}"`);
+    expect(all).toContain(`CREATE TABLE IF NOT EXISTS "${schema}"."my_outbox"`);
+    expect(all).toContain(`"${schema}"."my_outbox_counters"`);
+    expect(all).toContain(`"${schema}"."my_outbox_migrations"`);
+    expect(postgresSchema({ table: "o" }).join("\n")).not.toContain("CREATE SCHEMA");
+    const sql = connect(`eo-test-ddl-${randomSuffix()}`, { max: 2 });
+    try {
+      for (let i = 0; i < 2; i++) {
+        await sql.begin(async (tx) => {
+          for (const s of ddl) await tx.unsafe(s);
+        });
+      }
+      const storage = postgresStorage(sql, { table: "my_outbox", schema });
+      await storage.migrate();
+      const versions = await sql.unsafe(`SELECT version FROM "${schema}".my_outbox_migrations`);
+      expect(versions.map((r) => r["version"])).toEqual([LATEST_SCHEMA_VERSION]);
+      await storage.enqueue(sql, [message(1)]);
+      expect((await storage.stats()).pending).toBe(1);
+    } finally {
+      await sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
+      await sql.end({ timeout: 5 });
+    }
+  });
+
+  it("migrate creates the schema, and is safe when several processes migrate at once", async () => {
+    const schema = `eo_test_mig_${randomSuffix()}`;
+    const app = `eo-test-mig-${randomSuffix()}`;
+    const clients = [connect(app, { max: 1 }), connect(app, { max: 1 }), connect(app, { max: 1 }), connect(app, { max: 1 })];
+    try {
+      await Promise.all(clients.map((c) => postgresStorage(c, { schema }).migrate()));
+      await Promise.all(clients.map((c) => postgresStorage(c, { schema, table: "second" }).migrate()));
+      const a = clients[0]!;
+      const tables = await a`select table_name from information_schema.tables where table_schema = ${schema} order by 1`;
+      expect(tables.map((r) => r["table_name"])).toEqual([
+        "outbox",
+        "outbox_counters",
+        "outbox_migrations",
+        "second",
+        "second_counters",
+        "second_migrations",
+      ]);
+      const versions = await a.unsafe(`SELECT version FROM "${schema}".outbox_migrations`);
+      expect(versions.map((r) => r["version"])).toEqual([1]);
+      const indexes = await a`select indexname from pg_indexes where schemaname = ${schema} and tablename = 'outbox' order by 1`;
+      expect(indexes.map((r) => r["indexname"])).toEqual([
+        "outbox_dead",
+        "outbox_done",
+        "outbox_due",
+        "outbox_id_key",
+        "outbox_key",
+        "outbox_pending",
+        "outbox_pkey",
+      ]);
+    } finally {
+      await clients[0]!.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
+      await Promise.all(clients.map((c) => c.end({ timeout: 5 })));
+    }
+  });
+});
+
+describe("postgresStorage: writes", () => {
+  it("enqueue keeps array order as seq order in one statement; a rollback leaves nothing", async () => {
+    const f = await postgresFixture();
+    try {
+      const ms = Array.from({ length: 300 }, (_, i) => message(i, { key: i % 3 === 0 ? null : `k${i}` }));
+      ms.reverse(); // ids no longer sorted: seq must follow the array, not the id
+      const statements: string[] = [];
+      const counting: PostgresExecutor = {
+        unsafe: (q, p, o) => {
+          statements.push(q);
+          return f.sql.unsafe(q, p as never, o);
+        },
+      };
+      await caught(f.sql.begin(async (tx) => {
+        await f.storage.enqueue({ unsafe: (q, p, o) => (statements.push(q), tx.unsafe(q, p as never, o)) }, ms);
+        await f.storage.enqueue(counting, []);
+        throw new Error("roll back");
+      }));
+      expect(statements).toHaveLength(1);
+      expect((await f.storage.stats()).pending).toBe(0);
+      await f.sql.begin((tx) => f.storage.enqueue(tx, ms));
+      const claim = await f.storage.claim({ limit: 1000, leaseMs: 10_000 });
+      expect(claim.messages.map((m) => m.id)).toEqual(ms.map((m) => m.id));
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("a duplicate id is a non-retryable STORAGE error with the adapter prefix and the driver cause", async () => {
+    const f = await postgresFixture();
+    try {
+      const m = message(1);
+      await f.storage.enqueue(f.sql, [m]);
+      const e = expectCode(await caught(f.sql.begin((tx) => f.storage.enqueue(tx, [m]))), "STORAGE");
+      expect(e.message).toMatch(/^\[edge-outbox:postgres\] enqueue failed: /);
+      expect(e.retryable).toBe(false);
+      expect((e.cause as { code?: string }).code).toBe("23505");
+      expectCode(await caught(f.storage.enqueue({} as never, [m])), "VALIDATION");
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("timestamps come from the database clock, in whole epoch milliseconds", async () => {
+    const f = await postgresFixture();
+    try {
+      await f.storage.enqueue(f.sql, [message(1, { delayMs: 5_000 })]);
+      const [row] = await f.sql.unsafe(
+        `SELECT floor(extract(epoch FROM created_at) * 1000)::float8 AS c, floor(extract(epoch FROM available_at) * 1000)::float8 AS a,
+           floor(extract(epoch FROM now()) * 1000)::float8 AS now FROM "${f.schema}".outbox`,
+      );
+      expect(row!["a"] - row!["c"]).toBe(5_000);
+      expect(Math.abs(row!["c"] - row!["now"])).toBeLessThan(5_000);
+      const s = await f.storage.stats();
+      expect(Number.isInteger(s.now)).toBe(true);
+      expect(s.pending).toBe(1);
+      expect(s.due).toBe(0);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("works with a client that transforms column names (postgres.camel) and parses int8 as bigint", async () => {
+    const f = await postgresFixture({}, { transform: postgres.camel, types: { bigint: postgres.BigInt } });
+    try {
+      const m = message(1, { key: "k" });
+      await f.storage.enqueue(f.sql, [m]);
+      const c = await f.storage.claim({ limit: 5, leaseMs: 1_000 });
+      expect(c.messages.map((x) => x.id)).toEqual([m.id]);
+      expect(typeof c.messages[0]!.seq).toBe("number");
+      expect(c.messages[0]!.lastError).toBeNull();
+      expect(c.leaseUntil - c.now).toBe(1_000);
+      expect(await f.storage.settle(c.token, [{ id: m.id, outcome: "dead", error: "x" }])).toEqual({ applied: 1, lost: [] });
+      const page = await f.storage.listDead({ limit: 5 });
+      expect(page.items[0]!.lastError).toBe("x");
+      expect((await f.storage.stats()).window.dead).toBe(1);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("with retainDeliveredMs, delivered rows are kept and purged in bounded chunks", async () => {
+    const f = await postgresFixture({ retainDeliveredMs: 60_000 });
+    try {
+      await f.storage.enqueue(f.sql, [message(1), message(2), message(3)]);
+      const c = await f.storage.claim({ limit: 5, leaseMs: 10_000 });
+      await f.storage.settle(c.token, c.messages.map((m) => ({ id: m.id, outcome: "delivered" as const })));
+      const [row] = await f.sql.unsafe(`SELECT count(*)::int AS n FROM "${f.schema}".outbox WHERE status = 'delivered'`);
+      expect(row!["n"]).toBe(3);
+      const s = await f.storage.stats();
+      expect(s.pending).toBe(0);
+      expect(s.window.delivered).toBe(3);
+      expect(await f.storage.purge({ status: "delivered", olderThan: s.now - 60_000, limit: 10 })).toBe(0);
+      expect(await f.storage.purge({ status: "delivered", olderThan: s.now + 60_000, limit: 2 })).toBe(2);
+      expect(await f.storage.purge({ status: "delivered", olderThan: s.now + 60_000, limit: 2 })).toBe(1);
+    } finally {
+      await f.close();
+    }
+  });
+});
+
+describe("postgresStorage: per-key commit order (advisory locks before seq)", () => {
+  it("the lock is taken before nextval: a writer blocked on a key draws its seq after rows committed meanwhile", async () => {
+    const f = await postgresFixture();
+    const admin = f.connect({ max: 1, connection: { application_name: `${f.appName}-admin` } });
+    const other = f.connect({ max: 2, connection: { application_name: `${f.appName}-other` } });
+    try {
+      const a = message(1, { key: "k" }), b = message(2, { key: "k" }), c = message(3), d = message(4, { key: "j" });
+      const t1 = await reservedTransaction(f.sql);
+      await f.storage.enqueue(t1.tx, [a]); // holds the lock of "k" until commit
+      const t2 = await reservedTransaction(other);
+      const blocked = f.storage.enqueue(t2.tx, [b]); // waits for "k"
+      await until(() => waitingOnLock(admin, `${f.appName}-other`), 5_000, "the second writer to wait on the key lock");
+      await f.storage.enqueue(f.sql, [c]); // keyless: no lock, commits at once
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [d])); // another key: not blocked
+      await t1.commit();
+      await blocked;
+      await t2.commit();
+      const rows = await f.sql.unsafe(`SELECT id::text AS id, seq FROM "${f.schema}".outbox ORDER BY seq`);
+      // b was inserted (id drawn) before c and d, but drew its seq only after a committed and after c and d.
+      expect(rows.map((r) => r["id"])).toEqual([a.id, c.id, d.id, b.id]);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("the enqueue plan gates the insert on the lock InitPlan (One-Time Filter) below the nextval projection", async () => {
+    const f = await postgresFixture();
+    try {
+      const sql = postgresSql({ schema: f.schema, table: "outbox" });
+      const arg = JSON.stringify([[uuidv7(), "t", "k", "{}", "{}", 0]]);
+      const plan = (await f.sql.unsafe(`EXPLAIN (VERBOSE, COSTS OFF) ${sql.enqueue}`, [arg])).map((r) => String(r["QUERY PLAN"]));
+      const text = plan.join("\n");
+      const nextval = plan.findIndex((l) => l.includes("nextval("));
+      const gate = plan.findIndex((l) => l.includes("One-Time Filter"));
+      const lock = plan.findIndex((l) => l.includes("pg_advisory_xact_lock("));
+      expect(nextval, text).toBeGreaterThan(-1);
+      expect(gate, text).toBeGreaterThan(nextval); // deeper in the tree: evaluated before any row reaches nextval
+      expect(lock, text).toBeGreaterThan(-1);
+      expect(text).toMatch(/CTE l[\s\S]*pg_advisory_xact_lock/);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("one call with several keys sorts its locks; two calls in opposite key orders can deadlock (retryable STORAGE)", async () => {
+    const f = await postgresFixture();
+    const other = f.connect({ max: 2 });
+    try {
+      // One call each, keys given in opposite orders: sorted inside the statement, so no deadlock.
+      const t1 = await reservedTransaction(f.sql), t2 = await reservedTransaction(other);
+      await f.storage.enqueue(t1.tx, [message(1, { key: "b" }), message(2, { key: "a" })]);
+      const second = f.storage.enqueue(t2.tx, [message(3, { key: "a" }), message(4, { key: "b" })]);
+      await sleep(50);
+      await t1.commit();
+      await second;
+      await t2.commit();
+      // Two calls per transaction, in opposite orders: PostgreSQL detects the deadlock and aborts one (40P01).
+      const u1 = await reservedTransaction(f.sql), u2 = await reservedTransaction(other);
+      await f.storage.enqueue(u1.tx, [message(5, { key: "a" })]);
+      await f.storage.enqueue(u2.tx, [message(6, { key: "b" })]);
+      const results = await Promise.allSettled([
+        f.storage.enqueue(u1.tx, [message(7, { key: "b" })]),
+        f.storage.enqueue(u2.tx, [message(8, { key: "a" })]),
+      ]);
+      const failed = results.filter((r) => r.status === "rejected");
+      expect(failed).toHaveLength(1);
+      const e = expectCode((failed[0] as PromiseRejectedResult).reason, "STORAGE");
+      expect(e.retryable).toBe(true);
+      expect((e.cause as { code?: string }).code).toBe("40P01");
+      const [ok, bad] = results[0]!.status === "fulfilled" ? [u1, u2] : [u2, u1];
+      await bad!.rollback();
+      await ok!.commit();
+      expect((await f.storage.stats()).pending).toBe(6);
+    } finally {
+      await f.close();
+    }
+  });
+});
+
+describe("postgresStorage: errors and dropped connections", () => {
+  it("connection refused: a retryable STORAGE error with the driver cause, at once, after a single attempt", async () => {
+    let attempts = 0;
+    const sql = postgres({
+      host: "127.0.0.1",
+      port: 1,
+      max: 2,
+      connect_timeout: 2,
+      onnotice: () => {},
+      // Count the driver's connection attempts (a retry storm would show here).
+      socket: () => {
+        attempts++;
+        return netConnect(1, "127.0.0.1");
+      },
+    } as postgres.Options<Record<string, postgres.PostgresType>>);
+    try {
+      const storage = postgresStorage(sql);
+      const start = Date.now();
+      const e = expectCode(await caught(storage.claim({ limit: 1, leaseMs: 1_000 })), "STORAGE");
+      expect(Date.now() - start).toBeLessThan(2_000);
+      expect(attempts).toBe(1);
+      expect(e.retryable).toBe(true);
+      expect(e.message).toMatch(/^\[edge-outbox:postgres\] claim failed: /);
+      expect((e.cause as { code?: string }).code).toBe("ECONNREFUSED");
+      expect(isConnectionError(e.cause)).toBe(true);
+      expectCode(await caught(storage.migrate()), "STORAGE");
+    } finally {
+      await sql.end({ timeout: 1 });
+    }
+  });
+
+  it("classifies driver errors: connection and conflict errors are retryable, SQL errors are not", () => {
+    for (const code of ["40001", "40P01", "55P03", "57P01", "08006", "ECONNRESET", "CONNECTION_CLOSED", "CONNECT_TIMEOUT"]) {
+      expect(isRetryableError({ code }), code).toBe(true);
+    }
+    for (const code of ["23505", "42P01", "42601", "CONNECTION_ENDED", undefined]) expect(isRetryableError({ code }), code).toBe(false);
+    expect(isConnectionError({ code: "57P01" })).toBe(true);
+    expect(isConnectionError({ code: "23505" })).toBe(false);
+  });
+
+  it("backends terminated mid-drain: the drain rejects with a retryable STORAGE error; the next drain delivers the rest", async () => {
+    const f = await postgresFixture();
+    const relayApp = `${f.appName}-relay`;
+    const relaySql = f.connect({ max: 2, connection: { application_name: relayApp } });
+    const admin = f.connect({ max: 2, connection: { application_name: `${f.appName}-admin` } });
+    try {
+      const all = Array.from({ length: 40 }, (_, i) => message(i));
+      await f.storage.enqueue(f.sql, all);
+      const storage = postgresStorage(relaySql, f.options);
+      const transport = recordingTransport({ delayMs: 10 });
+      const relay = createRelay({ outbox: createOutbox({ storage }), transport, batchSize: 10, concurrency: 2, leaseMs: 1_000, sendTimeoutMs: 400 });
+      // A blocker that row-locks every row as soon as the first batch is being sent: the relay's settle then waits
+      // on a row lock, so its query is in flight when its backends are terminated.
+      const blocker = await reservedTransaction(admin);
+      const drain = relay.drain({ budgetMs: 20_000 });
+      drain.catch(() => {});
+      await until(() => transport.attempts.length > 0, 5_000, "the first send");
+      await blocker.tx.unsafe(`SELECT seq FROM "${f.schema}".outbox FOR UPDATE`);
+      await until(() => waitingOnLock(admin, relayApp), 5_000, "the relay's settle to wait on the row locks");
+      const killed = await admin`select pg_terminate_backend(pid) as ok from pg_stat_activity where application_name = ${relayApp}`;
+      expect(killed.length).toBeGreaterThan(0);
+      const e = expectCode(await caught(drain), "STORAGE");
+      expect(e.retryable).toBe(true);
+      await blocker.rollback();
+      await sleep(1_100); // the dead drain's lease expires
+      // The same client reconnects by itself.
+      for (let i = 0; i < 20 && (await storage.stats()).pending > 0; i++) await relay.drain({ budgetMs: 5_000 });
+      const delivered = new Set(transport.delivered.map((m) => m.id));
+      for (const m of all) expect(delivered.has(m.id), m.id).toBe(true);
+      expect((await storage.stats()).pending).toBe(0);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("fails (never skips) with a message saying how to start the server when it is unreachable", async () => {
+    const { unreachable } = await import("./postgres-fixtures.ts");
+    const e = unreachable(new Error("connect ECONNREFUSED"));
+    expect(e.message).toContain(START_HINT);
+    expect(e.message).toContain(PG_URL);
+  });
+});
+
+describe("advisoryLockKey", () => {
+  it("matches the documented SQL (first 8 bytes of SHA-256, signed big-endian)", async () => {
+    const sql = connect(`eo-test-key-${randomSuffix()}`, { max: 1 });
+    try {
+      for (const key of ["edge-outbox:relay", "", "ключ 🚀", "a".repeat(500)]) {
+        const [row] = await sql.unsafe(`SELECT (${ADVISORY_KEY_SQL})::text AS k`, [key]);
+        expect(row!["k"], key).toBe((await advisoryLockKey(key)).toString());
+      }
+    } finally {
+      await sql.end({ timeout: 5 });
+    }
+  });
+});
