@@ -362,7 +362,7 @@ describe("libsqlStorage: claims and settles", () => {
           { id: ms[3]!.id, outcome: "released" },
         ]);
         expect(r).toEqual({ applied: 4, lost: [] });
-        expect(counts.statements).toBe(5); // counters + one statement per outcome kind
+        expect(counts.statements).toBe(6); // the not-applied check, counters, one statement per outcome kind
         if (protocol === "http") {
           expect(counts).toMatchObject({ batch: 1, transaction: 0, execute: 0 });
         } else {

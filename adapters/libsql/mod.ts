@@ -367,19 +367,21 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
     return { sql: sql.enqueue, args: [JSON.stringify(rows)] };
   }
 
-  function toClaimed(r: LibsqlRow): ClaimedMessage {
-    const body = text(r["payload"]);
+  /** One claimed row: the JSON array of {@link CLAIM_SQL} (`[seq, id, topic, key, payload, headers, created_at, attempts, last_error, lease_until]`). */
+  function toClaimed(m: readonly unknown[]): ClaimedMessage {
+    const body = text(m[4]);
+    const headers = text(m[5]);
     return {
-      id: text(r["id"]),
-      topic: text(r["topic"]),
-      key: textOrNull(r["key"]),
+      id: text(m[1]),
+      topic: text(m[2]),
+      key: textOrNull(m[3]),
       payload: JSON.parse(body),
       body,
-      headers: JSON.parse(text(r["headers"])),
-      createdAt: num(r["created_at"]),
-      attempts: num(r["attempts"]),
-      lastError: textOrNull(r["last_error"]),
-      seq: num(r["seq"]),
+      headers: headers === "{}" ? {} : JSON.parse(headers),
+      createdAt: num(m[6]),
+      attempts: num(m[7]),
+      lastError: textOrNull(m[8]),
+      seq: num(m[0]),
     };
   }
 
@@ -463,12 +465,12 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
           { sql: sql.claim, args: [token, leaseMs, limit] },
           { sql: sql.now, args: [] },
         ], sql.lock);
-        const rows = [...claimed!.rows];
+        const rows = claimed!.rows.map((r) => JSON.parse(text(r["m"])) as unknown[]);
         const first = rows[0];
-        const now = num(first ? first["now"] : clock!.rows[0]!["now"]);
-        const leaseUntil = first ? num(first["lease_until"]) : now + leaseMs;
+        // Every claimed row has the same lease_until (the claim's now + leaseMs); without rows, the clock statement.
+        const leaseUntil = first ? num(first[9]) : num(clock!.rows[0]!["now"]) + leaseMs;
         const messages = rows.map(toClaimed).sort((a, b) => a.seq - b.seq);
-        return { token, leaseUntil, now, messages };
+        return { token, leaseUntil, now: leaseUntil - leaseMs, messages };
       });
     },
 
@@ -505,7 +507,8 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
         }
       }
       if (seen.size === 0) return Promise.resolve({ applied: 0, lost: [] });
-      const stmts: LibsqlStatement[] = [];
+      // First the ids that will not apply (read in the same write transaction), then counters, then the outcomes.
+      const stmts: LibsqlStatement[] = [{ sql: sql.settleLost, args: [token, JSON.stringify([...seen])] }];
       if (delivered.length + retried.length + dead.length > 0) {
         stmts.push({
           sql: sql.countSettle,
@@ -517,19 +520,17 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
       if (dead.length) stmts.push({ sql: sql.dead, args: [token, JSON.stringify(dead)] });
       if (released.length) stmts.push({ sql: sql.release, args: [token, JSON.stringify(released)] });
       return relaySide("settle", async () => {
-        const results = await runWrite(client, stmts, sql.lock);
-        const applied = new Set<string>();
-        for (const rs of results) for (const r of rs.rows) if (r["id"] !== undefined) applied.add(text(r["id"]));
+        const [lostRs] = await runWrite(client, stmts, sql.lock);
+        const notApplied = new Set(JSON.parse(text(lostRs!.rows[0]!["lost"])) as string[]);
+        if (notApplied.size === 0 && seen.size === settlements.length) return { applied: seen.size, lost: [] };
+        // Each id applies at most once (its first settlement), and only when its row still carried the token.
         const lost: string[] = [];
         const counted = new Set<string>();
-        let n = 0;
         for (const s of settlements) {
-          if (applied.has(s.id) && !counted.has(s.id)) {
-            counted.add(s.id);
-            n++;
-          } else lost.push(s.id);
+          if (!notApplied.has(s.id) && !counted.has(s.id)) counted.add(s.id);
+          else lost.push(s.id);
         }
-        return { applied: n, lost };
+        return { applied: counted.size, lost };
       });
     },
 

@@ -30,18 +30,32 @@ const ELIGIBLE = `o.status = 'pending' AND o.available_at <= ${NOW}
 /**
  * Claims rows in `seq` order. `?1` token, `?2` lease ms, `?3` limit. RETURNING order is arbitrary: sort by seq.
  * (libSQL has no `UPDATE … ORDER BY … LIMIT`, hence the subquery.)
+ *
+ * Each claimed row comes back as ONE column `m`, the JSON array `[seq, id, topic, key, payload, headers, created_at,
+ * attempts, last_error, lease_until]` (payload and headers as JSON strings, so the payload text is returned exactly):
+ * `@libsql/client` builds every result row with two `Object.defineProperty` calls per column, which at eleven
+ * columns cost more than the claim itself (bench/README.md). The database's now is `lease_until - ?2`.
  */
 export const CLAIM_SQL: string = `UPDATE "{{table}}"
 SET lease_token = ?1, lease_until = ${NOW} + CAST(?2 AS INTEGER), available_at = ${NOW} + CAST(?2 AS INTEGER),
   attempts = attempts + 1
 WHERE seq IN (SELECT o.seq FROM "{{table}}" AS o WHERE ${ELIGIBLE} ORDER BY o.seq LIMIT CAST(?3 AS INTEGER))
-RETURNING seq, id, topic, key, payload, headers, created_at, attempts, last_error, lease_until, ${NOW} AS now`;
+RETURNING json_array(seq, id, topic, key, payload, headers, created_at, attempts, last_error, lease_until) AS m`;
 
 /** The database clock. */
 export const NOW_SQL: string = `SELECT ${NOW} AS now`;
 
 /** Whether a row is claimable now. */
 export const HAS_DUE_SQL: string = `SELECT 1 AS due FROM "{{table}}" AS o WHERE ${ELIGIBLE} LIMIT 1`;
+
+/**
+ * The settlements that will NOT apply, read before the outcome statements of the same write transaction: the ids of
+ * `?2` (a JSON array of every settled id) whose row no longer carries the token `?1` (or is gone), as one JSON array
+ * in one row. The outcome statements below apply to exactly the other ids, so they need no `RETURNING` (one result
+ * row per settled message is what `@libsql/client` makes expensive).
+ */
+export const SETTLE_LOST_SQL: string = `SELECT json_group_array(j.value) AS lost FROM json_each(?2) AS j
+WHERE NOT EXISTS (SELECT 1 FROM "{{table}}" AS o WHERE o.id = j.value AND o.lease_token = ?1 AND o.status = 'pending')`;
 
 /**
  * Adds the settle counters to the current minute's bucket, from the rows that still carry the token (so it runs
@@ -74,32 +88,30 @@ const FENCE = `lease_token = ?1 AND status = 'pending'`;
 
 /** Delivered, no retention: delete. `?1` token, `?2` JSON array of ids. */
 export const DELIVERED_DELETE_SQL: string =
-  `DELETE FROM "{{table}}" WHERE id IN (SELECT value FROM json_each(?2)) AND ${FENCE} RETURNING id`;
+  `DELETE FROM "{{table}}" WHERE id IN (SELECT value FROM json_each(?2)) AND ${FENCE}`;
 
 /** Delivered, with retention: mark delivered. `?1` token, `?2` JSON array of ids. */
 export const DELIVERED_MARK_SQL: string = `UPDATE "{{table}}"
 SET status = 'delivered', done_at = ${NOW}, lease_token = NULL, lease_until = NULL
-WHERE id IN (SELECT value FROM json_each(?2)) AND ${FENCE} RETURNING id`;
+WHERE id IN (SELECT value FROM json_each(?2)) AND ${FENCE}`;
 
 /** Retry later. `?1` token, `?2` JSON array of `[id, delayMs, error]`. */
 export const RETRY_SQL: string = `UPDATE "{{table}}"
 SET available_at = ${NOW} + CAST(j.delay_ms AS INTEGER), last_error = j.error, lease_token = NULL, lease_until = NULL
 FROM (SELECT json_extract(value, '$[0]') AS jid, json_extract(value, '$[1]') AS delay_ms,
         json_extract(value, '$[2]') AS error FROM json_each(?2)) AS j
-WHERE "{{table}}".id = j.jid AND "{{table}}".lease_token = ?1 AND "{{table}}".status = 'pending'
-RETURNING id`;
+WHERE "{{table}}".id = j.jid AND "{{table}}".lease_token = ?1 AND "{{table}}".status = 'pending'`;
 
 /** Dead-letter. `?1` token, `?2` JSON array of `[id, error]`. */
 export const DEAD_SQL: string = `UPDATE "{{table}}"
 SET status = 'dead', done_at = ${NOW}, last_error = j.error, lease_token = NULL, lease_until = NULL
 FROM (SELECT json_extract(value, '$[0]') AS jid, json_extract(value, '$[1]') AS error FROM json_each(?2)) AS j
-WHERE "{{table}}".id = j.jid AND "{{table}}".lease_token = ?1 AND "{{table}}".status = 'pending'
-RETURNING id`;
+WHERE "{{table}}".id = j.jid AND "{{table}}".lease_token = ?1 AND "{{table}}".status = 'pending'`;
 
 /** Give back unsent claims: due now, attempt returned. `?1` token, `?2` JSON array of ids. */
 export const RELEASE_SQL: string = `UPDATE "{{table}}"
 SET available_at = ${NOW}, attempts = MAX(0, attempts - 1), lease_token = NULL, lease_until = NULL
-WHERE id IN (SELECT value FROM json_each(?2)) AND ${FENCE} RETURNING id`;
+WHERE id IN (SELECT value FROM json_each(?2)) AND ${FENCE}`;
 
 /** Counts and windowed counters in one consistent read. `?1` window ms. */
 export const STATS_SQL: string = `SELECT ${NOW} AS now,
@@ -156,6 +168,8 @@ export interface LibsqlSql {
   readonly now: string;
   /** See {@link HAS_DUE_SQL}. */
   readonly hasDue: string;
+  /** See {@link SETTLE_LOST_SQL}. */
+  readonly settleLost: string;
   /** See {@link COUNT_SETTLE_SQL}. */
   readonly countSettle: string;
   /** See {@link DELIVERED_DELETE_SQL}. */
@@ -207,6 +221,7 @@ export function libsqlSql(table: string): LibsqlSql {
     claim: r(CLAIM_SQL),
     now: r(NOW_SQL),
     hasDue: r(HAS_DUE_SQL),
+    settleLost: r(SETTLE_LOST_SQL),
     countSettle: r(COUNT_SETTLE_SQL),
     deliveredDelete: r(DELIVERED_DELETE_SQL),
     deliveredMark: r(DELIVERED_MARK_SQL),

@@ -76,8 +76,9 @@ const ELIGIBLE = `o.status = 'pending' AND o.available_at <= now()
 /**
  * Claims up to `$3` claimable rows in `seq` order in one statement: `FOR UPDATE OF o SKIP LOCKED` below the `LIMIT`
  * (so rows another claimer holds do not count), then writes the lease (`$1` token, `$2` lease ms: `lease_until =
- * available_at = now() + $2 ms`) and counts the attempt. Always returns at least one row: the database's `now` and
- * the lease expiry, with null message columns when nothing was claimed. RETURNING order is arbitrary: sort by seq.
+ * available_at = now() + $2 ms`) and counts the attempt. Returns one row per claimed message, each with the lease
+ * expiry `until` (the database's now is `until - $2`: `now()` is fixed within the transaction); no row when nothing
+ * was claimed (then {@link CLOCK_SQL} reads the clock). RETURNING order is arbitrary: sort by seq.
  *
  * Plan: the walk goes down `<table>_pending` in seq order (pending rows only) and stops after `$3` rows; the head
  * check is one probe of `<table>_key` per keyed row walked. Rows behind a leased or backing-off head are walked and
@@ -86,22 +87,22 @@ const ELIGIBLE = `o.status = 'pending' AND o.available_at <= now()
  * about 3.6 s per claim (and per `hasDue`) when the backlog sits in a few deep keys (10 keys x 100,000 rows) whose
  * heads are all leased, since every row then gets walked. A per-key head table would remove that cost.
  */
-export const CLAIM_SQL: string = `WITH c AS (
+export const CLAIM_SQL: string = `UPDATE ${T} AS t
+SET lease_token = $1::uuid, lease_until = now() + $2::bigint * ${MS_INTERVAL},
+  available_at = now() + $2::bigint * ${MS_INTERVAL}, attempts = t.attempts + 1
+WHERE t.seq = ANY (ARRAY(
   SELECT o.seq FROM ${T} AS o
   WHERE ${ELIGIBLE}
   ORDER BY o.seq
   LIMIT $3
   FOR UPDATE OF o SKIP LOCKED
-), u AS (
-  UPDATE ${T} AS t
-  SET lease_token = $1::uuid, lease_until = now() + $2::bigint * ${MS_INTERVAL},
-    available_at = now() + $2::bigint * ${MS_INTERVAL}, attempts = t.attempts + 1
-  FROM c WHERE t.seq = c.seq
-  RETURNING t.seq, t.id::text AS id, t.topic, t.key, t.payload::text AS payload, t.headers::text AS headers,
-    ${ms("t.created_at")} AS created, t.attempts, t.last_error AS lasterror
-)
-SELECT ${ms("now()")} AS now, ${ms(`now() + $2::bigint * ${MS_INTERVAL}`)} AS until, u.*
-FROM (SELECT 1) AS one LEFT JOIN u ON true`;
+))
+RETURNING t.seq, t.id::text AS id, t.topic, t.key, t.payload::text AS payload, t.headers::text AS headers,
+  ${ms("t.created_at")} AS created, t.attempts, t.last_error AS lasterror,
+  ${ms(`now() + $2::bigint * ${MS_INTERVAL}`)} AS until`;
+
+/** The database clock and the lease expiry a claim made now would get (`$1` lease ms), for an empty claim. */
+export const CLOCK_SQL: string = `SELECT ${ms("now()")} AS now, ${ms(`now() + $1::bigint * ${MS_INTERVAL}`)} AS until`;
 
 /**
  * Whether a row is claimable now (the claim's condition). A sub-select with `ORDER BY o.seq LIMIT 1` keeps it on the
@@ -114,6 +115,25 @@ export const HAS_DUE_SQL: string = `SELECT count(*) > 0 AS due FROM (
 
 const FENCE = `t.lease_token = $1::uuid AND t.status = 'pending'`;
 const LATENCY = `greatest(0, floor(extract(epoch FROM (now() - d.created_at)) * 1000))::bigint`;
+
+/** Count and latency (sum, max) of the delivered rows `d`, the latency computed once per row. */
+const DELIVERED_STATS = `SELECT count(*) AS delivered, coalesce(sum(dl.ms), 0) AS latency_sum, coalesce(max(dl.ms), 0) AS latency_max
+    FROM (SELECT ${LATENCY} AS ms FROM d) AS dl`;
+
+/** Adds the counts of `a` to this minute's counter row (sharded by backend to spread row locks). */
+const COUNTERS_UPSERT = `INSERT INTO "{{schema}}"."{{table}}_counters" AS c (bucket, shard, delivered, retried, dead, latency_sum_ms, latency_max_ms)
+  SELECT date_trunc('minute', now()), pg_backend_pid() % 8, a.delivered, a.retried, a.dead, a.latency_sum, a.latency_max
+  FROM a WHERE a.delivered + a.retried + a.dead > 0
+  ON CONFLICT (bucket, shard) DO UPDATE SET
+    delivered = c.delivered + excluded.delivered,
+    retried = c.retried + excluded.retried,
+    dead = c.dead + excluded.dead,
+    latency_sum_ms = c.latency_sum_ms + excluded.latency_sum_ms,
+    latency_max_ms = greatest(c.latency_max_ms, excluded.latency_max_ms)`;
+
+const DELETE_DELIVERED = `DELETE FROM ${T} AS t USING json_array_elements_text($2::text::json) AS j(id)
+  WHERE t.id = j.id::uuid AND ${FENCE}
+  RETURNING t.id, t.created_at`;
 
 function settleSql(deliveredCte: string): string {
   return `WITH d AS (
@@ -137,21 +157,16 @@ function settleSql(deliveredCte: string): string {
   WHERE t.id = j.id::uuid AND ${FENCE}
   RETURNING t.id
 ), a AS (
-  SELECT (SELECT count(*) FROM d) AS delivered, (SELECT count(*) FROM r) AS retried, (SELECT count(*) FROM k) AS dead,
-    (SELECT coalesce(sum(${LATENCY}), 0) FROM d) AS latency_sum, (SELECT coalesce(max(${LATENCY}), 0) FROM d) AS latency_max
-), n AS (
-  INSERT INTO "{{schema}}"."{{table}}_counters" AS c (bucket, shard, delivered, retried, dead, latency_sum_ms, latency_max_ms)
-  SELECT date_trunc('minute', now()), pg_backend_pid() % 8, a.delivered, a.retried, a.dead, a.latency_sum, a.latency_max
-  FROM a WHERE a.delivered + a.retried + a.dead > 0
-  ON CONFLICT (bucket, shard) DO UPDATE SET
-    delivered = c.delivered + excluded.delivered,
-    retried = c.retried + excluded.retried,
-    dead = c.dead + excluded.dead,
-    latency_sum_ms = c.latency_sum_ms + excluded.latency_sum_ms,
-    latency_max_ms = greatest(c.latency_max_ms, excluded.latency_max_ms)
-)
-SELECT id::text AS id FROM d UNION ALL SELECT id::text FROM r UNION ALL SELECT id::text FROM k
-UNION ALL SELECT id::text FROM l`;
+  SELECT x.delivered, (SELECT count(*) FROM r) AS retried, (SELECT count(*) FROM k) AS dead, x.latency_sum, x.latency_max
+  FROM (${DELIVERED_STATS}) AS x
+), n AS (${COUNTERS_UPSERT})
+SELECT x.id FROM (
+  SELECT j.id FROM json_array_elements_text($2::text::json) AS j(id)
+  UNION ALL SELECT j.v->>0 FROM json_array_elements($3::text::json) AS j(v)
+  UNION ALL SELECT j.v->>0 FROM json_array_elements($4::text::json) AS j(v)
+  UNION ALL SELECT j.id FROM json_array_elements_text($5::text::json) AS j(id)
+) AS x
+WHERE x.id::uuid NOT IN (SELECT id FROM d UNION ALL SELECT id FROM r UNION ALL SELECT id FROM k UNION ALL SELECT id FROM l)`;
 }
 
 /**
@@ -159,11 +174,25 @@ UNION ALL SELECT id::text FROM l`;
  * (`$2` JSON array of ids: deleted), `r` retry (`$3` `[[id, delayMs, error]]`), `k` dead (`$4` `[[id, error]]`), `l`
  * released (`$5` ids: due now, attempt given back). `n` adds the applied counts and the enqueue-to-delivery latency
  * to this minute's counter row (sharded by backend to spread row locks) in the same statement, hence the same
- * transaction. Returns the ids that were applied; the rest lost their lease.
+ * transaction. Returns the ids that were NOT applied (they lost their lease): none in the usual case, so a settle
+ * sends back no row per message.
  */
-export const SETTLE_SQL: string = settleSql(`DELETE FROM ${T} AS t USING json_array_elements_text($2::text::json) AS j(id)
-  WHERE t.id = j.id::uuid AND ${FENCE}
-  RETURNING t.id, t.created_at`);
+export const SETTLE_SQL: string = settleSql(DELETE_DELIVERED);
+
+/**
+ * {@link SETTLE_SQL} for the usual case, where every settlement is "delivered" and delivered rows are deleted: the
+ * same `d` and counters without the retry, dead and release steps. `$1` token, `$2` the ids as a `uuid[]` literal
+ * (`{…,…}`; cheaper to parse than JSON). Returns the ids that were not applied; the anti-join that finds them runs
+ * only when fewer rows were deleted than ids were given (a one-time filter), so the usual settle reads no id twice.
+ */
+export const SETTLE_DELIVERED_SQL: string = `WITH d AS (
+  DELETE FROM ${T} AS t WHERE t.id = ANY ($2::uuid[]) AND ${FENCE}
+  RETURNING t.id, t.created_at
+), a AS (
+  SELECT x.delivered, 0 AS retried, 0 AS dead, x.latency_sum, x.latency_max FROM (${DELIVERED_STATS}) AS x
+), n AS (${COUNTERS_UPSERT})
+SELECT j.id::text AS id FROM unnest($2::uuid[]) AS j(id)
+WHERE (SELECT count(*) FROM d) < cardinality($2::uuid[]) AND j.id NOT IN (SELECT id FROM d)`;
 
 /** {@link SETTLE_SQL} with a delivered-row retention window: delivered rows are marked, not deleted. */
 export const SETTLE_RETAIN_SQL: string = settleSql(`UPDATE ${T} AS t
@@ -228,10 +257,14 @@ export interface PostgresSql {
   readonly enqueue: string;
   /** See {@link CLAIM_SQL}. */
   readonly claim: string;
+  /** See {@link CLOCK_SQL}. */
+  readonly clock: string;
   /** See {@link HAS_DUE_SQL}. */
   readonly hasDue: string;
   /** See {@link SETTLE_SQL}. */
   readonly settle: string;
+  /** See {@link SETTLE_DELIVERED_SQL}. */
+  readonly settleDelivered: string;
   /** See {@link SETTLE_RETAIN_SQL}. */
   readonly settleRetain: string;
   /** See {@link STATS_SQL}. */
@@ -267,8 +300,10 @@ export function postgresSql(names: PostgresNames): PostgresSql {
   return {
     enqueue: r(ENQUEUE_SQL),
     claim: r(CLAIM_SQL),
+    clock: r(CLOCK_SQL),
     hasDue: r(HAS_DUE_SQL),
     settle: r(SETTLE_SQL),
+    settleDelivered: r(SETTLE_DELIVERED_SQL),
     settleRetain: r(SETTLE_RETAIN_SQL),
     stats: r(STATS_SQL),
     listDead: r(LIST_DEAD_SQL),

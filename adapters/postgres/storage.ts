@@ -175,13 +175,14 @@ export function createPostgresStorage(
 
   function toClaimed(r: PostgresRow): ClaimedMessage {
     const body = text(r["payload"]);
+    const headers = text(r["headers"]);
     return {
       id: text(r["id"]),
       topic: text(r["topic"]),
       key: textOrNull(r["key"]),
       payload: JSON.parse(body),
       body,
-      headers: JSON.parse(text(r["headers"])),
+      headers: headers === "{}" ? {} : JSON.parse(headers),
       createdAt: num(r["created"]),
       attempts: num(r["attempts"]),
       lastError: textOrNull(r["lasterror"]),
@@ -235,10 +236,13 @@ export function createPostgresStorage(
       return relaySide("claim", async () => {
         const token = crypto.randomUUID();
         const rows = await query(client, sql.claim, [token, leaseMs, limit]);
-        const first = rows[0]!;
-        const messages = rows.filter((r) => r["seq"] !== null && r["seq"] !== undefined).map(toClaimed)
-          .sort((a, b) => a.seq - b.seq);
-        return { token, leaseUntil: num(first["until"]), now: num(first["now"]), messages };
+        if (rows.length === 0) {
+          const [clock] = await query(client, sql.clock, [leaseMs]);
+          return { token, leaseUntil: num(clock!["until"]), now: num(clock!["now"]), messages: [] };
+        }
+        const leaseUntil = num(rows[0]!["until"]);
+        const messages = rows.map(toClaimed).sort((a, b) => a.seq - b.seq);
+        return { token, leaseUntil, now: leaseUntil - leaseMs, messages };
       });
     },
 
@@ -282,25 +286,28 @@ export function createPostgresStorage(
       // A lease token is a UUID; anything else matches no row.
       if (!UUID_ANY_CASE.test(token)) return Promise.resolve({ applied: 0, lost: settlements.map((s) => s.id) });
       return relaySide("settle", async () => {
-        const rows = await query(client, retain > 0 ? sql.settleRetain : sql.settle, [
-          token,
-          JSON.stringify(delivered),
-          JSON.stringify(retried),
-          JSON.stringify(dead),
-          JSON.stringify(released),
-        ]);
-        const applied = new Set(rows.map((r) => text(r["id"])));
+        const onlyDelivered = retain === 0 && retried.length + dead.length + released.length === 0;
+        const rows = onlyDelivered
+          ? await query(client, sql.settleDelivered, [token, `{${delivered.join(",")}}`]) // validated UUIDs: a safe literal
+          : await query(client, retain > 0 ? sql.settleRetain : sql.settle, [
+            token,
+            JSON.stringify(delivered),
+            JSON.stringify(retried),
+            JSON.stringify(dead),
+            JSON.stringify(released),
+          ]);
+        // The rows are the sent ids that did not apply; invalid ids were not sent, repeated ids were sent once.
+        const sent = delivered.length + retried.length + dead.length + released.length;
+        if (rows.length === 0 && sent === settlements.length) return { applied: sent, lost: [] };
+        const notApplied = new Set(rows.map((r) => text(r["id"]).toLowerCase()));
         const lost: string[] = [];
         const counted = new Set<string>();
-        let n = 0;
         for (const s of settlements) {
           const id = s.id.toLowerCase();
-          if (applied.has(id) && !counted.has(id)) {
-            counted.add(id);
-            n++;
-          } else lost.push(s.id);
+          if (UUID_ANY_CASE.test(id) && !notApplied.has(id) && !counted.has(id)) counted.add(id);
+          else lost.push(s.id);
         }
-        return { applied: n, lost };
+        return { applied: counted.size, lost };
       });
     },
 

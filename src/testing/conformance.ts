@@ -307,6 +307,30 @@ export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: Con
         expect(page.items[0]!.attempts).toBe(4);
       });
 
+      test("a settle of deliveries reports exactly the ids that did not apply (unknown, another claim's, repeated)", async (f) => {
+        const ms = [message(1), message(2), message(3)];
+        await enqueueCommitted(f, ms);
+        const c = await f.storage.claim({ limit: 2, leaseMs: 10_000 });
+        const other = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+        expect(ids(c.messages)).toEqual([ms[0]!.id, ms[1]!.id]);
+        expect(ids(other.messages)).toEqual([ms[2]!.id]);
+        const unknown = uuidv7();
+        const r = await f.storage.settle(c.token, [
+          { id: ms[0]!.id, outcome: "delivered" },
+          { id: unknown, outcome: "delivered" },
+          { id: ms[2]!.id, outcome: "delivered" },
+          { id: ms[1]!.id, outcome: "delivered" },
+          { id: ms[0]!.id, outcome: "delivered" },
+        ]);
+        expect(r.applied).toBe(2);
+        expect([...r.lost].sort()).toEqual([unknown, ms[2]!.id, ms[0]!.id].sort());
+        const s = await f.storage.stats();
+        expect(s.pending).toBe(1);
+        expect(s.leased).toBe(1);
+        expect(await f.storage.settle(other.token, [{ id: ms[2]!.id, outcome: "delivered" }])).toEqual({ applied: 1, lost: [] });
+        expect((await f.storage.stats()).pending).toBe(0);
+      });
+
       test("one settle applies mixed outcomes in one call", async (f) => {
         const ms = [message(1), message(2), message(3), message(4)];
         await enqueueCommitted(f, ms);
