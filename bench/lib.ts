@@ -20,7 +20,7 @@ export interface BenchConfig {
   readonly quick: boolean;
   /** Messages per drain row (100,000 full, 20,000 quick). */
   readonly drainMessages: number;
-  /** Runs of each drain figure, floor and edge-outbox alternating; the best counts (3 full, 2 quick). */
+  /** Floor/edge-outbox run pairs per drain figure; the pair with the median ratio is reported (5 full, 3 quick). */
   readonly drainRepeats: number;
   /** Sequential transactions per enqueue-overhead row. */
   readonly enqueueTransactions: number;
@@ -43,7 +43,7 @@ export function parseArgs(argv: readonly string[]): BenchConfig {
   return {
     quick,
     drainMessages: quick ? 20_000 : 100_000,
-    drainRepeats: quick ? 2 : 3,
+    drainRepeats: Number(process.env["BENCH_REPEATS"] ?? (quick ? 3 : 5)),
     enqueueTransactions: quick ? 2_000 : 10_000,
     latencyCommits: quick ? 150 : 400,
     rssMessages: quick ? 200_000 : 1_000_000,
@@ -112,7 +112,7 @@ export function fmtNum(n: number, unit: string): string {
   if (!Number.isFinite(n)) return "n/a";
   if (unit === "msg/s" || unit === "tx/s") return `${Math.round(n).toLocaleString("en-US")} ${unit}`;
   if (unit === "MB") return `${n.toFixed(1)} MB`;
-  if (unit === "ms") return n >= 100 ? `${Math.round(n)} ms` : `${n.toFixed(n >= 10 ? 1 : 2)} ms`;
+  if (unit === "ms") return n >= 100 ? `${Math.round(n).toLocaleString("en-US")} ms` : `${n.toFixed(n >= 10 ? 1 : 2)} ms`;
   return `${n} ${unit}`;
 }
 
@@ -183,6 +183,38 @@ export function rssSampler(intervalMs = 100): { stop(): { at: number; rss: numbe
 }
 
 export const MB = 1024 * 1024;
+
+// ---- environment --------------------------------------------------------------------------------------------------
+
+/** What the run ran on: the server's relevant settings and two quick speed probes (CPU, fsync), to read figures by. */
+export async function environment(): Promise<Record<string, string | number>> {
+  const settings = await adminSql().unsafe(`SELECT name, setting, unit FROM pg_settings
+    WHERE name IN ('server_version', 'autovacuum', 'synchronous_commit', 'fsync', 'shared_buffers', 'max_wal_size')`);
+  const env: Record<string, string | number> = {};
+  for (const r of settings) env[`pg.${String(r["name"])}`] = `${String(r["setting"])}${r["unit"] ? ` ${String(r["unit"])}` : ""}`;
+  // CPU: JSON.parse of 100,000 small payloads (about 50 ms on an idle 2-core reference VM).
+  const bodies = Array.from({ length: 100_000 }, (_, i) => JSON.stringify(payloadOf(i)));
+  let best = Number.POSITIVE_INFINITY;
+  for (let r = 0; r < 3; r++) {
+    const t0 = performance.now();
+    let x = 0;
+    for (const b of bodies) x += (JSON.parse(b) as { total: number }).total;
+    best = Math.min(best, performance.now() - t0);
+    if (x < 0) console.log(x);
+  }
+  env["cpuProbeMs"] = Math.round(best);
+  // Disk: one small libSQL autocommit insert (an fsync'd commit) on the temp directory's file system.
+  const o = await libsqlOutbox();
+  try {
+    await o.client.execute("CREATE TABLE probe (a INTEGER)");
+    const t0 = performance.now();
+    for (let i = 0; i < 100; i++) await o.client.execute("INSERT INTO probe VALUES (1)");
+    env["commitProbeUs"] = Math.round(((performance.now() - t0) / 100) * 1000);
+  } finally {
+    await o.close();
+  }
+  return env;
+}
 
 // ---- messages -----------------------------------------------------------------------------------------------------
 
@@ -287,6 +319,14 @@ export function adminSql(): Sql {
     });
   }
   return admin;
+}
+
+/**
+ * Flushes PostgreSQL's dirty buffers now (CHECKPOINT), so a checkpoint's writes do not land in the middle of the next
+ * measurement, on Postgres or on a libSQL file sharing the disk. Called after every fill, before the clock starts.
+ */
+export async function settleDisk(): Promise<void> {
+  await adminSql().unsafe("CHECKPOINT");
 }
 
 export async function dropSchema(schema: string): Promise<void> {

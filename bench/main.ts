@@ -9,7 +9,7 @@ import { peersSection } from "./peers.ts";
 import { enqueueSection } from "./enqueue.ts";
 import { latencySection } from "./latency.ts";
 import { scalingSection } from "./scaling.ts";
-import { cleanupAll, markdownTable, parseArgs, Results, RUN_ID } from "./lib.ts";
+import { cleanupAll, environment, markdownTable, parseArgs, Results, RUN_ID } from "./lib.ts";
 
 const cfg = parseArgs(process.argv.slice(2));
 const results = new Results();
@@ -37,9 +37,12 @@ for (const sig of ["SIGINT", "SIGTERM"] as const) {
 
 const started = performance.now();
 let failed: unknown = null;
+let env: Record<string, string | number> = {};
 try {
   console.log(`edge-outbox bench (${cfg.quick ? "quick" : "full"}), run ${RUN_ID}: node ${process.version}, ${cpus().length} cores, ` +
     `${Math.round(totalmem() / 2 ** 30)} GiB${(globalThis as { gc?: unknown }).gc ? ", --expose-gc" : ""}`);
+  env = await environment();
+  console.log(`environment: ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(", ")}`);
   let drain: DrainFigures | null = null;
   await section("drain", async () => {
     drain = await drainSection(cfg, results);
@@ -69,6 +72,7 @@ writeFileSync(out, JSON.stringify({
   date: new Date().toISOString(),
   node: process.version,
   cores: cpus().length,
+  environment: env,
   config: cfg,
   totalMs,
   sectionsMs: sections,
