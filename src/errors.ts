@@ -19,7 +19,12 @@ export type OutboxErrorCode =
   /** A lease was lost: a newer claim owns the rows. */
   | "LEASE_LOST"
   /** The caller's signal aborted the operation. */
-  | "ABORTED";
+  | "ABORTED"
+  /**
+   * A uniqueness conflict: e.g. an `id` given at enqueue that a row in the outbox already has (pending, dead, or kept
+   * delivered). Nothing was written and the caller's transaction is still usable.
+   */
+  | "CONFLICT";
 
 /** Options accepted by the {@link OutboxError} constructor. */
 export interface OutboxErrorOptions {

@@ -103,8 +103,14 @@ export interface OutboxStats {
   readonly leased: number;
   /** Dead letters. */
   readonly dead: number;
-  /** Age of the oldest pending row, ms, by the database clock; null when nothing is pending. */
+  /** Age of the oldest pending row since its enqueue, ms, by the database clock; null when nothing is pending. */
   readonly oldestPendingAgeMs: number | null;
+  /**
+   * How long the longest-waiting due row has been due, ms (database now − its `available_at`): a delayed or
+   * backing-off row counts only from when it became due, a leased row not at all. null when nothing is due.
+   * Health checks use this, not {@link OutboxStats.oldestPendingAgeMs}. Optional for third-party adapters.
+   */
+  readonly oldestDueAgeMs?: number | null | undefined;
   /** Counters over the last `windowMs` (per-minute buckets: the window is rounded up to whole minutes). */
   readonly window: {
     /** The window asked for, ms. */
@@ -157,6 +163,12 @@ export interface OutboxStorage<Tx = unknown, Stmt = never> {
   readonly name: string;
   /** Dialect differences. */
   readonly capabilities: StorageCapabilities;
+  /**
+   * Identifies the data this storage reads, e.g. `"postgres:public.outbox"` or `"libsql:outbox"`: two storages on the
+   * same table share a scope, two tables do not. The relay's default `lockKey` derives from it.
+   * @default the adapter's `name`
+   */
+  readonly scope?: string | undefined;
 
   /** Creates or upgrades the tables and indexes. Idempotent and versioned; safe to call on every start. */
   migrate(): Promise<void>;
@@ -187,6 +199,14 @@ export interface OutboxStorage<Tx = unknown, Stmt = never> {
    * One statement per outcome kind, not one round trip per message.
    */
   settle(token: string, settlements: readonly Settlement[]): Promise<SettleResult>;
+
+  /**
+   * Optional wake-up source: calls `onWake` soon after a transaction that enqueued messages commits (in this process
+   * or, where the database can tell, in any process: Postgres LISTEN/NOTIFY), until `signal` aborts. Resolves once it
+   * is listening. A long-running relay waits for a wake-up or its poll interval, whichever comes first; a spurious
+   * wake-up is harmless. Absent: the relay only polls.
+   */
+  subscribe?(onWake: () => void, signal: AbortSignal): Promise<void>;
 
   /** Whether at least one row is claimable now (due and not blocked by its key). */
   hasDue(): Promise<boolean>;
