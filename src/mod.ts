@@ -81,3 +81,4 @@ export {
   parseHealthThresholds,
   retryRate,
 } from "./stats.ts";
+export { scheduledDrain, type ScheduledDrainOptions, type ScheduledDrainStop, type ScheduledDrainSummary } from "./scheduled.ts";
