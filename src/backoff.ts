@@ -7,11 +7,11 @@
 /** Backoff settings (all in milliseconds). */
 export interface BackoffOptions {
   /** Upper bound of the first retry's delay. @default 1000 */
-  baseMs?: number;
+  baseMs?: number | undefined;
   /** Largest delay the exponential part can reach. @default 300000 */
-  maxMs?: number;
+  maxMs?: number | undefined;
   /** Smallest delay, so a failing message is not retried again within the same drain. @default 250 */
-  minMs?: number;
+  minMs?: number | undefined;
 }
 
 /**
