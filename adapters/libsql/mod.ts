@@ -627,3 +627,4 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
   };
   return storage;
 }
+export { INBOX_SCHEMA_V1, INBOX_SCHEMA_VERSIONS, type LibsqlInbox, libsqlInbox, type LibsqlInboxOptions, libsqlInboxSchema } from "./inbox.ts";
