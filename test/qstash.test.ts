@@ -267,18 +267,67 @@ describe("qstashTransport", () => {
     expect(stats.pending).toBe(1);
   });
 
+  it("a batch QStash answers per message: a refused message gets its own outcome and its row is not deleted", async () => {
+    const e = await emulator();
+    const dest = await consumer(e);
+    // QStash refuses message 1 (permanently) and message 3 (transiently) and sends the others.
+    e.refuse = (c) => {
+      const n = (JSON.parse(c.body) as { n: number }).n;
+      return n === 1 ? { error: "invalid message", status: 400 } : n === 3 ? { error: "try again later", status: 503 } : null;
+    };
+    const { storage, outbox } = memoryOutbox();
+    const { tx, commit } = storage.begin();
+    const ids: string[] = [];
+    for (let n = 0; n < 5; n++) ids.push(await outbox.enqueue(tx, event, { n }));
+    await commit();
+    const transport = spying(qstashTransport(e.client(), { destination: `${dest.url}/events` }));
+    const report = await createRelay({ outbox, transport, batchSize: 10 }).drain();
+    expect(report).toMatchObject({ claimed: 5, delivered: 3, dead: 1, retried: 1 });
+    // The batch endpoint answered one entry per message, 200, and the refused ones were resent alone once.
+    const batch = e.calls.find((c) => c.path === "/v2/batch")!;
+    expect((JSON.parse(batch.body) as unknown[]).length).toBe(5);
+    expect(e.calls.filter((c) => c.path.startsWith("/v2/publish/"))).toHaveLength(2);
+    expect(e.messages.map((m) => JSON.parse(m.body).n).sort()).toEqual([0, 2, 4]);
+    const dead = await outbox.deadLetters.list();
+    expect(dead.items.map((d) => d.id)).toEqual([ids[1]]);
+    expect(dead.items[0]!.lastError).toMatch(/HTTP 400.*invalid message/);
+    const stats = await storage.stats();
+    expect(stats).toMatchObject({ pending: 1, dead: 1 }); // message 3 waits for its retry
+    await e.idle();
+    expect(dest.received.map((r) => JSON.parse(r.body).n).sort()).toEqual([0, 2, 4]);
+
+    // Once QStash takes message 3, it is delivered: nothing was lost.
+    e.refuse = null;
+    await transport.send([transport.sent.find((m) => (m.payload as { n: number }).n === 3)!], ctx()).then((o) => expect(o).toEqual([{ status: "delivered" }]));
+    expect(e.messages.map((m) => JSON.parse(m.body).n).sort()).toEqual([0, 2, 3, 4]);
+  });
+
+  it("a refused batch entry is classified like a refused single publish (429 → retry after the reset)", async () => {
+    const e = await emulator();
+    const t = qstashTransport(e.client(), { destination: "https://consumer.example/events" });
+    e.refuse = (c) => (JSON.parse(c.body).n === 0 ? { error: "quota" , status: 400 } : null);
+    e.intercept = (call) =>
+      call.path.startsWith("/v2/publish/") ? { status: 429, headers: { "Burst-RateLimit-Reset": String(Math.floor(Date.now() / 1_000) + 5) }, body: "rate limited" } : undefined;
+    const out = await t.send([msg(0), msg(1)], ctx());
+    expect(out[0]).toMatchObject({ status: "retry", error: expect.stringMatching(/429/) });
+    expect((out[0] as { retryAfterMs: number }).retryAfterMs).toBeGreaterThan(3_000);
+    expect(out[1]).toEqual({ status: "delivered" });
+  });
+
   it("a batch refused as a whole is resent one by one, so only the bad message is dead; bad destinations are dead", async () => {
     const e = await emulator();
+    const isBad = (body: string): boolean => JSON.parse(body).n === 1;
     e.intercept = (call) => {
-      if (call.path !== "/v2/batch") return undefined;
-      const list = JSON.parse(call.body) as Array<{ body: string }>;
-      return list.some((m) => JSON.parse(m.body).n === 1) ? { status: 400, body: '{"error":"bad message"}' } : undefined;
+      if (call.path === "/v2/batch") {
+        const list = JSON.parse(call.body) as Array<{ body: string }>;
+        return list.some((m) => isBad(m.body)) ? { status: 400, body: '{"error":"bad message"}' } : undefined;
+      }
+      return call.path.startsWith("/v2/publish/") && isBad(call.body) ? { status: 400, body: '{"error":"bad message"}' } : undefined;
     };
     const t = qstashTransport(e.client(), { destination: "https://consumer.example/events" });
     const out = await t.send([msg(0), msg(1), msg(2)], ctx());
     expect(out.map((o) => o.status)).toEqual(["delivered", "dead", "delivered"]);
     expect(e.messages.map((m) => JSON.parse(m.body).n).sort()).toEqual([0, 2]);
-
     const byFn = qstashTransport(e.client(), {
       destination: (m) => {
         const n = (m.payload as { n: number }).n;
@@ -299,7 +348,7 @@ describe("qstashTransport", () => {
     expect(out3).toEqual([{ status: "dead", error: expect.stringMatching(/X-Name/) }, { status: "delivered" }]);
   });
 
-  it("publishes to a URL group", async () => {
+  it("publishes to a URL group: delivered only when every endpoint took it", async () => {
     const e = await emulator();
     const a = await consumer(e), b = await consumer(e);
     e.urlGroups.set("audit", [`${a.url}/a`, `${b.url}/b`]);
@@ -311,6 +360,24 @@ describe("qstashTransport", () => {
     expect((await t.send([msg(3)], ctx()))[0]).toMatchObject({ status: "delivered" });
     const missing = qstashTransport(e.client(), { destination: { urlGroup: "nope" } });
     expect((await missing.send([msg(4)], ctx()))[0]).toMatchObject({ status: "dead", error: expect.stringMatching(/404/) });
+
+    // One endpoint refused, the other accepted: dead (a resend would reach the accepting endpoint twice), with
+    // both facts in the error; the accepting endpoint has it.
+    e.refuse = (c) => (c.url === `${b.url}/b` && JSON.parse(c.body).n === 5 ? "endpoint b refused" : null);
+    const [partial] = await t.send([msg(5)], ctx());
+    expect(partial).toMatchObject({ status: "dead", error: expect.stringMatching(/accepted for 1 of 2 endpoints, refused for .*\/b: endpoint b refused/) });
+    expect(e.messages.filter((m) => JSON.parse(m.body).n === 5).map((m) => m.url)).toEqual([`${a.url}/a`]);
+
+    // Every endpoint refused: resent alone and classified by the status (here transient → retry).
+    e.refuse = (c) => (JSON.parse(c.body).n === 6 ? { error: "busy", status: 503 } : null);
+    expect((await t.send([msg(6)], ctx()))[0]).toMatchObject({ status: "retry" });
+    expect(e.messages.filter((m) => JSON.parse(m.body).n === 6)).toHaveLength(0);
+    e.refuse = null;
+
+    // A group without endpoints reaches nobody: dead, not delivered.
+    e.urlGroups.set("empty", []);
+    const empty = qstashTransport(e.client(), { destination: { urlGroup: "empty" } });
+    expect((await empty.send([msg(7)], ctx()))[0]).toMatchObject({ status: "dead", error: expect.stringMatching(/no endpoints/) });
   });
 
   it("abandons a publish QStash does not answer before the send's signal: retry in time, and the resend is deduplicated", async () => {

@@ -6,8 +6,21 @@
  */
 import { isOutboxError, OutboxError, toOutboxError } from "../../src/errors.ts";
 import type { InboxCapabilities, InboxStorage } from "../../src/inbox.ts";
-import type { LibsqlClient, LibsqlExecutor, LibsqlResultSet, LibsqlStatement, LibsqlTransaction } from "./mod.ts";
-import { isBusyError } from "./mod.ts";
+import { busyRetrier } from "../../src/sql/retry.ts";
+import {
+  closeQuietly,
+  isBusyError,
+  isRetryableError,
+  type LibsqlClient,
+  type LibsqlExecutor,
+  type LibsqlResultSet,
+  type LibsqlStatement,
+  type LibsqlTransaction,
+  lockedTransaction,
+  modeOf,
+  runRead,
+  runWrite,
+} from "./client.ts";
 import { NOW_MS, recordVersionSql, renderSql, type SchemaVersion } from "./schema.ts";
 
 /**
@@ -173,7 +186,7 @@ export function sqliteInboxError(adapter: string, table: string, what: string, e
       { cause: e },
     );
   }
-  return toOutboxError("STORAGE", `[edge-outbox:${adapter}] inbox ${what} failed`, e, isBusyError(e));
+  return toOutboxError("STORAGE", `[edge-outbox:${adapter}] inbox ${what} failed`, e, isRetryableError(e));
 }
 
 /** Options of {@link libsqlInbox}. */
@@ -199,7 +212,6 @@ export interface LibsqlInbox extends InboxStorage<LibsqlExecutor, LibsqlStatemen
   runBatch(statements: readonly LibsqlStatement[]): Promise<void>;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const QUEUES = new WeakMap<object, Promise<unknown>>();
 
 /** Runs `op` after every earlier queued op of `client` settled (one write transaction per client at a time). */
@@ -208,14 +220,6 @@ function queued<T>(client: object, op: () => Promise<T>): Promise<T> {
   const run = previous.then(op, op);
   QUEUES.set(client, run.catch(() => {}));
   return run;
-}
-
-function closeQuietly(tx: LibsqlTransaction): void {
-  try {
-    tx.close();
-  } catch {
-    // already closed
-  }
 }
 
 /**
@@ -262,42 +266,12 @@ export function libsqlInbox(client: LibsqlClient, options: LibsqlInboxOptions = 
   }
   const capabilities: InboxCapabilities = { transaction: true, batchStatement: true, keyOrder: true };
   const fail = (what: string, e: unknown): OutboxError => sqliteInboxError("libsql", table, what, e);
-  /** Local files take locks through executeMultiple (libsql 0.5 never resets a busy prepared statement). */
-  const locked = client.protocol === "file";
+  const busyRetry = busyRetrier({ budgetMs: busyRetryMs, isBusy: isBusyError, fail });
 
-  /** Retries busy errors with an asynchronous, jittered, doubling backoff. */
-  async function busyRetry<T>(what: string, op: () => Promise<T>): Promise<T> {
-    const start = Date.now();
-    let delay = 5;
-    for (;;) {
-      try {
-        return await op();
-      } catch (e) {
-        if (isOutboxError(e) || !isBusyError(e)) throw fail(what, e);
-        const wait = Math.round(delay * (0.5 + Math.random() * 0.5));
-        if (Date.now() - start + wait > busyRetryMs) throw fail(what, e);
-        await sleep(wait);
-        delay = Math.min(delay * 2, 100);
-      }
-    }
-  }
-
-  /** Opens a write transaction holding SQLite's write lock. */
-  async function openWrite(): Promise<LibsqlTransaction> {
-    if (!locked) return await client.transaction("write");
-    const tx = await client.transaction("deferred");
-    try {
-      await tx.executeMultiple(sql.lock);
-    } catch (e) {
-      closeQuietly(tx);
-      throw e;
-    }
-    return tx;
-  }
-
-  async function commit(tx: LibsqlTransaction): Promise<void> {
-    if (locked) await tx.executeMultiple("COMMIT");
-    else await tx.commit();
+  /** Opens a write transaction holding SQLite's write lock (on local files without the libsql 0.5 busy bug). */
+  async function openWrite(): Promise<{ tx: LibsqlTransaction; locked: boolean }> {
+    if ((await modeOf(client)) === "batch") return { tx: await client.transaction("write"), locked: false };
+    return { tx: await lockedTransaction(client, sql.lock), locked: true };
   }
 
   const storage: LibsqlInbox = {
@@ -307,9 +281,11 @@ export function libsqlInbox(client: LibsqlClient, options: LibsqlInboxOptions = 
     capabilities,
 
     migrate(): Promise<void> {
+      // Every statement is idempotent (IF NOT EXISTS, INSERT OR IGNORE): one atomic write. The migrations table goes
+      // first, alone, because the write lock is taken on it.
       return queued(client, () =>
         busyRetry("migrate", async () => {
-          if (!locked) {
+          if ((await modeOf(client)) === "batch") {
             await client.batch(sql.ddl.map((s) => ({ sql: s, args: [] })), "write");
             return;
           }
@@ -327,10 +303,11 @@ export function libsqlInbox(client: LibsqlClient, options: LibsqlInboxOptions = 
 
     transaction<T>(fn: (tx: LibsqlTransaction) => Promise<T>): Promise<T> {
       return queued(client, async () => {
-        const tx = await busyRetry("transaction", openWrite);
+        const { tx, locked } = await busyRetry("transaction", openWrite);
         try {
           const result = await fn(tx);
-          await commit(tx).catch((e) => {
+          // On a local file, COMMIT through executeMultiple too, so a busy commit cannot leave a statement behind.
+          await (locked ? tx.executeMultiple("COMMIT") : tx.commit()).catch((e: unknown) => {
             throw fail("commit", e);
           });
           return result;
@@ -357,35 +334,13 @@ export function libsqlInbox(client: LibsqlClient, options: LibsqlInboxOptions = 
     },
 
     runBatch(statements: readonly LibsqlStatement[]): Promise<void> {
-      return queued(client, () =>
-        busyRetry("batch", async () => {
-          if (!locked) {
-            await client.batch([...statements], "write");
-            return;
-          }
-          const tx = await openWrite();
-          try {
-            await tx.batch([...statements]);
-            await tx.executeMultiple("COMMIT");
-          } finally {
-            closeQuietly(tx);
-          }
-        })
-      );
+      return queued(client, () => busyRetry("batch", async () => void (await runWrite(client, [...statements], sql.lock))));
     },
 
     isRecorded(consumer, messageId): Promise<boolean> {
-      return busyRetry("isRecorded", async () => {
-        const stmt = { sql: sql.isRecorded, args: [consumer, messageId] };
-        if (!locked) return (await client.execute(stmt)).rows.length > 0;
-        const tx = await client.transaction("deferred");
-        try {
-          await tx.executeMultiple(sql.readLock);
-          return (await tx.execute(stmt)).rows.length > 0;
-        } finally {
-          closeQuietly(tx);
-        }
-      });
+      return busyRetry("isRecorded", async () =>
+        (await runRead(client, { sql: sql.isRecorded, args: [consumer, messageId] }, sql.readLock)).rows.length > 0
+      );
     },
 
     async lockKey(tx, consumer, key): Promise<number | null> {
@@ -408,24 +363,15 @@ export function libsqlInbox(client: LibsqlClient, options: LibsqlInboxOptions = 
     },
 
     async purge({ consumer, olderThanMs, limit }): Promise<number> {
-      const results = await queued(client, () =>
-        busyRetry("purge", async () => {
-          const stmts = [
+      const [deleted] = await queued(client, () =>
+        busyRetry("purge", () =>
+          runWrite(client, [
             { sql: sql.purge, args: [consumer, olderThanMs, limit] },
             { sql: sql.purgeKeys, args: [consumer, olderThanMs, limit] },
-          ];
-          if (!locked) return await client.batch(stmts, "write");
-          const tx = await openWrite();
-          try {
-            const rs = await tx.batch(stmts);
-            await tx.executeMultiple("COMMIT");
-            return rs;
-          } finally {
-            closeQuietly(tx);
-          }
-        })
+          ], sql.lock)
+        )
       );
-      return results[0]!.rows.length;
+      return deleted!.rows.length;
     },
   };
   return storage;

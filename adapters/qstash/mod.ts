@@ -82,6 +82,12 @@ export interface QstashPublishResponse {
   readonly deduplicated?: boolean;
 }
 
+/**
+ * One entry of a batch answer: the message's response, an array of per-endpoint responses for a URL group, or (the
+ * SDK's type does not say so, QStash's docs do) `{ error }` for a message QStash refused while sending the others.
+ */
+export type QstashBatchEntry = QstashPublishResponse | readonly QstashPublishResponse[] | { readonly error: string };
+
 /** A QStash schedule, as `schedules.get` / `schedules.list` return it (the fields this library reads). */
 export interface QstashSchedule {
   /** Schedule id. */
@@ -126,10 +132,10 @@ export interface QstashSchedules {
   delete(scheduleId: string): Promise<unknown>;
 }
 
-/** The part of `@upstash/qstash`'s `Client` {@link qstashTransport} uses. */
+/** The part of `@upstash/qstash`'s `Client` that publishes many messages in one request. */
 export interface QstashBatchClient {
   /** Publishes several messages in one request. */
-  batch(request: QstashPublishRequest[]): Promise<ReadonlyArray<QstashPublishResponse | readonly QstashPublishResponse[]>>;
+  batch(request: QstashPublishRequest[]): Promise<ReadonlyArray<QstashBatchEntry>>;
 }
 
 /** The part of `@upstash/qstash`'s `Client` {@link qstashNudge} and {@link qstashFollowUp} use. */
@@ -143,6 +149,9 @@ export interface QstashScheduleClient {
   /** The schedules API. */
   readonly schedules: QstashSchedules;
 }
+
+/** The part of `@upstash/qstash`'s `Client` {@link qstashTransport} uses. */
+export interface QstashTransportClient extends QstashBatchClient, QstashPublishClient {}
 
 /** Everything this module uses of a QStash client; `new Client({ token })` from `@upstash/qstash` is one. */
 export interface QstashClient extends QstashBatchClient, QstashPublishClient, QstashScheduleClient {}
@@ -209,9 +218,17 @@ const transportOptionsSchema = v.object({
  * "Delivered" means accepted by QStash; QStash then retries the destination itself (`retries`) and keeps what
  * fails in its own dead-letter queue.
  *
- * Outcomes: HTTP 429 → retry after the rate limit's reset; 401 and 403 (a wrong or revoked QStash token: a
- * configuration problem, not a bad message) and 408 → retry, so fixing the token loses nothing; other 4xx → dead (a batch refused as a whole is
- * resent one message at a time to find the bad one); 5xx and network errors → retry. When the send's signal fires
+ * Outcomes, one per message: QStash answers a batch with one entry per message and sends the others when it refuses
+ * one, so a message is delivered only when its entry has a `messageId`. A refused entry (`{ error }`) is resent alone,
+ * and the single publish's HTTP status classifies it: 429 → retry after the rate limit's reset; 401 and 403 (a wrong
+ * or revoked QStash token: a configuration problem, not a bad message) and 408 → retry, so fixing the token loses
+ * nothing; other 4xx → dead; 5xx and network errors → retry. A batch refused as a whole (the same statuses) is
+ * classified the same way, and when that is a 4xx its messages are resent one at a time to find the bad one.
+ * To a URL group, an entry is an array of per-endpoint results: delivered when every endpoint has a `messageId`;
+ * when every endpoint refused, resent alone as above; when some accepted and others refused, dead with both lists in
+ * the error (a resend would reach the accepting endpoints again, and QStash would deduplicate it anyway), so the
+ * loss is visible in the dead letters and a replay, once fixed, reaches every endpoint (consumers dedupe on
+ * `Outbox-Message-Id`); a group without endpoints is dead too (the message reached nobody). When the send's signal fires
  * before QStash answers (the client itself cannot be aborted and retries network errors for ~12 s by default),
  * the publish is abandoned and reported as retry: the deduplication id makes the resend safe.
  *
@@ -233,9 +250,10 @@ const transportOptionsSchema = v.object({
  * const relay = createRelay({ outbox, transport, batchSize: 500, concurrency: 4, sendTimeoutMs: 5_000, leaseMs: 30_000 });
  * ```
  */
-export function qstashTransport(client: QstashBatchClient, options: QstashTransportOptions): Transport {
-  if (typeof (client as { batch?: unknown } | null)?.batch !== "function") {
-    throw new OutboxError("CONFIG", "qstashTransport: client must be a QStash Client (with batch())");
+export function qstashTransport(client: QstashTransportClient, options: QstashTransportOptions): Transport {
+  const c = client as { batch?: unknown; publish?: unknown } | null;
+  if (typeof c?.batch !== "function" || typeof c.publish !== "function") {
+    throw new OutboxError("CONFIG", "qstashTransport: client must be a QStash Client (with batch() and publish())");
   }
   const o = parseOptions("qstashTransport options", transportOptionsSchema, options);
   const destination = options.destination;
@@ -275,25 +293,55 @@ export function qstashTransport(client: QstashBatchClient, options: QstashTransp
     return { ...fields, url };
   }
 
-  async function publish(requests: QstashPublishRequest[]): Promise<DeliveryOutcome[]> {
+  /** Publishes one message on its own (the single-message endpoint answers with an HTTP status) and judges the answer. */
+  async function publishAlone(request: QstashPublishRequest): Promise<DeliveryOutcome> {
     try {
-      await client.batch(requests);
-      return requests.map(() => ({ status: "delivered" }));
+      return judge(await client.publish(request), request, false);
+    } catch (e) {
+      return classify(e);
+    }
+  }
+
+  /**
+   * The outcome of one batch entry. Delivered only with a `messageId` (a URL group: an array in which every
+   * endpoint has one). An `{ error }` entry is resent alone, so QStash's HTTP status classifies it exactly like a
+   * refused single publish; a URL group some endpoints accepted and others refused is dead (see the transport's doc).
+   */
+  function judge(entry: unknown, request: QstashPublishRequest, resend: boolean): DeliveryOutcome | Promise<DeliveryOutcome> {
+    if (hasMessageId(entry)) return { status: "delivered" };
+    if (Array.isArray(entry) && request.urlGroup !== undefined) {
+      const refused = entry.filter((e) => !hasMessageId(e));
+      if (entry.length > 0 && refused.length === 0) return { status: "delivered" };
+      const accepted = entry.length - refused.length;
+      if (accepted === 0 && resend) return publishAlone(request);
+      const why = refused.map((e) => `${endpointOf(e)}: ${entryError(e)}`).join("; ");
+      return {
+        status: "dead",
+        error: entry.length === 0
+          ? `qstash: URL group ${request.urlGroup} has no endpoints: the message reached nobody`
+          : `qstash: URL group ${request.urlGroup}: accepted for ${accepted} of ${entry.length} endpoints, refused for ${why}` +
+            (accepted > 0 ? " (not resent: the accepted endpoints would get it again; replay it once fixed, consumers dedupe on the message id)" : ""),
+      };
+    }
+    if (resend) return publishAlone(request);
+    return { status: "dead", error: `qstash: refused: ${entryError(entry)}` };
+  }
+
+  async function publish(requests: QstashPublishRequest[]): Promise<DeliveryOutcome[]> {
+    let answer: ReadonlyArray<unknown>;
+    try {
+      answer = await client.batch(requests);
     } catch (e) {
       const outcome = classify(e);
       if (outcome.status !== "dead" || requests.length === 1) return requests.map(() => outcome);
-      // Refused as a whole: find the message(s) QStash refuses, one per call.
-      const outcomes: DeliveryOutcome[] = new Array(requests.length);
-      let next = 0;
-      const worker = async (): Promise<void> => {
-        while (next < requests.length) {
-          const i = next++;
-          outcomes[i] = await client.batch([requests[i]!]).then((): DeliveryOutcome => ({ status: "delivered" }), classify);
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(8, requests.length) }, worker));
-      return outcomes;
+      // Refused as a whole (a malformed batch): find the message(s) QStash refuses, one per call.
+      return mapConcurrent(requests, 8, publishAlone);
     }
+    if (!Array.isArray(answer) || answer.length !== requests.length) {
+      const error = `qstash: the batch answer has ${Array.isArray(answer) ? answer.length : "no"} entries for ${requests.length} messages`;
+      return requests.map(() => ({ status: "retry", error }));
+    }
+    return mapConcurrent(requests, 8, (request, i) => judge(answer[i], request, true));
   }
 
   return {
@@ -572,6 +620,35 @@ function classify(e: unknown): DeliveryOutcome {
   if (status === 401 || status === 403 || status === 408) return { status: "retry", error };
   if (status !== undefined && status >= 400 && status < 500) return { status: "dead", error };
   return { status: "retry", error };
+}
+
+function hasMessageId(entry: unknown): boolean {
+  const id = (entry as { messageId?: unknown } | null)?.messageId;
+  return typeof id === "string" && id !== "";
+}
+
+function entryError(entry: unknown): string {
+  const error = (entry as { error?: unknown } | null)?.error;
+  return (typeof error === "string" && error !== "" ? error : `unexpected answer ${JSON.stringify(entry)}`).slice(0, 500);
+}
+
+function endpointOf(entry: unknown): string {
+  const url = (entry as { url?: unknown } | null)?.url;
+  return typeof url === "string" ? url : "an endpoint";
+}
+
+/** Maps `items` with at most `limit` calls of `fn` in flight, keeping the order. */
+async function mapConcurrent<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => R | Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!, i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
 }
 
 function statusOf(e: unknown): number | undefined {
