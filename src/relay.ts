@@ -20,31 +20,37 @@ export interface RelayOptions {
   /** Where messages go. */
   transport: Transport;
   /** Keeps two drains from overlapping (efficiency only; correctness rests on lease tokens). @default none */
-  lock?: Lock;
-  /** The lock key. @default "edge-outbox:relay" */
-  lockKey?: string;
+  lock?: Lock | undefined;
+  /**
+   * The lock key. The default names the data drained, so relays of two outboxes sharing one lock store never skip
+   * each other. @default `edge-outbox:relay:${storage.scope ?? storage.name}`
+   */
+  lockKey?: string | undefined;
   /** Rows claimed per claim. @default 100 */
-  batchSize?: number;
+  batchSize?: number | undefined;
   /** `send` calls in flight at once. @default 8 */
-  concurrency?: number;
+  concurrency?: number | undefined;
   /** How long a claim owns its rows, ms; must be at least twice `sendTimeoutMs`. @default 30000 */
-  leaseMs?: number;
+  leaseMs?: number | undefined;
   /** Longest a single `send` call may take, ms; its signal aborts then. @default 10000 */
-  sendTimeoutMs?: number;
+  sendTimeoutMs?: number | undefined;
   /** Attempts before a message is dead-lettered. @default 10 */
-  maxAttempts?: number;
-  /** Retry delays. @default { baseMs: 1000, maxMs: 300000, minMs: 250 } */
-  backoff?: BackoffOptions;
+  maxAttempts?: number | undefined;
+  /** Retry delays; a transport's `retryAfterMs` is honoured above `maxMs`, up to one day. @default { baseMs: 1000, maxMs: 300000, minMs: 250 } */
+  backoff?: BackoffOptions | undefined;
 }
 
 /** Options of one {@link Relay.drain} call. */
 export interface DrainOptions {
   /** Time budget, ms. The drain stops claiming and starting sends when less than `safetyMarginMs` remains; sends in flight then finish within `sendTimeoutMs`. @default 10000 */
-  budgetMs?: number;
-  /** Stop early (like the budget running out). @default none */
-  signal?: AbortSignal;
+  budgetMs?: number | undefined;
+  /**
+   * Stop early (like the budget running out). It also fires every in-flight send's `SendContext.signal`; the drain
+   * stops waiting for those sends at once and reports them as retried. @default none
+   */
+  signal?: AbortSignal | undefined;
   /** Budget kept back at the end for settling, ms. @default min(1000, budgetMs / 10) */
-  safetyMarginMs?: number;
+  safetyMarginMs?: number | undefined;
 }
 
 /** What one drain did. */
@@ -66,21 +72,24 @@ export interface DrainReport {
   /** True when the drain stopped for its budget, signal or lost lock while rows were due: call again. */
   more: boolean;
   /** Set when the drain did nothing because the lock was held elsewhere. */
-  skipped?: "lock-busy";
+  skipped?: "lock-busy" | undefined;
 }
 
 /** Options of {@link Relay.run}. */
 export interface RunOptions {
-  /** Stops the loop; in-flight sends finish, unsent claimed rows are released. */
+  /** Stops the loop: in-flight sends are aborted (their signals fire), unsent claimed rows are released. */
   signal: AbortSignal;
   /** Wait between drains when nothing was due, ms. @default 500 */
-  pollIntervalMs?: number;
+  pollIntervalMs?: number | undefined;
   /** Budget of each drain, ms. @default 30000 */
-  budgetMs?: number;
-  /** Called after every drain. @default none */
-  onReport?: (report: DrainReport) => void;
-  /** Called when a drain fails (the loop backs off and continues). @default console.error */
-  onError?: (error: OutboxError) => void;
+  budgetMs?: number | undefined;
+  /** Called after every drain. A throw (or rejection) is logged and ignored: it never changes the loop. @default none */
+  onReport?: ((report: DrainReport) => void) | undefined;
+  /**
+   * Called when a drain fails (the loop backs off and continues). A throw (or rejection) is logged and ignored.
+   * @default console.error
+   */
+  onError?: ((error: OutboxError) => void) | undefined;
 }
 
 /** The relay. */
@@ -110,7 +119,7 @@ const relayOptionsSchema = v.pipe(
       (l) => typeof l === "object" && l !== null && typeof (l as { acquire?: unknown }).acquire === "function",
       "must be a Lock (an object with acquire(key, leaseMs))",
     )),
-    lockKey: v.optional(v.pipe(v.string(), v.minLength(1), v.maxLength(200)), "edge-outbox:relay"),
+    lockKey: v.optional(v.pipe(v.string(), v.minLength(1), v.maxLength(200))),
     batchSize: v.optional(int(1, 10_000), 100),
     concurrency: v.optional(int(1, 1_000), 8),
     leaseMs: v.optional(int(100, 3_600_000), 30_000),
@@ -125,14 +134,23 @@ const relayOptionsSchema = v.pipe(
   v.check((o) => o.leaseMs >= 2 * o.sendTimeoutMs, "leaseMs must be at least twice sendTimeoutMs"),
 );
 
+// Structural, not `v.instance(AbortSignal)`: Deno's default libs type the AbortSignal constructor so that
+// `instance` infers never, and a signal from another realm (a polyfill, a worker) is not an instance either.
+const abortSignal = v.custom<AbortSignal>(
+  (s) =>
+    typeof s === "object" && s !== null && typeof (s as AbortSignal).aborted === "boolean" &&
+    typeof (s as AbortSignal).addEventListener === "function" && typeof (s as AbortSignal).removeEventListener === "function",
+  "must be an AbortSignal",
+);
+
 const drainOptionsSchema = v.object({
   budgetMs: v.optional(int(1, 86_400_000), 10_000),
-  signal: v.optional(v.instance(AbortSignal)),
+  signal: v.optional(abortSignal),
   safetyMarginMs: v.optional(int(0, 86_400_000)),
 });
 
 const runOptionsSchema = v.object({
-  signal: v.instance(AbortSignal),
+  signal: abortSignal,
   pollIntervalMs: v.optional(int(1, 3_600_000), 500),
   budgetMs: v.optional(int(1, 86_400_000), 30_000),
   onReport: v.optional(v.function()),
@@ -140,6 +158,8 @@ const runOptionsSchema = v.object({
 });
 
 const now = (): number => performance.now();
+/** What a send's race resolves to when its timeout or the drain's signal fired first. */
+const STOPPED: unique symbol = Symbol("stopped");
 
 /**
  * Creates a relay that drains an outbox into a transport.
@@ -170,7 +190,8 @@ export function createRelay(options: RelayOptions): Relay {
   if (!Number.isInteger(maxBatch) || maxBatch < 1) {
     throw new OutboxError("CONFIG", `createRelay options: transport.maxBatchSize must be a positive integer (got ${maxBatch})`);
   }
-  const { batchSize, concurrency, leaseMs, sendTimeoutMs, maxAttempts, backoff, lockKey } = o;
+  const { batchSize, concurrency, leaseMs, sendTimeoutMs, maxAttempts, backoff } = o;
+  const lockKey = o.lockKey ?? `edge-outbox:relay:${storage.scope ?? storage.name}`;
   // Kept back from the lease so a settle lands before the lease can expire.
   const leaseReserveMs = Math.min(1_000, Math.floor(leaseMs / 10));
 
@@ -217,7 +238,7 @@ export function createRelay(options: RelayOptions): Relay {
         if (claim.messages.length === 0) break;
         report.claimed += claim.messages.length;
         const leaseDeadline = claimStarted + leaseMs - leaseReserveMs;
-        const settlements = await deliverBatch(claim.messages, leaseDeadline, stopped);
+        const settlements = await deliverBatch(claim.messages, leaseDeadline, stopped, d.signal);
         const result = await storage.settle(claim.token, settlements);
         const lost = new Set(result.lost);
         report.leaseLost += lost.size;
@@ -244,6 +265,7 @@ export function createRelay(options: RelayOptions): Relay {
     messages: readonly ClaimedMessage[],
     leaseDeadline: number,
     stopped: () => boolean,
+    signal: AbortSignal | undefined,
   ): Promise<Settlement[]> {
     const settlements = new Map<string, Settlement>();
     const units: Array<() => Promise<void>> = [];
@@ -280,7 +302,7 @@ export function createRelay(options: RelayOptions): Relay {
       const chunk = keyless.slice(i, i + maxBatch);
       units.push(async () => {
         if (!canSend()) return release(chunk);
-        const outcomes = await send(chunk, leaseDeadline);
+        const outcomes = await send(chunk, leaseDeadline, signal);
         chunk.forEach((m, j) => settlements.set(m.id, toSettlement(m, outcomes[j]!)));
       });
     }
@@ -294,7 +316,7 @@ export function createRelay(options: RelayOptions): Relay {
             continue;
           }
           if (!canSend()) return release(group.slice(i));
-          const [outcome] = await send([m], leaseDeadline);
+          const [outcome] = await send([m], leaseDeadline, signal);
           const s = toSettlement(m, outcome!);
           settlements.set(m.id, s);
           if (s.outcome === "retry") return release(group.slice(i + 1)); // a retrying head blocks its key
@@ -305,23 +327,35 @@ export function createRelay(options: RelayOptions): Relay {
     return messages.map((m) => settlements.get(m.id) ?? { id: m.id, outcome: "released" });
   }
 
-  /** One transport call, bounded by the send timeout and the lease; never throws. */
-  async function send(batch: readonly ClaimedMessage[], leaseDeadline: number): Promise<DeliveryOutcome[]> {
+  /**
+   * One transport call, bounded by the send timeout and the lease; never throws. Its signal also fires when the
+   * drain's `signal` aborts, and the relay stops waiting then: the messages are reported as `retry`.
+   */
+  async function send(batch: readonly ClaimedMessage[], leaseDeadline: number, drainSignal?: AbortSignal): Promise<DeliveryOutcome[]> {
     const timeout = Math.max(0, Math.min(sendTimeoutMs, leaseDeadline - now()));
     const controller = new AbortController();
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const aborted = new Promise<"timeout">((resolve) => {
-      timer = setTimeout(() => {
-        controller.abort(new OutboxError("ABORTED", `send timed out after ${Math.round(timeout)} ms`));
-        resolve("timeout");
-      }, timeout);
+    let onAbort: (() => void) | undefined;
+    let stopReason = "";
+    const aborted = new Promise<typeof STOPPED>((resolve) => {
+      const stop = (reason: string): void => {
+        stopReason = reason;
+        controller.abort(new OutboxError("ABORTED", reason));
+        resolve(STOPPED);
+      };
+      timer = setTimeout(() => stop(`send timed out after ${Math.round(timeout)} ms`), timeout);
+      if (drainSignal) {
+        onAbort = (): void => stop("drain aborted during the send");
+        if (drainSignal.aborted) onAbort();
+        else drainSignal.addEventListener("abort", onAbort, { once: true });
+      }
     });
     const retryAll = (error: string): DeliveryOutcome[] => batch.map(() => ({ status: "retry", error }));
     try {
       const sending = Promise.resolve().then(() => transport.send(batch, { signal: controller.signal }));
       sending.catch(() => {}); // a late rejection after a timeout must not become unhandled
       const result = await Promise.race([sending, aborted]);
-      if (result === "timeout") return retryAll(`${transport.name}: send timed out after ${Math.round(timeout)} ms`);
+      if (result === STOPPED) return retryAll(`${transport.name}: ${stopReason}`);
       if (!Array.isArray(result) || result.length !== batch.length) {
         return retryAll(`${transport.name}: returned ${Array.isArray(result) ? result.length : typeof result} outcomes for ${batch.length} messages`);
       }
@@ -330,6 +364,7 @@ export function createRelay(options: RelayOptions): Relay {
       return retryAll(`${transport.name}: ${e instanceof Error ? e.message : String(e)}`);
     } finally {
       clearTimeout(timer);
+      if (onAbort) drainSignal?.removeEventListener("abort", onAbort);
     }
   }
 
@@ -347,21 +382,40 @@ export function createRelay(options: RelayOptions): Relay {
     let failures = 0;
     while (!r.signal.aborted) {
       let wait = r.pollIntervalMs;
+      let report: DrainReport | undefined;
       try {
-        const report = await drain({ budgetMs: r.budgetMs, signal: r.signal });
-        failures = 0;
-        runOptions.onReport?.(report);
-        if (report.more) wait = 0;
+        report = await drain({ budgetMs: r.budgetMs, signal: r.signal });
       } catch (e) {
         failures++;
-        onError(toOutboxError("STORAGE", "[edge-outbox:relay] drain failed", e, true));
+        callback("onError", onError, toOutboxError("STORAGE", "[edge-outbox:relay] drain failed", e, true));
         wait = Math.min(30_000, r.pollIntervalMs * 2 ** Math.min(failures, 10));
+      }
+      if (report) {
+        failures = 0;
+        if (runOptions.onReport) callback("onReport", runOptions.onReport, report);
+        if (report.more) wait = 0;
       }
       if (wait > 0) await sleep(wait, r.signal);
     }
   }
 
   return { drain, run };
+}
+
+/**
+ * Calls a user callback of run() so that it cannot change the loop: a throw (or a rejected promise, for an async
+ * callback) is logged with console.error and otherwise ignored.
+ */
+function callback<T>(name: string, fn: (arg: T) => unknown, arg: T): void {
+  const log = (e: unknown): void => console.error(`[edge-outbox] relay.run ${name} callback threw (ignored):`, e);
+  try {
+    const result = fn(arg);
+    if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
+      Promise.resolve(result).catch(log);
+    }
+  } catch (e) {
+    log(e);
+  }
 }
 
 /** Runs async tasks with at most `limit` in flight. */
@@ -392,14 +446,23 @@ function validOutcome(r: unknown): r is DeliveryOutcome {
   if (o.status === "delivered") return true;
   if (o.status === "dead") return typeof o.error === "string";
   if (o.status === "retry") {
-    return typeof o.error === "string" &&
-      (o.retryAfterMs === undefined || (typeof o.retryAfterMs === "number" && Number.isFinite(o.retryAfterMs) && o.retryAfterMs >= 0));
+    // Any number is accepted: backoffDelay rounds it and clamps it to one day, so no wait can fail a settle.
+    return typeof o.error === "string" && (o.retryAfterMs === undefined || typeof o.retryAfterMs === "number");
   }
   return false;
 }
 
+/**
+ * Makes a transport-given error text safe for every storage: at most `max` UTF-16 units (never splitting a surrogate
+ * pair), NUL and lone surrogates replaced by U+FFFD (PostgreSQL text and jsonb refuse both).
+ */
 function truncate(s: string, max = 2_000): string {
-  return s.length > max ? `${s.slice(0, max)}…` : s;
+  let cut = s;
+  if (s.length > max) {
+    const end = /[\uD800-\uDBFF]/.test(s[max - 1]!) ? max - 1 : max;
+    cut = `${s.slice(0, end)}…`;
+  }
+  return cut.replace(/\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD");
 }
 
 function safeJson(x: unknown): string {

@@ -2,7 +2,7 @@
  * `edge-outbox/qstash`: Upstash QStash as the relay's transport, plus the helpers that make QStash drive the relay.
  *
  * - {@link qstashTransport}: publishes messages to QStash, many per `batch` call, with the message id as the
- *   QStash deduplication id and per-key flow control (`parallelism: 1`). **"Delivered" means accepted by
+ *   QStash deduplication id, keyed messages through FIFO QStash queues (one per key hash). **"Delivered" means accepted by
  *   QStash**: QStash then delivers to the destination with its own retries and its own dead-letter queue.
  * - {@link qstashNudge}: after your commit, asks QStash to call `POST /drain` once per time window (deduplicated in
  *   QStash, not in process memory), so a burst of commits makes one drain call.
@@ -39,14 +39,6 @@ import type { DeliveryOutcome, SendContext, Transport } from "../../src/transpor
 /** HTTP methods QStash can call a destination with. */
 export type QstashMethod = "GET" | "POST" | "PUT" | "DELETE" | "PATCH";
 
-/** QStash flow control: at most `parallelism` deliveries of one key in flight. */
-export interface QstashFlowControl {
-  /** The flow-control key. */
-  key: string;
-  /** Deliveries of this key in flight at once. */
-  parallelism: number;
-}
-
 /** The fields of a QStash publish this library sends (a subset of `@upstash/qstash`'s `PublishRequest`). */
 export interface QstashMessageFields {
   /** Request body. */
@@ -63,14 +55,18 @@ export interface QstashMessageFields {
   retries?: number;
   /** Method QStash calls the destination with. */
   method?: QstashMethod;
-  /** Flow control. */
-  flowControl?: QstashFlowControl;
 }
 
 /** One message to publish: to a URL or to a URL group. */
 export type QstashPublishRequest =
   | (QstashMessageFields & { url: string; urlGroup?: never })
   | (QstashMessageFields & { urlGroup: string; url?: never });
+
+/** One message of a batch: a publish, optionally to a QStash queue (FIFO). */
+export type QstashBatchRequest = QstashPublishRequest & {
+  /** The queue to enqueue it to; absent: published without a queue. */
+  queueName?: string;
+};
 
 /** What QStash answers for one published message. */
 export interface QstashPublishResponse {
@@ -81,6 +77,12 @@ export interface QstashPublishResponse {
   /** True when a message with the same deduplication id was already accepted. */
   readonly deduplicated?: boolean;
 }
+
+/**
+ * One entry of a batch answer: the message's response, an array of per-endpoint responses for a URL group, or (the
+ * SDK's type does not say so, QStash's docs do) `{ error }` for a message QStash refused while sending the others.
+ */
+export type QstashBatchEntry = QstashPublishResponse | readonly QstashPublishResponse[] | { readonly error: string };
 
 /** A QStash schedule, as `schedules.get` / `schedules.list` return it (the fields this library reads). */
 export interface QstashSchedule {
@@ -126,10 +128,10 @@ export interface QstashSchedules {
   delete(scheduleId: string): Promise<unknown>;
 }
 
-/** The part of `@upstash/qstash`'s `Client` {@link qstashTransport} uses. */
+/** The part of `@upstash/qstash`'s `Client` that publishes many messages in one request. */
 export interface QstashBatchClient {
   /** Publishes several messages in one request. */
-  batch(request: QstashPublishRequest[]): Promise<ReadonlyArray<QstashPublishResponse | readonly QstashPublishResponse[]>>;
+  batch(request: QstashBatchRequest[]): Promise<ReadonlyArray<QstashBatchEntry>>;
 }
 
 /** The part of `@upstash/qstash`'s `Client` {@link qstashNudge} and {@link qstashFollowUp} use. */
@@ -144,8 +146,25 @@ export interface QstashScheduleClient {
   readonly schedules: QstashSchedules;
 }
 
+/** One QStash queue, as `client.queue({ queueName })` returns it (the part {@link qstashTransport} uses). */
+export interface QstashQueue {
+  /** Creates the queue, or updates it (QStash's `POST /v2/queues`). */
+  upsert(request: { parallelism?: number; paused?: boolean }): Promise<unknown>;
+  /** Enqueues one message (QStash's `POST /v2/enqueue/<queue>/<destination>`). */
+  enqueue(request: QstashPublishRequest): Promise<QstashPublishResponse | readonly QstashPublishResponse[]>;
+}
+
+/** The queues API of a QStash client. */
+export interface QstashQueueClient {
+  /** The queue named `queueName`. */
+  queue(request: { queueName: string }): QstashQueue;
+}
+
+/** The part of `@upstash/qstash`'s `Client` {@link qstashTransport} uses. */
+export interface QstashTransportClient extends QstashBatchClient, QstashPublishClient, QstashQueueClient {}
+
 /** Everything this module uses of a QStash client; `new Client({ token })` from `@upstash/qstash` is one. */
-export interface QstashClient extends QstashBatchClient, QstashPublishClient, QstashScheduleClient {}
+export interface QstashClient extends QstashTransportClient, QstashScheduleClient {}
 
 /** Where {@link qstashTransport} publishes. */
 export type QstashDestination = string | ((message: OutboxMessage) => string) | { urlGroup: string };
@@ -161,11 +180,18 @@ export interface QstashTransportOptions {
   /** Static headers added to every message (forwarded to the destination). @default {} */
   headers?: Record<string, string>;
   /**
-   * Prefix of the QStash flow-control key of keyed messages (`<prefix><key>`; keys with characters outside
-   * `A-Z a-z 0-9 . _ -` are hashed). Flow-control keys are per QStash account: give each app its own prefix.
-   * `false` publishes keyed messages without flow control. @default "outbox-"
+   * How many QStash queues (FIFO, parallelism 1) carry keyed messages: a key always maps to queue
+   * `<queuePrefix><fnv1a(key) % queues>`, so its messages reach the destination one at a time in commit order.
+   * Keys sharing a queue wait for each other; more queues, more keyed deliveries in parallel (each queue counts
+   * against your plan's queue limit). `false` publishes keyed messages like keyless ones: no order past QStash.
+   * Changing it (or `queuePrefix`) moves keys to other queues: let the old queues drain first. @default 8
    */
-  flowControlPrefix?: string | false;
+  queues?: number | false | undefined;
+  /**
+   * Prefix of the queue names. Queues are per QStash account: give each app (and each transport with another
+   * destination) its own prefix. @default "outbox-"
+   */
+  queuePrefix?: string | undefined;
   /** Transport name in reports. @default "qstash" */
   name?: string;
 }
@@ -181,7 +207,6 @@ export const MESSAGE_HEADERS: Readonly<{ id: string; topic: string; key: string 
 });
 
 const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$/;
-const SAFE_KEY_RE = /^[A-Za-z0-9._-]{1,200}$/;
 
 const transportOptionsSchema = v.object({
   destination: v.union([
@@ -195,28 +220,40 @@ const transportOptionsSchema = v.object({
     v.pipe(v.string(), v.regex(HEADER_NAME_RE, "must be an HTTP header name")),
     v.string(),
   ), {}),
-  flowControlPrefix: v.optional(v.union([v.pipe(v.string(), v.regex(/^[A-Za-z0-9._-]{0,50}$/, "must be at most 50 of A-Z a-z 0-9 . _ -")), v.literal(false)]), "outbox-"),
+  queues: v.optional(v.union([v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(1_000)), v.literal(false)], "must be an integer from 1 to 1000, or false"), 8),
+  queuePrefix: v.optional(v.pipe(v.string(), v.regex(/^[A-Za-z0-9._-]{1,50}$/, "must be 1 to 50 of A-Z a-z 0-9 . _ -")), "outbox-"),
   name: v.optional(v.pipe(v.string(), v.minLength(1)), "qstash"),
 });
 
 /**
  * Creates a transport that publishes outbox messages to QStash: each message's JSON body as is, its headers
  * forwarded (plus `Outbox-Message-Id`, `Outbox-Topic`, `Outbox-Key`), the message id as `Upstash-Deduplication-Id`
- * (a resend after a lost answer is dropped by QStash), and for keyed messages QStash flow control
- * `{ key, parallelism: 1 }`, so QStash keeps one delivery per key in flight and the order the relay kept survives
- * past QStash. Keyless messages go out many per `batch` call.
+ * (a resend after a lost answer is dropped by QStash). Keyed messages are enqueued to a QStash queue chosen by a
+ * stable hash of the key (`queues`, default 8, each upserted once with parallelism 1): a queue is FIFO and starts
+ * its next message only after the current one is delivered or failed for good (after QStash's retries), so a key's
+ * messages reach the destination one at a time in commit order. QStash flow control (`parallelism: 1`) would not
+ * do: its docs say the token handoff "does not guarantee strict ordering". Keyless messages go out in the same
+ * `batch` calls without a queue, in parallel. Keys sharing a queue wait for each other.
  *
  * "Delivered" means accepted by QStash; QStash then retries the destination itself (`retries`) and keeps what
  * fails in its own dead-letter queue.
  *
- * Outcomes: HTTP 429 → retry after the rate limit's reset; 401 and 403 (a wrong or revoked QStash token: a
- * configuration problem, not a bad message) and 408 → retry, so fixing the token loses nothing; other 4xx → dead (a batch refused as a whole is
- * resent one message at a time to find the bad one); 5xx and network errors → retry. When the send's signal fires
+ * Outcomes, one per message: QStash answers a batch with one entry per message and sends the others when it refuses
+ * one, so a message is delivered only when its entry has a `messageId`. A refused entry (`{ error }`) is resent alone,
+ * and the single publish's HTTP status classifies it: 429 → retry after the rate limit's reset; 401 and 403 (a wrong
+ * or revoked QStash token: a configuration problem, not a bad message) and 408 → retry, so fixing the token loses
+ * nothing; other 4xx → dead; 5xx and network errors → retry. A batch refused as a whole (the same statuses) is
+ * classified the same way, and when that is a 4xx its messages are resent one at a time to find the bad one.
+ * To a URL group, an entry is an array of per-endpoint results: delivered when every endpoint has a `messageId`;
+ * when every endpoint refused, resent alone as above; when some accepted and others refused, dead with both lists in
+ * the error (a resend would reach the accepting endpoints again, and QStash would deduplicate it anyway), so the
+ * loss is visible in the dead letters and a replay, once fixed, reaches every endpoint (consumers dedupe on
+ * `Outbox-Message-Id`); a group without endpoints is dead too (the message reached nobody). When the send's signal fires
  * before QStash answers (the client itself cannot be aborted and retries network errors for ~12 s by default),
  * the publish is abandoned and reported as retry: the deduplication id makes the resend safe.
  *
  * @param client a `@upstash/qstash` `Client` (typed structurally); create it with `retry: false` or a bounded retry
- * @param options destination, maxBatchSize (100), retries, headers, flowControlPrefix ("outbox-"), name
+ * @param options destination, maxBatchSize (100), retries, headers, queues (8), queuePrefix ("outbox-"), name
  * @returns the transport
  * @throws {OutboxError} CONFIG naming the bad option
  * @example
@@ -233,15 +270,27 @@ const transportOptionsSchema = v.object({
  * const relay = createRelay({ outbox, transport, batchSize: 500, concurrency: 4, sendTimeoutMs: 5_000, leaseMs: 30_000 });
  * ```
  */
-export function qstashTransport(client: QstashBatchClient, options: QstashTransportOptions): Transport {
-  if (typeof (client as { batch?: unknown } | null)?.batch !== "function") {
-    throw new OutboxError("CONFIG", "qstashTransport: client must be a QStash Client (with batch())");
+export function qstashTransport(client: QstashTransportClient, options: QstashTransportOptions): Transport {
+  const c = client as { batch?: unknown; publish?: unknown } | null;
+  if (typeof c?.batch !== "function" || typeof c.publish !== "function") {
+    throw new OutboxError("CONFIG", "qstashTransport: client must be a QStash Client (with batch() and publish())");
   }
   const o = parseOptions("qstashTransport options", transportOptionsSchema, options);
   const destination = options.destination;
-  const { maxBatchSize, retries, headers: staticHeaders, flowControlPrefix, name } = o;
+  const { maxBatchSize, retries, headers: staticHeaders, queues, queuePrefix, name } = o;
+  /** Queue name → its upsert (parallelism 1), once per transport; forgotten when it fails, so the next send retries it. */
+  const upserts = new Map<string, Promise<unknown>>();
+  const ensureQueue = (queueName: string): Promise<unknown> => {
+    let p = upserts.get(queueName);
+    if (!p) {
+      p = Promise.resolve().then(() => client.queue({ queueName }).upsert({ parallelism: 1 }));
+      p.catch(() => upserts.delete(queueName));
+      upserts.set(queueName, p);
+    }
+    return p;
+  };
 
-  async function toRequest(m: OutboxMessage): Promise<QstashPublishRequest | DeliveryOutcome> {
+  function toRequest(m: OutboxMessage): QstashBatchRequest | DeliveryOutcome {
     const headers: Record<string, string> = { "Content-Type": "application/json" };
     const forward = (k: string, value: string): void => {
       if (k.toLowerCase() === "content-type") return; // the body is always JSON
@@ -259,10 +308,8 @@ export function qstashTransport(client: QstashBatchClient, options: QstashTransp
     if (m.key !== null) forward(MESSAGE_HEADERS.key, encodeURIComponent(m.key));
     const fields: QstashMessageFields = { body: m.body, headers, deduplicationId: m.id, method: "POST" };
     if (retries !== undefined) fields.retries = retries;
-    if (m.key !== null && flowControlPrefix !== false) {
-      fields.flowControl = { key: await flowControlKey(flowControlPrefix, m.key), parallelism: 1 };
-    }
-    if (typeof destination === "object") return { ...fields, urlGroup: destination.urlGroup };
+    const queue = m.key !== null && queues !== false ? { queueName: `${queuePrefix}${fnv1a(m.key) % queues}` } : {};
+    if (typeof destination === "object") return { ...fields, ...queue, urlGroup: destination.urlGroup };
     let url: unknown;
     try {
       url = typeof destination === "function" ? destination(m) : destination;
@@ -272,28 +319,63 @@ export function qstashTransport(client: QstashBatchClient, options: QstashTransp
     if (typeof url !== "string" || !isHttpUrl(url)) {
       return { status: "dead", error: `qstash: destination(message) returned ${JSON.stringify(url)}, not an absolute http(s) URL` };
     }
-    return { ...fields, url };
+    return { ...fields, ...queue, url };
   }
 
-  async function publish(requests: QstashPublishRequest[]): Promise<DeliveryOutcome[]> {
+  /**
+   * Publishes one message on its own (the single-message endpoint answers with an HTTP status) and judges the
+   * answer; a queued message is enqueued to its queue, never published past it.
+   */
+  async function publishAlone(request: QstashBatchRequest): Promise<DeliveryOutcome> {
     try {
-      await client.batch(requests);
-      return requests.map(() => ({ status: "delivered" }));
+      const { queueName, ...single } = request;
+      const answer = queueName === undefined ? await client.publish(single) : await client.queue({ queueName }).enqueue(single);
+      return judge(answer, request, false);
+    } catch (e) {
+      return classify(e);
+    }
+  }
+
+  /**
+   * The outcome of one batch entry. Delivered only with a `messageId` (a URL group: an array in which every
+   * endpoint has one). An `{ error }` entry is resent alone, so QStash's HTTP status classifies it exactly like a
+   * refused single publish; a URL group some endpoints accepted and others refused is dead (see the transport's doc).
+   */
+  function judge(entry: unknown, request: QstashBatchRequest, resend: boolean): DeliveryOutcome | Promise<DeliveryOutcome> {
+    if (hasMessageId(entry)) return { status: "delivered" };
+    if (Array.isArray(entry) && request.urlGroup !== undefined) {
+      const refused = entry.filter((e) => !hasMessageId(e));
+      if (entry.length > 0 && refused.length === 0) return { status: "delivered" };
+      const accepted = entry.length - refused.length;
+      if (accepted === 0 && resend) return publishAlone(request);
+      const why = refused.map((e) => `${endpointOf(e)}: ${entryError(e)}`).join("; ");
+      return {
+        status: "dead",
+        error: entry.length === 0
+          ? `qstash: URL group ${request.urlGroup} has no endpoints: the message reached nobody`
+          : `qstash: URL group ${request.urlGroup}: accepted for ${accepted} of ${entry.length} endpoints, refused for ${why}` +
+            (accepted > 0 ? " (not resent: the accepted endpoints would get it again; replay it once fixed, consumers dedupe on the message id)" : ""),
+      };
+    }
+    if (resend) return publishAlone(request);
+    return { status: "dead", error: `qstash: refused: ${entryError(entry)}` };
+  }
+
+  async function publish(requests: QstashBatchRequest[]): Promise<DeliveryOutcome[]> {
+    let answer: ReadonlyArray<unknown>;
+    try {
+      answer = await client.batch(requests);
     } catch (e) {
       const outcome = classify(e);
       if (outcome.status !== "dead" || requests.length === 1) return requests.map(() => outcome);
-      // Refused as a whole: find the message(s) QStash refuses, one per call.
-      const outcomes: DeliveryOutcome[] = new Array(requests.length);
-      let next = 0;
-      const worker = async (): Promise<void> => {
-        while (next < requests.length) {
-          const i = next++;
-          outcomes[i] = await client.batch([requests[i]!]).then((): DeliveryOutcome => ({ status: "delivered" }), classify);
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(8, requests.length) }, worker));
-      return outcomes;
+      // Refused as a whole (a malformed batch): find the message(s) QStash refuses, one per call.
+      return mapConcurrent(requests, 8, publishAlone);
     }
+    if (!Array.isArray(answer) || answer.length !== requests.length) {
+      const error = `qstash: the batch answer has ${Array.isArray(answer) ? answer.length : "no"} entries for ${requests.length} messages`;
+      return requests.map(() => ({ status: "retry", error }));
+    }
+    return mapConcurrent(requests, 8, (request, i) => judge(answer[i], request, true));
   }
 
   return {
@@ -305,12 +387,21 @@ export function qstashTransport(client: QstashBatchClient, options: QstashTransp
         error: "qstash: publish abandoned: QStash did not answer before the send was aborted (the deduplication id makes the resend safe)",
       });
       if (signal.aborted) return messages.map(abandoned);
-      const prepared = await Promise.all(messages.map(toRequest));
+      const prepared = messages.map(toRequest);
       const outcomes: DeliveryOutcome[] = new Array(messages.length);
-      const requests: QstashPublishRequest[] = [];
+      // Keyed messages go to their queue, which must exist with parallelism 1 (FIFO) first.
+      const queueNames = [...new Set(prepared.flatMap((p) => ("queueName" in p && p.queueName !== undefined ? [p.queueName] : [])))];
+      const failed = new Map<string, DeliveryOutcome>();
+      if (queueNames.length > 0) {
+        const ready = await raceSignal(Promise.all(queueNames.map((q) => ensureQueue(q).then(() => null, (e: unknown) => failed.set(q, queueFailure(classify(e), `creating queue ${q}`))))), signal);
+        if (ready === ABANDONED) return messages.map(abandoned);
+      }
+      const requests: QstashBatchRequest[] = [];
       const slots: number[] = [];
       prepared.forEach((p, i) => {
+        const queueFailure = "queueName" in p && p.queueName !== undefined ? failed.get(p.queueName) : undefined;
         if ("status" in p) outcomes[i] = p;
+        else if (queueFailure) outcomes[i] = queueFailure;
         else {
           requests.push(p);
           slots.push(i);
@@ -574,6 +665,35 @@ function classify(e: unknown): DeliveryOutcome {
   return { status: "retry", error };
 }
 
+function hasMessageId(entry: unknown): boolean {
+  const id = (entry as { messageId?: unknown } | null)?.messageId;
+  return typeof id === "string" && id !== "";
+}
+
+function entryError(entry: unknown): string {
+  const error = (entry as { error?: unknown } | null)?.error;
+  return (typeof error === "string" && error !== "" ? error : `unexpected answer ${JSON.stringify(entry)}`).slice(0, 500);
+}
+
+function endpointOf(entry: unknown): string {
+  const url = (entry as { url?: unknown } | null)?.url;
+  return typeof url === "string" ? url : "an endpoint";
+}
+
+/** Maps `items` with at most `limit` calls of `fn` in flight, keeping the order. */
+async function mapConcurrent<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => R | Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!, i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
 function statusOf(e: unknown): number | undefined {
   const s = (e as { status?: unknown } | null)?.status;
   return typeof s === "number" && Number.isInteger(s) ? s : undefined;
@@ -622,10 +742,19 @@ async function shortHash(s: string): Promise<string> {
   return [...digest.slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** `<prefix><key>` when that is a plain token, else `<prefix>h-<hash(key)>` (one key always maps to one flow-control key). */
-async function flowControlKey(prefix: string, key: string): Promise<string> {
-  const plain = `${prefix}${key}`;
-  if (SAFE_KEY_RE.test(plain)) return plain;
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(key)));
-  return `${prefix}h-${[...digest.slice(0, 16)].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
+/** 32-bit FNV-1a of the key's UTF-8 bytes: the same queue for a key in every process and runtime. */
+function fnv1a(key: string): number {
+  let h = 0x811c9dc5;
+  for (const b of new TextEncoder().encode(key)) h = Math.imul(h ^ b, 0x01000193);
+  return h >>> 0;
+}
+
+/**
+ * A failed queue upsert as the outcome of the messages bound for that queue: always retry (a missing queue, or a
+ * plan's queue limit, is a configuration problem, not a bad message), with `what` said in the error.
+ */
+function queueFailure(outcome: DeliveryOutcome, what: string): DeliveryOutcome {
+  if (outcome.status === "delivered") return outcome;
+  const error = outcome.error.replace(/^qstash: /, `qstash: ${what}: `);
+  return outcome.status === "retry" && outcome.retryAfterMs !== undefined ? { status: "retry", error, retryAfterMs: outcome.retryAfterMs } : { status: "retry", error };
 }
