@@ -13,6 +13,7 @@ import {
   CRON_SECRET,
   expectPartialDrain,
   PUBLIC_URL,
+  READ_SECRET,
   type RelayBackend,
   SIGNING_KEYS,
   startRelayBackend,
@@ -100,7 +101,7 @@ describe("edge-runtime (Vercel): the relay app", () => {
 
   it("GET /health reports the database's counts", async () => {
     await backend.seed(3);
-    const { status, json } = await call("/health", { headers: bearer });
+    const { status, json } = await call("/health", { headers: { authorization: `Bearer ${READ_SECRET}` } });
     expect(status).toBe(200);
     const health = json as HealthResponse;
     expect(health.status).toBe("healthy");

@@ -14,6 +14,7 @@ import {
   CRON_SECRET,
   expectPartialDrain,
   PUBLIC_URL,
+  READ_SECRET,
   type RelayBackend,
   SIGNING_KEYS,
   startRelayBackend,
@@ -51,6 +52,7 @@ beforeEach(async () => {
 });
 
 const bearer = { authorization: `Bearer ${CRON_SECRET}` };
+const reader = { authorization: `Bearer ${READ_SECRET}` };
 
 async function drainCall(headers: Record<string, string>, body = ""): Promise<{ status: number; json: DrainResponse; wallMs: number }> {
   const t0 = performance.now();
@@ -113,15 +115,15 @@ describe("workerd: POST /drain", () => {
 });
 
 describe("workerd: GET /health", () => {
-  it("answers healthy with the database's counts (pending, due); 401 without auth", async () => {
-    const empty = await mf.dispatchFetch("http://relay.internal/health", { headers: bearer });
+  it("answers healthy with the database's counts (pending, due) to the read secret; 403 to the drain secret, 401 without auth", async () => {
+    const empty = await mf.dispatchFetch("http://relay.internal/health", { headers: reader });
     expect(empty.status).toBe(200);
     const emptyBody = (await empty.json()) as HealthResponse;
     expect(emptyBody.status).toBe("healthy");
     expect(emptyBody.stats.pending).toBe(0);
 
     await backend.seed(4);
-    const res = await mf.dispatchFetch("http://relay.internal/health", { headers: bearer });
+    const res = await mf.dispatchFetch("http://relay.internal/health", { headers: reader });
     expect(res.status).toBe(200);
     const body = (await res.json()) as HealthResponse;
     expect(body.stats.pending).toBe(4);
@@ -130,6 +132,9 @@ describe("workerd: GET /health", () => {
     const anon = await mf.dispatchFetch("http://relay.internal/health");
     expect(anon.status).toBe(401);
     await anon.arrayBuffer();
+    const drainer = await mf.dispatchFetch("http://relay.internal/health", { headers: bearer });
+    expect(drainer.status).toBe(403); // the cron secret drains, it reads nothing
+    await drainer.arrayBuffer();
   });
 });
 
