@@ -15,12 +15,21 @@ export interface BackoffOptions {
 }
 
 /**
+ * The longest `Retry-After` the relay honours, ms (one day). A destination asking for more (a `Retry-After` of
+ * 10^20 seconds, a date far in the future) is retried after one day: the wait stays a safe integer every storage
+ * accepts, and the message is not parked for ever by one bad header.
+ */
+export const MAX_RETRY_AFTER_MS = 86_400_000;
+
+/**
  * Computes the delay before the next attempt: a uniformly random value in `[0, min(maxMs, baseMs × 2^(attempt-1))]`
  * (full jitter), raised to at least `minMs`, and to at least `retryAfterMs` when the destination asked for it.
+ * `retryAfterMs` is rounded up to a whole millisecond and clamped to {@link MAX_RETRY_AFTER_MS} (one day); a
+ * negative or non-finite value is ignored. The result is always a safe integer in `[0, max(maxMs, one day)]`.
  *
  * @param attempt the attempt that just failed (1 for the first)
  * @param options base, max and min delays
- * @param retryAfterMs the destination's requested wait, if any (honoured even above `maxMs`)
+ * @param retryAfterMs the destination's requested wait, if any (honoured even above `maxMs`, up to one day)
  * @param random a source of uniform numbers in [0, 1) @default Math.random
  * @returns the delay in ms (an integer)
  * @example
@@ -42,8 +51,20 @@ export function backoffDelay(
   const exp = Math.min(Math.max(attempt, 1) - 1, 52);
   const cap = Math.min(max, base * 2 ** exp);
   let delay = Math.max(min, Math.floor(random() * cap));
-  if (retryAfterMs !== undefined && Number.isFinite(retryAfterMs) && retryAfterMs > delay) delay = Math.ceil(retryAfterMs);
+  const asked = clampRetryAfter(retryAfterMs);
+  if (asked !== undefined && asked > delay) delay = asked;
   return delay;
+}
+
+/**
+ * A transport-given wait made safe for any storage: rounded up to a whole millisecond and clamped to
+ * `(0, MAX_RETRY_AFTER_MS]` (Infinity becomes one day); undefined for absent, NaN, zero or negative values.
+ */
+function clampRetryAfter(retryAfterMs: number | undefined): number | undefined {
+  if (typeof retryAfterMs !== "number" || Number.isNaN(retryAfterMs)) return undefined;
+  if (retryAfterMs === Infinity) return MAX_RETRY_AFTER_MS;
+  if (!Number.isFinite(retryAfterMs) || retryAfterMs <= 0) return undefined;
+  return Math.min(MAX_RETRY_AFTER_MS, Math.ceil(retryAfterMs));
 }
 
 /**

@@ -33,7 +33,7 @@ export interface RelayOptions {
   sendTimeoutMs?: number;
   /** Attempts before a message is dead-lettered. @default 10 */
   maxAttempts?: number;
-  /** Retry delays. @default { baseMs: 1000, maxMs: 300000, minMs: 250 } */
+  /** Retry delays; a transport's `retryAfterMs` is honoured above `maxMs`, up to one day. @default { baseMs: 1000, maxMs: 300000, minMs: 250 } */
   backoff?: BackoffOptions;
 }
 
@@ -392,14 +392,23 @@ function validOutcome(r: unknown): r is DeliveryOutcome {
   if (o.status === "delivered") return true;
   if (o.status === "dead") return typeof o.error === "string";
   if (o.status === "retry") {
-    return typeof o.error === "string" &&
-      (o.retryAfterMs === undefined || (typeof o.retryAfterMs === "number" && Number.isFinite(o.retryAfterMs) && o.retryAfterMs >= 0));
+    // Any number is accepted: backoffDelay rounds it and clamps it to one day, so no wait can fail a settle.
+    return typeof o.error === "string" && (o.retryAfterMs === undefined || typeof o.retryAfterMs === "number");
   }
   return false;
 }
 
+/**
+ * Makes a transport-given error text safe for every storage: at most `max` UTF-16 units (never splitting a surrogate
+ * pair), NUL and lone surrogates replaced by U+FFFD (PostgreSQL text and jsonb refuse both).
+ */
 function truncate(s: string, max = 2_000): string {
-  return s.length > max ? `${s.slice(0, max)}…` : s;
+  let cut = s;
+  if (s.length > max) {
+    const end = /[\uD800-\uDBFF]/.test(s[max - 1]!) ? max - 1 : max;
+    cut = `${s.slice(0, end)}…`;
+  }
+  return cut.replace(/\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD");
 }
 
 function safeJson(x: unknown): string {

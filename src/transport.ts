@@ -11,7 +11,9 @@ export type DeliveryOutcome =
   | { readonly status: "delivered" }
   /**
    * A transient failure: try again later. `retryAfterMs` (e.g. from a `Retry-After` header) is honoured as the
-   * shortest wait before the next attempt.
+   * shortest wait before the next attempt, rounded up to a whole millisecond and clamped to one day
+   * (`MAX_RETRY_AFTER_MS`); `error` is cut to 2,000 characters, NUL and lone surrogates replaced by U+FFFD. No
+   * outcome can make the relay's settle fail.
    */
   | { readonly status: "retry"; readonly error: string; readonly retryAfterMs?: number }
   /** A permanent failure (e.g. HTTP 400): dead-letter it now, whatever attempts remain. */
