@@ -96,6 +96,7 @@ const MINUTE = 60_000;
 interface Tx extends MemoryTransaction {
   closed: boolean;
   staged: NewMessage[];
+  stagedIds: Set<string>;
   store: Store;
 }
 
@@ -216,7 +217,7 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
       return Promise.resolve();
     },
     begin(): MemoryTransactionHandle {
-      const tx: Tx = { closed: false, staged: [], store };
+      const tx: Tx = { closed: false, staged: [], stagedIds: new Set(), store };
       return {
         tx,
         commit(): Promise<void> {
@@ -234,6 +235,7 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
           if (tx.closed) return Promise.reject(closedError());
           tx.closed = true;
           tx.staged.length = 0;
+          tx.stagedIds.clear();
           return Promise.resolve();
         },
       };
@@ -246,12 +248,15 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
       if (t.closed) return Promise.reject(new OutboxError("STORAGE", "[edge-outbox:memory] enqueue on a closed transaction"));
       // Nothing of this call is staged when one id is taken (by a row in the store, this transaction or this call);
       // the transaction stays usable.
-      const seen = new Set(t.staged.map((m) => m.id));
+      const mine = new Set<string>();
       for (const m of messages) {
-        if (store.rows.has(m.id) || seen.has(m.id)) return Promise.reject(conflict(m.id));
-        seen.add(m.id);
+        if (store.rows.has(m.id) || t.stagedIds.has(m.id) || mine.has(m.id)) return Promise.reject(conflict(m.id));
+        mine.add(m.id);
       }
-      t.staged.push(...messages);
+      for (const m of messages) {
+        t.staged.push(m);
+        t.stagedIds.add(m.id);
+      }
       return Promise.resolve();
     },
     claim({ limit, leaseMs }): Promise<Claim> {
