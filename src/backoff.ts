@@ -7,17 +7,23 @@
 /** Backoff settings (all in milliseconds). */
 export interface BackoffOptions {
   /** Upper bound of the first retry's delay. @default 1000 */
-  baseMs?: number;
+  baseMs?: number | undefined;
   /** Largest delay the exponential part can reach. @default 300000 */
-  maxMs?: number;
+  maxMs?: number | undefined;
   /** Smallest delay, so a failing message is not retried again within the same drain. @default 250 */
-  minMs?: number;
+  minMs?: number | undefined;
 }
 
 /**
  * The longest `Retry-After` the relay honours, ms (one day). A destination asking for more (a `Retry-After` of
  * 10^20 seconds, a date far in the future) is retried after one day: the wait stays a safe integer every storage
  * accepts, and the message is not parked for ever by one bad header.
+ *
+ * @example
+ * ```ts
+ * import { backoffDelay, MAX_RETRY_AFTER_MS } from "edge-outbox";
+ * backoffDelay(1, {}, 1e23) === MAX_RETRY_AFTER_MS; // true
+ * ```
  */
 export const MAX_RETRY_AFTER_MS = 86_400_000;
 

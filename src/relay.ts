@@ -20,31 +20,37 @@ export interface RelayOptions {
   /** Where messages go. */
   transport: Transport;
   /** Keeps two drains from overlapping (efficiency only; correctness rests on lease tokens). @default none */
-  lock?: Lock;
-  /** The lock key. @default "edge-outbox:relay" */
-  lockKey?: string;
+  lock?: Lock | undefined;
+  /**
+   * The lock key. The default names the data drained, so relays of two outboxes sharing one lock store never skip
+   * each other. @default `edge-outbox:relay:${storage.scope ?? storage.name}`
+   */
+  lockKey?: string | undefined;
   /** Rows claimed per claim. @default 100 */
-  batchSize?: number;
+  batchSize?: number | undefined;
   /** `send` calls in flight at once. @default 8 */
-  concurrency?: number;
+  concurrency?: number | undefined;
   /** How long a claim owns its rows, ms; must be at least twice `sendTimeoutMs`. @default 30000 */
-  leaseMs?: number;
+  leaseMs?: number | undefined;
   /** Longest a single `send` call may take, ms; its signal aborts then. @default 10000 */
-  sendTimeoutMs?: number;
+  sendTimeoutMs?: number | undefined;
   /** Attempts before a message is dead-lettered. @default 10 */
-  maxAttempts?: number;
+  maxAttempts?: number | undefined;
   /** Retry delays; a transport's `retryAfterMs` is honoured above `maxMs`, up to one day. @default { baseMs: 1000, maxMs: 300000, minMs: 250 } */
-  backoff?: BackoffOptions;
+  backoff?: BackoffOptions | undefined;
 }
 
 /** Options of one {@link Relay.drain} call. */
 export interface DrainOptions {
   /** Time budget, ms. The drain stops claiming and starting sends when less than `safetyMarginMs` remains; sends in flight then finish within `sendTimeoutMs`. @default 10000 */
-  budgetMs?: number;
-  /** Stop early (like the budget running out). @default none */
-  signal?: AbortSignal;
+  budgetMs?: number | undefined;
+  /**
+   * Stop early (like the budget running out). It also fires every in-flight send's `SendContext.signal`; the drain
+   * stops waiting for those sends at once and reports them as retried. @default none
+   */
+  signal?: AbortSignal | undefined;
   /** Budget kept back at the end for settling, ms. @default min(1000, budgetMs / 10) */
-  safetyMarginMs?: number;
+  safetyMarginMs?: number | undefined;
 }
 
 /** What one drain did. */
@@ -66,21 +72,24 @@ export interface DrainReport {
   /** True when the drain stopped for its budget, signal or lost lock while rows were due: call again. */
   more: boolean;
   /** Set when the drain did nothing because the lock was held elsewhere. */
-  skipped?: "lock-busy";
+  skipped?: "lock-busy" | undefined;
 }
 
 /** Options of {@link Relay.run}. */
 export interface RunOptions {
-  /** Stops the loop; in-flight sends finish, unsent claimed rows are released. */
+  /** Stops the loop: in-flight sends are aborted (their signals fire), unsent claimed rows are released. */
   signal: AbortSignal;
   /** Wait between drains when nothing was due, ms. @default 500 */
-  pollIntervalMs?: number;
+  pollIntervalMs?: number | undefined;
   /** Budget of each drain, ms. @default 30000 */
-  budgetMs?: number;
-  /** Called after every drain. @default none */
-  onReport?: (report: DrainReport) => void;
-  /** Called when a drain fails (the loop backs off and continues). @default console.error */
-  onError?: (error: OutboxError) => void;
+  budgetMs?: number | undefined;
+  /** Called after every drain. A throw (or rejection) is logged and ignored: it never changes the loop. @default none */
+  onReport?: ((report: DrainReport) => void) | undefined;
+  /**
+   * Called when a drain fails (the loop backs off and continues). A throw (or rejection) is logged and ignored.
+   * @default console.error
+   */
+  onError?: ((error: OutboxError) => void) | undefined;
 }
 
 /** The relay. */
@@ -110,7 +119,7 @@ const relayOptionsSchema = v.pipe(
       (l) => typeof l === "object" && l !== null && typeof (l as { acquire?: unknown }).acquire === "function",
       "must be a Lock (an object with acquire(key, leaseMs))",
     )),
-    lockKey: v.optional(v.pipe(v.string(), v.minLength(1), v.maxLength(200)), "edge-outbox:relay"),
+    lockKey: v.optional(v.pipe(v.string(), v.minLength(1), v.maxLength(200))),
     batchSize: v.optional(int(1, 10_000), 100),
     concurrency: v.optional(int(1, 1_000), 8),
     leaseMs: v.optional(int(100, 3_600_000), 30_000),
@@ -125,14 +134,23 @@ const relayOptionsSchema = v.pipe(
   v.check((o) => o.leaseMs >= 2 * o.sendTimeoutMs, "leaseMs must be at least twice sendTimeoutMs"),
 );
 
+// Structural, not `v.instance(AbortSignal)`: Deno's default libs type the AbortSignal constructor so that
+// `instance` infers never, and a signal from another realm (a polyfill, a worker) is not an instance either.
+const abortSignal = v.custom<AbortSignal>(
+  (s) =>
+    typeof s === "object" && s !== null && typeof (s as AbortSignal).aborted === "boolean" &&
+    typeof (s as AbortSignal).addEventListener === "function" && typeof (s as AbortSignal).removeEventListener === "function",
+  "must be an AbortSignal",
+);
+
 const drainOptionsSchema = v.object({
   budgetMs: v.optional(int(1, 86_400_000), 10_000),
-  signal: v.optional(v.instance(AbortSignal)),
+  signal: v.optional(abortSignal),
   safetyMarginMs: v.optional(int(0, 86_400_000)),
 });
 
 const runOptionsSchema = v.object({
-  signal: v.instance(AbortSignal),
+  signal: abortSignal,
   pollIntervalMs: v.optional(int(1, 3_600_000), 500),
   budgetMs: v.optional(int(1, 86_400_000), 30_000),
   onReport: v.optional(v.function()),
@@ -140,6 +158,8 @@ const runOptionsSchema = v.object({
 });
 
 const now = (): number => performance.now();
+/** What a send's race resolves to when its timeout or the drain's signal fired first. */
+const STOPPED: unique symbol = Symbol("stopped");
 
 /**
  * Creates a relay that drains an outbox into a transport.
@@ -170,7 +190,8 @@ export function createRelay(options: RelayOptions): Relay {
   if (!Number.isInteger(maxBatch) || maxBatch < 1) {
     throw new OutboxError("CONFIG", `createRelay options: transport.maxBatchSize must be a positive integer (got ${maxBatch})`);
   }
-  const { batchSize, concurrency, leaseMs, sendTimeoutMs, maxAttempts, backoff, lockKey } = o;
+  const { batchSize, concurrency, leaseMs, sendTimeoutMs, maxAttempts, backoff } = o;
+  const lockKey = o.lockKey ?? `edge-outbox:relay:${storage.scope ?? storage.name}`;
   // Kept back from the lease so a settle lands before the lease can expire.
   const leaseReserveMs = Math.min(1_000, Math.floor(leaseMs / 10));
 
@@ -206,29 +227,7 @@ export function createRelay(options: RelayOptions): Relay {
     const stopped = (): boolean => d.signal?.aborted === true || lease?.signal.aborted === true || now() >= stopAt;
 
     try {
-      let stoppedEarly = false;
-      for (;;) {
-        if (stopped()) {
-          stoppedEarly = true;
-          break;
-        }
-        const claimStarted = now();
-        const claim = await storage.claim({ limit: batchSize, leaseMs });
-        if (claim.messages.length === 0) break;
-        report.claimed += claim.messages.length;
-        const leaseDeadline = claimStarted + leaseMs - leaseReserveMs;
-        const settlements = await deliverBatch(claim.messages, leaseDeadline, stopped);
-        const result = await storage.settle(claim.token, settlements);
-        const lost = new Set(result.lost);
-        report.leaseLost += lost.size;
-        for (const s of settlements) {
-          if (lost.has(s.id)) continue;
-          if (s.outcome === "delivered") report.delivered++;
-          else if (s.outcome === "retry") report.retried++;
-          else if (s.outcome === "dead") report.dead++;
-          else report.released++;
-        }
-      }
+      const { stoppedEarly } = await pipeline(report, stopped, d.signal);
       if (stoppedEarly) report.more = report.released > 0 || await storage.hasDue();
     } catch (e) {
       throw toOutboxError("STORAGE", `[edge-outbox:relay] ${storage.name} storage failed`, e, true);
@@ -239,89 +238,310 @@ export function createRelay(options: RelayOptions): Relay {
     return report;
   }
 
-  /** Sends one claimed batch and returns one settlement per message. */
-  async function deliverBatch(
-    messages: readonly ClaimedMessage[],
-    leaseDeadline: number,
+  /**
+   * The streaming drain: claim → send → settle as a pipeline (see DESIGN.md, "The drain engine").
+   *
+   * - Up to `concurrency` sends are in flight. A slot that frees takes the next startable unit, lowest `seq` first:
+   *   up to `maxBatchSize` keyless messages, or the head of a key whose previous message has a final outcome.
+   * - When fewer than `lowWater` claimed rows wait to be sent, the next claim runs while sends (and settles) go on.
+   *   A claim that returned fewer rows than asked is repeated only after a settle has landed since it started
+   *   (a settle can unblock a key); this also ends the drain when nothing more is claimable.
+   * - Outcomes are buffered per claim token and settled in groups: at once when no send is in flight, when a group
+   *   reaches `groupSize`, or `settleDelayMs` after its first outcome. One settle round at a time, so a slow database
+   *   makes the groups bigger, not the queue of settles longer.
+   * - A send starts only when its whole timeout fits in its claim's lease; otherwise its rows (for a key: the key's
+   *   remaining rows) are released. A retrying key head releases the key's remaining rows.
+   * - On stop (budget, signal, lost lock) or a storage failure nothing new is claimed or started; queued rows are
+   *   released, in-flight sends finish (bounded by their timeout), and every outcome is settled before returning.
+   *   A storage failure is rethrown after that.
+   * Resolves when every claimed row has been settled (or a settle failed).
+   */
+  function pipeline(
+    report: DrainReport,
     stopped: () => boolean,
-  ): Promise<Settlement[]> {
-    const settlements = new Map<string, Settlement>();
-    const units: Array<() => Promise<void>> = [];
-    // A send starts only when its whole timeout fits in the lease, so no send is cut short by it.
-    const canSend = (): boolean => !stopped() && now() + sendTimeoutMs <= leaseDeadline;
-    const release = (ms: readonly ClaimedMessage[]): void => {
-      for (const m of ms) settlements.set(m.id, { id: m.id, outcome: "released" });
-    };
-    const exhausted = (m: ClaimedMessage): boolean => m.attempts > maxAttempts;
-    const giveUp = (m: ClaimedMessage): void => {
-      settlements.set(m.id, {
-        id: m.id,
-        outcome: "dead",
-        error: `claimed ${m.attempts} times without a recorded outcome (max ${maxAttempts}): ${m.lastError ?? "relay stopped or lease expired during delivery"}`,
-      });
-    };
+    signal: AbortSignal | undefined,
+  ): Promise<{ stoppedEarly: boolean }> {
+    interface ClaimState {
+      readonly token: string;
+      /** A send of this claim's rows must end by then (performance.now() time). */
+      readonly deadline: number;
+    }
+    interface Held {
+      readonly m: ClaimedMessage;
+      readonly claim: ClaimState;
+    }
+    const lowWater = Math.max(concurrency * maxBatch, Math.ceil(batchSize / 2));
+    const groupSize = Math.max(16, concurrency * maxBatch);
+    const settleDelayMs = 2;
 
-    // Keyless messages: in chunks of the transport's batch size, in parallel.
-    const keyless: ClaimedMessage[] = [];
-    const groups = new Map<string, ClaimedMessage[]>();
-    for (const m of messages) {
-      if (exhausted(m) && m.key === null) {
-        giveUp(m);
-        continue;
-      }
-      if (m.key === null) keyless.push(m);
-      else {
-        const g = groups.get(m.key);
-        if (g) g.push(m);
-        else groups.set(m.key, [m]);
-      }
-    }
-    for (let i = 0; i < keyless.length; i += maxBatch) {
-      const chunk = keyless.slice(i, i + maxBatch);
-      units.push(async () => {
-        if (!canSend()) return release(chunk);
-        const outcomes = await send(chunk, leaseDeadline);
-        chunk.forEach((m, j) => settlements.set(m.id, toSettlement(m, outcomes[j]!)));
+    const keyless = new Fifo<Held>();
+    /** Queued rows per key; an entry exists while the key has queued rows or a send in flight. */
+    const keyQueues = new Map<string, Fifo<Held>>();
+    /** Keys with queued rows and no send in flight, in the order they became startable. */
+    const readyKeys = new Fifo<string>();
+    const activeKeys = new Set<string>();
+    let queued = 0;
+    let inFlight = 0;
+
+    let claiming = false;
+    /** Settle rounds completed so far; a short claim waits for the next one (see above). */
+    let settleEpoch = 0;
+    let dryAtEpoch = -1;
+
+    let buffer = new Map<string, Settlement[]>();
+    let buffered = 0;
+    let bufferedSince = 0;
+    let settling = false;
+    let settleTimer: ReturnType<typeof setTimeout> | undefined;
+
+    let failure: { error: unknown } | undefined;
+    let stopSeen = false;
+    let done = false;
+    let resolveDone!: (value: { stoppedEarly: boolean }) => void;
+    let rejectDone!: (error: unknown) => void;
+    const finished = new Promise<{ stoppedEarly: boolean }>((resolve, reject) => {
+      resolveDone = resolve;
+      rejectDone = reject;
+    });
+
+    const fits = (h: Held): boolean => now() + sendTimeoutMs <= h.claim.deadline;
+    const exhausted = (m: ClaimedMessage): boolean => m.attempts > maxAttempts;
+    const giveUp = (h: Held): void =>
+      settleLater(h, {
+        id: h.m.id,
+        outcome: "dead",
+        error: `claimed ${h.m.attempts} times without a recorded outcome (max ${maxAttempts}): ${h.m.lastError ?? "relay stopped or lease expired during delivery"}`,
       });
+    const release = (h: Held): void => settleLater(h, { id: h.m.id, outcome: "released" });
+
+    function settleLater(h: Held, s: Settlement): void {
+      let group = buffer.get(h.claim.token);
+      if (!group) buffer.set(h.claim.token, group = []);
+      group.push(s);
+      if (buffered++ === 0) bufferedSince = now();
     }
-    // Keyed messages: one key's messages one after another, stopping at the first that is not settled for good.
-    for (const group of groups.values()) {
-      units.push(async () => {
-        for (let i = 0; i < group.length; i++) {
-          const m = group[i]!;
-          if (exhausted(m)) {
-            giveUp(m);
-            continue;
-          }
-          if (!canSend()) return release(group.slice(i));
-          const [outcome] = await send([m], leaseDeadline);
-          const s = toSettlement(m, outcome!);
-          settlements.set(m.id, s);
-          if (s.outcome === "retry") return release(group.slice(i + 1)); // a retrying head blocks its key
+
+    function hold(m: ClaimedMessage, claim: ClaimState): void {
+      const h: Held = { m, claim };
+      queued++;
+      if (m.key === null) return keyless.push(h);
+      let q = keyQueues.get(m.key);
+      if (!q) {
+        keyQueues.set(m.key, q = new Fifo());
+        readyKeys.push(m.key);
+      }
+      q.push(h);
+    }
+
+    /** Releases the queued rows of `key` and forgets the key. */
+    function releaseKey(key: string): void {
+      const q = keyQueues.get(key);
+      keyQueues.delete(key);
+      for (let h = q?.shift(); h; h = q!.shift()) {
+        queued--;
+        release(h);
+      }
+    }
+
+    function releaseAll(): void {
+      for (let h = keyless.shift(); h; h = keyless.shift()) {
+        queued--;
+        release(h);
+      }
+      for (let key = readyKeys.shift(); key !== undefined; key = readyKeys.shift()) releaseKey(key);
+      // Keys with a send in flight keep their entry (their queue is now empty); the send's end forgets them.
+      for (const [key, q] of keyQueues) {
+        for (let h = q.shift(); h; h = q.shift()) {
+          queued--;
+          release(h);
         }
-      });
+        if (!activeKeys.has(key)) keyQueues.delete(key);
+      }
     }
-    await runPool(units, concurrency);
-    return messages.map((m) => settlements.get(m.id) ?? { id: m.id, outcome: "released" });
+
+    /** The next unit to send (lowest seq first), releasing or dead-lettering what cannot be sent; null when none. */
+    function nextUnit(): { items: Held[]; key: string | null } | null {
+      for (;;) {
+        const k = readyKeys.peek();
+        const kh = k === undefined ? undefined : keyQueues.get(k)!.peek();
+        const lh = keyless.peek();
+        if (!kh && !lh) return null;
+        if (lh && (!kh || lh.m.seq < kh.m.seq)) {
+          const items: Held[] = [];
+          while (items.length < maxBatch) {
+            const h = keyless.peek();
+            if (!h) break;
+            keyless.shift();
+            queued--;
+            if (exhausted(h.m)) giveUp(h);
+            else if (!fits(h)) release(h);
+            else items.push(h);
+          }
+          if (items.length > 0) return { items, key: null };
+          continue;
+        }
+        const key = k!;
+        const q = keyQueues.get(key)!;
+        const h = kh!;
+        if (exhausted(h.m)) {
+          q.shift();
+          queued--;
+          giveUp(h);
+          if (q.length === 0) {
+            readyKeys.shift();
+            keyQueues.delete(key);
+          }
+          continue;
+        }
+        readyKeys.shift();
+        if (!fits(h)) {
+          releaseKey(key); // the key's later rows cannot go before this one
+          continue;
+        }
+        q.shift();
+        queued--;
+        activeKeys.add(key);
+        return { items: [h], key };
+      }
+    }
+
+    async function sendUnit(items: Held[], key: string | null): Promise<void> {
+      try {
+        const outcomes = await send(items.map((h) => h.m), items[0]!.claim.deadline, signal);
+        let retrying = false;
+        items.forEach((h, i) => {
+          const s = toSettlement(h.m, outcomes[i]!);
+          if (s.outcome === "retry") retrying = true;
+          settleLater(h, s);
+        });
+        if (key !== null) {
+          activeKeys.delete(key);
+          const q = keyQueues.get(key);
+          if (retrying) releaseKey(key); // a retrying head blocks its key
+          else if (q && q.length > 0) readyKeys.push(key);
+          else keyQueues.delete(key);
+        }
+      } catch (e) {
+        failure ??= { error: e };
+      } finally {
+        inFlight--;
+        pump();
+      }
+    }
+
+    async function claimMore(): Promise<void> {
+      claiming = true;
+      const epoch = settleEpoch;
+      const claimStarted = now();
+      try {
+        const claim = await storage.claim({ limit: batchSize, leaseMs });
+        report.claimed += claim.messages.length;
+        if (claim.messages.length < batchSize) dryAtEpoch = epoch;
+        const state: ClaimState = { token: claim.token, deadline: claimStarted + leaseMs - leaseReserveMs };
+        for (const m of claim.messages) hold(m, state);
+      } catch (e) {
+        failure ??= { error: e };
+      } finally {
+        claiming = false;
+        pump();
+      }
+    }
+
+    async function settleRound(): Promise<void> {
+      settling = true;
+      clearTimeout(settleTimer);
+      settleTimer = undefined;
+      const groups = buffer;
+      buffer = new Map();
+      buffered = 0;
+      const results = await Promise.allSettled(
+        [...groups].map(async ([token, settlements]) => {
+          const result = await storage.settle(token, settlements);
+          const lost = new Set(result.lost);
+          report.leaseLost += lost.size;
+          for (const s of settlements) {
+            if (lost.has(s.id)) continue;
+            if (s.outcome === "delivered") report.delivered++;
+            else if (s.outcome === "retry") report.retried++;
+            else if (s.outcome === "dead") report.dead++;
+            else report.released++;
+          }
+        }),
+      );
+      for (const r of results) if (r.status === "rejected") failure ??= { error: r.reason };
+      settling = false;
+      settleEpoch++;
+      pump();
+    }
+
+    function pump(): void {
+      if (done) return;
+      const stop = failure !== undefined || stopped();
+      if (stop) {
+        stopSeen ||= failure === undefined;
+        releaseAll();
+      } else {
+        while (inFlight < concurrency) {
+          const unit = nextUnit();
+          if (!unit) break;
+          inFlight++;
+          void sendUnit(unit.items, unit.key);
+        }
+        const mayClaim = dryAtEpoch < 0 || settleEpoch > dryAtEpoch;
+        if (!claiming && queued < lowWater && mayClaim) void claimMore();
+      }
+      if (!settling && buffered > 0) {
+        const age = now() - bufferedSince;
+        if (stop || inFlight === 0 || buffered >= groupSize || age >= settleDelayMs) void settleRound();
+        else settleTimer ??= setTimeout(() => {
+          settleTimer = undefined;
+          pump();
+        }, settleDelayMs - age);
+      }
+      if (inFlight === 0 && !claiming && !settling && buffered === 0 && queued === 0) {
+        const mayClaim = dryAtEpoch < 0 || settleEpoch > dryAtEpoch;
+        if (stop || !mayClaim) {
+          done = true;
+          clearTimeout(settleTimer);
+          if (failure) rejectDone(failure.error);
+          else resolveDone({ stoppedEarly: stopSeen });
+        }
+      }
+    }
+
+    pump();
+    return finished;
   }
 
-  /** One transport call, bounded by the send timeout and the lease; never throws. */
-  async function send(batch: readonly ClaimedMessage[], leaseDeadline: number): Promise<DeliveryOutcome[]> {
+  /**
+   * One transport call, bounded by the send timeout and the lease; never throws. Its signal also fires when the
+   * drain's `signal` aborts, and the relay stops waiting then: the messages are reported as `retry`.
+   */
+  async function send(batch: readonly ClaimedMessage[], leaseDeadline: number, drainSignal?: AbortSignal): Promise<DeliveryOutcome[]> {
     const timeout = Math.max(0, Math.min(sendTimeoutMs, leaseDeadline - now()));
     const controller = new AbortController();
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const aborted = new Promise<"timeout">((resolve) => {
-      timer = setTimeout(() => {
-        controller.abort(new OutboxError("ABORTED", `send timed out after ${Math.round(timeout)} ms`));
-        resolve("timeout");
-      }, timeout);
+    let onAbort: (() => void) | undefined;
+    let stopReason = "";
+    const aborted = new Promise<typeof STOPPED>((resolve) => {
+      const stop = (reason: string): void => {
+        stopReason = reason;
+        controller.abort(new OutboxError("ABORTED", reason));
+        resolve(STOPPED);
+      };
+      timer = setTimeout(() => stop(`send timed out after ${Math.round(timeout)} ms`), timeout);
+      if (drainSignal) {
+        onAbort = (): void => stop("drain aborted during the send");
+        if (drainSignal.aborted) onAbort();
+        else drainSignal.addEventListener("abort", onAbort, { once: true });
+      }
     });
     const retryAll = (error: string): DeliveryOutcome[] => batch.map(() => ({ status: "retry", error }));
     try {
       const sending = Promise.resolve().then(() => transport.send(batch, { signal: controller.signal }));
       sending.catch(() => {}); // a late rejection after a timeout must not become unhandled
       const result = await Promise.race([sending, aborted]);
-      if (result === "timeout") return retryAll(`${transport.name}: send timed out after ${Math.round(timeout)} ms`);
+      if (result === STOPPED) return retryAll(`${transport.name}: ${stopReason}`);
       if (!Array.isArray(result) || result.length !== batch.length) {
         return retryAll(`${transport.name}: returned ${Array.isArray(result) ? result.length : typeof result} outcomes for ${batch.length} messages`);
       }
@@ -330,6 +550,7 @@ export function createRelay(options: RelayOptions): Relay {
       return retryAll(`${transport.name}: ${e instanceof Error ? e.message : String(e)}`);
     } finally {
       clearTimeout(timer);
+      if (onAbort) drainSignal?.removeEventListener("abort", onAbort);
     }
   }
 
@@ -347,15 +568,18 @@ export function createRelay(options: RelayOptions): Relay {
     let failures = 0;
     while (!r.signal.aborted) {
       let wait = r.pollIntervalMs;
+      let report: DrainReport | undefined;
       try {
-        const report = await drain({ budgetMs: r.budgetMs, signal: r.signal });
-        failures = 0;
-        runOptions.onReport?.(report);
-        if (report.more) wait = 0;
+        report = await drain({ budgetMs: r.budgetMs, signal: r.signal });
       } catch (e) {
         failures++;
-        onError(toOutboxError("STORAGE", "[edge-outbox:relay] drain failed", e, true));
+        callback("onError", onError, toOutboxError("STORAGE", "[edge-outbox:relay] drain failed", e, true));
         wait = Math.min(30_000, r.pollIntervalMs * 2 ** Math.min(failures, 10));
+      }
+      if (report) {
+        failures = 0;
+        if (runOptions.onReport) callback("onReport", runOptions.onReport, report);
+        if (report.more) wait = 0;
       }
       if (wait > 0) await sleep(wait, r.signal);
     }
@@ -364,13 +588,45 @@ export function createRelay(options: RelayOptions): Relay {
   return { drain, run };
 }
 
-/** Runs async tasks with at most `limit` in flight. */
-async function runPool(tasks: ReadonlyArray<() => Promise<void>>, limit: number): Promise<void> {
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < tasks.length) await tasks[next++]!();
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, worker));
+/**
+ * Calls a user callback of run() so that it cannot change the loop: a throw (or a rejected promise, for an async
+ * callback) is logged with console.error and otherwise ignored.
+ */
+function callback<T>(name: string, fn: (arg: T) => unknown, arg: T): void {
+  const log = (e: unknown): void => console.error(`[edge-outbox] relay.run ${name} callback threw (ignored):`, e);
+  try {
+    const result = fn(arg);
+    if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
+      Promise.resolve(result).catch(log);
+    }
+  } catch (e) {
+    log(e);
+  }
+}
+
+/** A first-in, first-out queue with O(1) push and shift. */
+class Fifo<T> {
+  private items: (T | undefined)[] = [];
+  private head = 0;
+  get length(): number {
+    return this.items.length - this.head;
+  }
+  push(item: T): void {
+    this.items.push(item);
+  }
+  peek(): T | undefined {
+    return this.items[this.head];
+  }
+  shift(): T | undefined {
+    if (this.head >= this.items.length) return undefined;
+    const item = this.items[this.head];
+    this.items[this.head++] = undefined;
+    if (this.head > 1_024 && this.head * 2 > this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    return item;
+  }
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

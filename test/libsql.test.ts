@@ -5,15 +5,14 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
   isBusyError,
-  LATEST_SCHEMA_VERSION,
   type LibsqlClient,
   type LibsqlExecutor,
   libsqlSchema,
   type LibsqlStatement,
   libsqlStorage,
   type LibsqlTransaction,
-  TABLE_PLACEHOLDER,
 } from "../adapters/libsql/mod.ts";
+import { LATEST_SCHEMA_VERSION, TABLE_PLACEHOLDER } from "../adapters/libsql/schema.ts";
 import { libsqlSql } from "../adapters/libsql/sql.ts";
 import { isOutboxError, type OutboxError, type OutboxErrorCode } from "../src/errors.ts";
 import { type NewMessage, uuidv7 } from "../src/message.ts";
@@ -213,6 +212,41 @@ describe("libsqlStorage: schema", () => {
     } finally {
       await f.close();
     }
+  });
+});
+
+describe("libsqlStorage: missing table", () => {
+  it("every call on a table that was never migrated is CONFIG saying to call migrate() or install libsqlSchema()", async () => {
+    const dir = tempDir();
+    for (const url of [":memory:", dir.url]) {
+      const client = createClient({ url });
+      try {
+        const storage = libsqlStorage(client, { table: "never_made" });
+        const calls: [string, Promise<unknown>][] = [
+          ["claim", storage.claim({ limit: 1, leaseMs: 1_000 })],
+          ["settle", storage.settle("t", [{ id: uuidv7(), outcome: "delivered" }])],
+          ["hasDue", storage.hasDue()],
+          ["stats", storage.stats()],
+          ["listDead", storage.listDead({ limit: 1 })],
+          ["replayDead", storage.replayDead(uuidv7())],
+          ["purge", storage.purge({ status: "dead", olderThan: 0, limit: 1 })],
+        ];
+        for (const [what, p] of calls) {
+          const e = expectCode(await caught(p), "CONFIG");
+          expect(e.message, what).toBe(
+            "[edge-outbox:libsql] table never_made does not exist: call storage.migrate() or install the DDL from libsqlSchema()",
+          );
+          expect(String((e.cause as Error).message)).toMatch(/no such table/);
+        }
+        const tx = await client.transaction("write");
+        expectCode(await caught(storage.enqueue(tx, [message(1)])), "CONFIG");
+        tx.close();
+        expectCode(await caught(storage.enqueue(client, [message(2)])), "CONFIG");
+      } finally {
+        client.close();
+      }
+    }
+    dir.remove();
   });
 });
 

@@ -33,6 +33,36 @@ async function holders(admin: Sql, key: string): Promise<number[]> {
   return rows.map((r) => r["pid"] as number);
 }
 
+/**
+ * The client `base` with failures injected into the lease's status query (the one asking `pg_locks` through the pool):
+ * the next `failures.count` such queries reject like a dropped connection.
+ */
+function flakyChecks(base: Sql): { client: Sql; failures: { count: number; seen: number } } {
+  const failures = { count: 0, seen: 0 };
+  const client = new Proxy(base, {
+    get(target, prop, receiver) {
+      if (prop !== "unsafe") return Reflect.get(target, prop, receiver);
+      return (query: string, params?: never[], options?: never) => {
+        if (query.includes("pg_locks")) {
+          failures.seen++;
+          if (failures.count > 0) {
+            failures.count--;
+            return Promise.reject(Object.assign(new Error("injected: connection reset"), { code: "ECONNRESET" }));
+          }
+        }
+        return target.unsafe(query, params, options);
+      };
+    },
+  });
+  return { client, failures };
+}
+
+/** Connections of `appName` the server sees. */
+async function sessions(admin: Sql, appName: string): Promise<number> {
+  const [row] = await admin`select count(*)::int as n from pg_stat_activity where application_name = ${appName}`;
+  return row!["n"] as number;
+}
+
 describe("pgAdvisoryLock", () => {
   it("is exclusive across two clients: busy is null; release frees it; no connection is leaked", async () => {
     const key = `test:${randomSuffix()}`;
@@ -149,5 +179,93 @@ describe("pgAdvisoryLock", () => {
     expect(() => pgAdvisoryLock(one)).toThrow(/max >= 2/);
     expect(() => pgAdvisoryLock(client(), { checkIntervalMs: 0 })).toThrow(/checkIntervalMs/);
     expect(() => pgAdvisoryLock({} as never)).toThrow(/postgres.js client/);
+  });
+
+  it("a failed pg_locks check at release still unlocks and gives the connection back (retried, not memoised)", async () => {
+    const key = `test:${randomSuffix()}`;
+    const base = client(`${app}-flaky`, 2);
+    const { client: flaky, failures } = flakyChecks(base);
+    const lock = pgAdvisoryLock(flaky, { checkIntervalMs: 60_000 });
+    const other = pgAdvisoryLock(client());
+    const admin = client();
+    const lease = await lock.acquire(key, 30_000);
+    expect(lease).not.toBeNull();
+    failures.count = 1; // the release's first check fails
+    const t0 = Date.now();
+    await lease!.release();
+    expect(Date.now() - t0).toBeLessThan(2_500); // bounded
+    const next = await other.acquire(key, 1_000);
+    expect(next, "the lock stayed held after a failed check").not.toBeNull();
+    await next!.release();
+    expect(failures.seen).toBeGreaterThanOrEqual(2); // asked again after the failure
+    // The reserved connection went back to the pool: on a pool of 2, acquire/release cycles and queries still run.
+    for (let i = 0; i < 5; i++) {
+      const l = await lock.acquire(key, 5_000);
+      expect(l).not.toBeNull();
+      await l!.release();
+    }
+    expect(await base`select 1 as one`).toEqual([{ one: 1 }]);
+  });
+
+  it("when the pool never answers, the server ends the held session after the lease + 2 s and frees the lock", async () => {
+    const key = `test:${randomSuffix()}`;
+    const holderApp = `${app}-mute-${randomSuffix()}`;
+    const base = client(holderApp, 2);
+    const { client: mute, failures } = flakyChecks(base);
+    const lock = pgAdvisoryLock(mute, { checkIntervalMs: 50, releaseWaitMs: 200 });
+    const other = pgAdvisoryLock(client());
+    const admin = client();
+    const lease = await lock.acquire(key, 300);
+    expect(lease).not.toBeNull();
+    failures.count = 1_000_000; // every check fails from now on
+    await new Promise<void>((resolve) => lease!.signal.addEventListener("abort", () => resolve(), { once: true }));
+    expect(String((lease!.signal.reason as Error).message)).toMatch(/could not be verified/);
+    const t0 = Date.now();
+    await lease!.release();
+    expect(Date.now() - t0).toBeLessThan(1_000); // release resolves within releaseWaitMs (+ slack)
+    const start = Date.now();
+    let next = await other.acquire(key, 1_000);
+    while (next === null && Date.now() - start < 8_000) {
+      await sleep(100);
+      next = await other.acquire(key, 1_000);
+    }
+    expect(next, "the lock was never freed").not.toBeNull();
+    expect(Date.now() - start).toBeLessThan(6_000);
+    await next!.release();
+    // postgres.js took the ended session back: the holder's pool still works, nothing leaked on the server.
+    expect(await base`select 2 as two`).toEqual([{ two: 2 }]);
+    expect(await sessions(admin, holderApp)).toBeLessThanOrEqual(2);
+  });
+
+  it("behind a transaction-mode pooler (statements on different sessions) acquire refuses with CONFIG and holds nothing", async () => {
+    const key = `test:${randomSuffix()}`;
+    const base = client(`${app}-pooler`, 3);
+    const admin = client();
+    const released: number[] = [];
+    // A transaction-mode pooler hands every autocommit statement of one client connection to whichever server
+    // session is free (PgBouncer docs, pool_mode = transaction: "a server connection is assigned to a client only
+    // during a transaction"). Model it: a "reserved" connection whose statements alternate between two real sessions.
+    const pooled = Object.assign(Object.create(null) as object, {
+      unsafe: base.unsafe.bind(base),
+      options: { max: 3 },
+      reserve: async () => {
+        const a = await base.reserve(), b = await base.reserve();
+        let n = 0;
+        return {
+          unsafe: (q: string, p?: never[], o?: never) => (n++ % 2 === 0 ? a : b).unsafe(q, p, o),
+          release: () => {
+            a.release();
+            b.release();
+            released.push(1);
+          },
+        };
+      },
+    });
+    const lock = pgAdvisoryLock(pooled as never);
+    const e = await lock.acquire(key, 5_000).then(() => null, (x: unknown) => x);
+    expect(isOutboxError(e, "CONFIG"), String(e)).toBe(true);
+    expect(String((e as Error).message)).toMatch(/transaction-mode pooler/);
+    expect(await holders(admin, key)).toHaveLength(0);
+    expect(released).toHaveLength(1);
   });
 });

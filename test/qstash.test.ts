@@ -18,6 +18,7 @@ import { createRelayApp } from "../adapters/hono/mod.ts";
 import {
   ensureSchedule,
   MESSAGE_HEADERS,
+  type QstashBatchRequest,
   type QstashClient,
   type QstashCreateScheduleRequest,
   qstashFollowUp,
@@ -37,6 +38,8 @@ type Fits<A, B> = [A] extends [B] ? true : false;
 export type TypeChecks = [
   Assert<Fits<Client, QstashClient>>,
   Assert<Fits<QstashPublishRequest[], Parameters<Client["batch"]>[0]>>,
+  Assert<Fits<QstashBatchRequest[], Parameters<Client["batch"]>[0]>>,
+  Assert<Fits<QstashPublishRequest, Parameters<ReturnType<Client["queue"]>["enqueue"]>[0]>>,
   Assert<Fits<Awaited<ReturnType<Client["batch"]>>, Awaited<ReturnType<QstashClient["batch"]>>>>,
   Assert<Fits<QstashPublishRequest, Parameters<Client["publish"]>[0]>>,
   Assert<Fits<Awaited<ReturnType<Client["publish"]>>, Awaited<ReturnType<QstashClient["publish"]>>>>,
@@ -171,13 +174,13 @@ describe("qstashTransport", () => {
     expect(e.messages).toHaveLength(250);
   });
 
-  it("keyed messages carry QStash flow control (parallelism 1), and their order survives a retry inside QStash", async () => {
+  it("keyed messages go through QStash queues (FIFO, parallelism 1) chosen by a stable hash of the key; order survives a retry inside QStash", async () => {
     const e = await emulator({ retryDelayMs: () => 100 });
     let failedOnce = false;
     const dest = await consumer(e, (r) => {
       if (!failedOnce && JSON.parse(r.body).n === 0) {
         failedOnce = true;
-        return 503; // QStash retries message 0 of its key; the key's later messages must wait
+        return 503; // QStash retries message 0; the next message of its queue waits for those retries
       }
       return 200;
     }, 5);
@@ -186,15 +189,25 @@ describe("qstashTransport", () => {
     for (let n = 0; n < 12; n++) await outbox.enqueue(tx, event, { n }, { key: n % 3 === 2 ? null : n % 3 === 0 ? "customer-7" : "клиент 1" });
     await commit();
     const transport = qstashTransport(e.client(), { destination: `${dest.url}/events` });
-    expect(await createRelay({ outbox, transport }).drain()).toMatchObject({ delivered: 12 });
+    const relay = createRelay({ outbox, transport });
+    let delivered = 0;
+    for (let i = 0; i < 20 && delivered < 12; i++) delivered += (await relay.drain()).delivered;
+    expect(delivered).toBe(12);
 
     const byN = new Map(e.messages.map((m) => [JSON.parse(m.body).n as number, m]));
-    expect(byN.get(0)!.flowControl).toEqual({ key: "outbox-customer-7", parallelism: 1, rate: null, period: null });
-    expect(byN.get(0)!.requestHeaders["upstash-flow-control-value"]).toBe("parallelism=1");
-    expect(byN.get(1)!.flowControl?.key).toMatch(/^outbox-h-[0-9a-f]{32}$/);
-    expect(byN.get(4)!.flowControl?.key).toBe(byN.get(1)!.flowControl?.key); // one key, one flow-control key
+    // FNV-1a 32 of the key's UTF-8 bytes mod 8 (pinned: a different hash would move keys between queues on upgrade).
+    expect(byN.get(0)!.queue).toBe("outbox-1"); // "customer-7"
+    expect(byN.get(1)!.queue).toBe("outbox-6"); // "клиент 1"
+    for (const n of [3, 6, 9]) expect(byN.get(n)!.queue).toBe("outbox-1");
+    for (const n of [4, 7, 10]) expect(byN.get(n)!.queue).toBe("outbox-6");
+    expect(byN.get(2)!.queue).toBe(null); // keyless: the plain batch path
+    expect(byN.get(0)!.flowControl).toBe(null);
     expect(byN.get(1)!.forwardHeaders["outbox-key"]).toBe(encodeURIComponent("клиент 1"));
-    expect(byN.get(2)!.flowControl).toBe(null);
+    // Each queue was upserted once with parallelism 1 (FIFO), not once per send.
+    const upserts = e.calls.filter((c) => c.method === "POST" && c.path === "/v2/queues");
+    expect(upserts.map((c) => JSON.parse(c.body) as { queueName: string; parallelism: number }).sort((a, b) => a.queueName.localeCompare(b.queueName)))
+      .toEqual([{ queueName: "outbox-1", parallelism: 1, paused: false }, { queueName: "outbox-6", parallelism: 1, paused: false }]);
+    expect(e.queues.get("outbox-1")).toMatchObject({ parallelism: 1, paused: false });
 
     await e.idle();
     const order = (key: string): number[] =>
@@ -204,9 +217,64 @@ describe("qstashTransport", () => {
     expect(order("клиент 1")).toEqual([1, 4, 7, 10]);
     expect(dest.received).toHaveLength(12);
 
-    const noFlow = qstashTransport(e.client(), { destination: `${dest.url}/events`, flowControlPrefix: false });
-    await noFlow.send([msg(100, { key: "k" })], ctx());
-    expect(e.messages.at(-1)!.flowControl).toBe(null);
+    const noQueues = qstashTransport(e.client(), { destination: `${dest.url}/events`, queues: false });
+    await noQueues.send([msg(100, { key: "k" })], ctx());
+    expect(e.messages.at(-1)!.queue).toBe(null);
+    const custom = qstashTransport(e.client(), { destination: `${dest.url}/events`, queues: 3, queuePrefix: "shop.orders-" });
+    await custom.send([msg(101, { key: "customer-7" })], ctx());
+    expect(e.messages.at(-1)!.queue).toBe(`shop.orders-${273657585 % 3}`);
+  });
+
+  it("per-key order: QStash flow control may reorder a key's waitlist, a queue may not", async () => {
+    // The emulator hands a freed flow-control slot to the LATEST waiter, an order QStash's docs allow ("Token
+    // handoff does not guarantee strict ordering").
+    const e = await emulator({ flowControlHandoff: "lifo" });
+    const dest = await consumer(e, () => 200, 60);
+    const qstash = e.client();
+    const order = (key: string): number[] =>
+      dest.received.filter((r) => r.headers["outbox-key"] === key).map((r) => JSON.parse(r.body).n as number);
+
+    // What the transport did before: each message of the key published once QStash accepted the previous one,
+    // with flow control { key, parallelism: 1 }.
+    for (let n = 0; n < 6; n++) {
+      await qstash.publish({
+        url: `${dest.url}/events`,
+        body: JSON.stringify({ n }),
+        headers: { "Content-Type": "application/json", "Upstash-Forward-Outbox-Key": "fc" },
+        flowControl: { key: "outbox-fc", parallelism: 1 },
+      });
+    }
+    await e.idle();
+    expect(order("fc")).toHaveLength(6);
+    expect(order("fc")).not.toEqual([0, 1, 2, 3, 4, 5]); // here [0, 5, 4, 3, 2, 1]
+
+    // Through the relay and qstashTransport: a FIFO queue per key hash keeps commit order.
+    const { storage, outbox } = memoryOutbox();
+    const { tx, commit } = storage.begin();
+    for (let n = 0; n < 6; n++) await outbox.enqueue(tx, event, { n }, { key: "q" });
+    await commit();
+    const relay = createRelay({ outbox, transport: qstashTransport(qstash, { destination: `${dest.url}/events` }) });
+    for (let i = 0; i < 20 && (await storage.stats()).pending > 0; i++) await relay.drain();
+    expect((await storage.stats()).pending).toBe(0);
+    await e.idle();
+    expect(order("q")).toEqual([0, 1, 2, 3, 4, 5]);
+    // The queue really had a waitlist (the consumer is slow): later messages were accepted while earlier ones ran.
+    const qMessages = e.messages.filter((m) => m.forwardHeaders["outbox-key"] === "q");
+    const firstDelivered = Math.min(...e.deliveries.filter((d) => qMessages.some((m) => m.messageId === d.messageId)).map((d) => d.at));
+    expect(qMessages.filter((m) => m.createdAt < firstDelivered).length).toBeGreaterThan(1);
+  });
+
+  it("a queue that cannot be created makes its messages retry (never dead), and the next send tries again", async () => {
+    const e = await emulator();
+    let refuseQueues = true;
+    e.intercept = (call) => (refuseQueues && call.path === "/v2/queues" ? { status: 400, body: '{"error":"queue limit reached"}' } : undefined);
+    const t = qstashTransport(e.client(), { destination: "https://consumer.example/events" });
+    const out = await t.send([msg(0, { key: "customer-7" }), msg(1)], ctx());
+    expect(out[0]).toEqual({ status: "retry", error: expect.stringMatching(/creating queue outbox-1: HTTP 400.*queue limit reached/) });
+    expect(out[1]).toEqual({ status: "delivered" });
+    refuseQueues = false;
+    expect(await t.send([msg(2, { key: "customer-7" })], ctx())).toEqual([{ status: "delivered" }]);
+    expect(e.messages.at(-1)!.queue).toBe("outbox-1");
   });
 
   it("maps errors: 429 → retry after the reset, 401/403 → retry, other 4xx → dead, 5xx → retry, network → retry", async () => {
@@ -267,18 +335,67 @@ describe("qstashTransport", () => {
     expect(stats.pending).toBe(1);
   });
 
+  it("a batch QStash answers per message: a refused message gets its own outcome and its row is not deleted", async () => {
+    const e = await emulator();
+    const dest = await consumer(e);
+    // QStash refuses message 1 (permanently) and message 3 (transiently) and sends the others.
+    e.refuse = (c) => {
+      const n = (JSON.parse(c.body) as { n: number }).n;
+      return n === 1 ? { error: "invalid message", status: 400 } : n === 3 ? { error: "try again later", status: 503 } : null;
+    };
+    const { storage, outbox } = memoryOutbox();
+    const { tx, commit } = storage.begin();
+    const ids: string[] = [];
+    for (let n = 0; n < 5; n++) ids.push(await outbox.enqueue(tx, event, { n }));
+    await commit();
+    const transport = spying(qstashTransport(e.client(), { destination: `${dest.url}/events` }));
+    const report = await createRelay({ outbox, transport, batchSize: 10 }).drain();
+    expect(report).toMatchObject({ claimed: 5, delivered: 3, dead: 1, retried: 1 });
+    // The batch endpoint answered one entry per message, 200, and the refused ones were resent alone once.
+    const batch = e.calls.find((c) => c.path === "/v2/batch")!;
+    expect((JSON.parse(batch.body) as unknown[]).length).toBe(5);
+    expect(e.calls.filter((c) => c.path.startsWith("/v2/publish/"))).toHaveLength(2);
+    expect(e.messages.map((m) => JSON.parse(m.body).n).sort()).toEqual([0, 2, 4]);
+    const dead = await outbox.deadLetters.list();
+    expect(dead.items.map((d) => d.id)).toEqual([ids[1]]);
+    expect(dead.items[0]!.lastError).toMatch(/HTTP 400.*invalid message/);
+    const stats = await storage.stats();
+    expect(stats).toMatchObject({ pending: 1, dead: 1 }); // message 3 waits for its retry
+    await e.idle();
+    expect(dest.received.map((r) => JSON.parse(r.body).n).sort()).toEqual([0, 2, 4]);
+
+    // Once QStash takes message 3, it is delivered: nothing was lost.
+    e.refuse = null;
+    await transport.send([transport.sent.find((m) => (m.payload as { n: number }).n === 3)!], ctx()).then((o) => expect(o).toEqual([{ status: "delivered" }]));
+    expect(e.messages.map((m) => JSON.parse(m.body).n).sort()).toEqual([0, 2, 3, 4]);
+  });
+
+  it("a refused batch entry is classified like a refused single publish (429 → retry after the reset)", async () => {
+    const e = await emulator();
+    const t = qstashTransport(e.client(), { destination: "https://consumer.example/events" });
+    e.refuse = (c) => (JSON.parse(c.body).n === 0 ? { error: "quota" , status: 400 } : null);
+    e.intercept = (call) =>
+      call.path.startsWith("/v2/publish/") ? { status: 429, headers: { "Burst-RateLimit-Reset": String(Math.floor(Date.now() / 1_000) + 5) }, body: "rate limited" } : undefined;
+    const out = await t.send([msg(0), msg(1)], ctx());
+    expect(out[0]).toMatchObject({ status: "retry", error: expect.stringMatching(/429/) });
+    expect((out[0] as { retryAfterMs: number }).retryAfterMs).toBeGreaterThan(3_000);
+    expect(out[1]).toEqual({ status: "delivered" });
+  });
+
   it("a batch refused as a whole is resent one by one, so only the bad message is dead; bad destinations are dead", async () => {
     const e = await emulator();
+    const isBad = (body: string): boolean => JSON.parse(body).n === 1;
     e.intercept = (call) => {
-      if (call.path !== "/v2/batch") return undefined;
-      const list = JSON.parse(call.body) as Array<{ body: string }>;
-      return list.some((m) => JSON.parse(m.body).n === 1) ? { status: 400, body: '{"error":"bad message"}' } : undefined;
+      if (call.path === "/v2/batch") {
+        const list = JSON.parse(call.body) as Array<{ body: string }>;
+        return list.some((m) => isBad(m.body)) ? { status: 400, body: '{"error":"bad message"}' } : undefined;
+      }
+      return call.path.startsWith("/v2/publish/") && isBad(call.body) ? { status: 400, body: '{"error":"bad message"}' } : undefined;
     };
     const t = qstashTransport(e.client(), { destination: "https://consumer.example/events" });
     const out = await t.send([msg(0), msg(1), msg(2)], ctx());
     expect(out.map((o) => o.status)).toEqual(["delivered", "dead", "delivered"]);
     expect(e.messages.map((m) => JSON.parse(m.body).n).sort()).toEqual([0, 2]);
-
     const byFn = qstashTransport(e.client(), {
       destination: (m) => {
         const n = (m.payload as { n: number }).n;
@@ -299,7 +416,7 @@ describe("qstashTransport", () => {
     expect(out3).toEqual([{ status: "dead", error: expect.stringMatching(/X-Name/) }, { status: "delivered" }]);
   });
 
-  it("publishes to a URL group", async () => {
+  it("publishes to a URL group: delivered only when every endpoint took it", async () => {
     const e = await emulator();
     const a = await consumer(e), b = await consumer(e);
     e.urlGroups.set("audit", [`${a.url}/a`, `${b.url}/b`]);
@@ -311,6 +428,24 @@ describe("qstashTransport", () => {
     expect((await t.send([msg(3)], ctx()))[0]).toMatchObject({ status: "delivered" });
     const missing = qstashTransport(e.client(), { destination: { urlGroup: "nope" } });
     expect((await missing.send([msg(4)], ctx()))[0]).toMatchObject({ status: "dead", error: expect.stringMatching(/404/) });
+
+    // One endpoint refused, the other accepted: dead (a resend would reach the accepting endpoint twice), with
+    // both facts in the error; the accepting endpoint has it.
+    e.refuse = (c) => (c.url === `${b.url}/b` && JSON.parse(c.body).n === 5 ? "endpoint b refused" : null);
+    const [partial] = await t.send([msg(5)], ctx());
+    expect(partial).toMatchObject({ status: "dead", error: expect.stringMatching(/accepted for 1 of 2 endpoints, refused for .*\/b: endpoint b refused/) });
+    expect(e.messages.filter((m) => JSON.parse(m.body).n === 5).map((m) => m.url)).toEqual([`${a.url}/a`]);
+
+    // Every endpoint refused: resent alone and classified by the status (here transient → retry).
+    e.refuse = (c) => (JSON.parse(c.body).n === 6 ? { error: "busy", status: 503 } : null);
+    expect((await t.send([msg(6)], ctx()))[0]).toMatchObject({ status: "retry" });
+    expect(e.messages.filter((m) => JSON.parse(m.body).n === 6)).toHaveLength(0);
+    e.refuse = null;
+
+    // A group without endpoints reaches nobody: dead, not delivered.
+    e.urlGroups.set("empty", []);
+    const empty = qstashTransport(e.client(), { destination: { urlGroup: "empty" } });
+    expect((await empty.send([msg(7)], ctx()))[0]).toMatchObject({ status: "dead", error: expect.stringMatching(/no endpoints/) });
   });
 
   it("abandons a publish QStash does not answer before the send's signal: retry in time, and the resend is deduplicated", async () => {
@@ -357,7 +492,8 @@ describe("qstashTransport", () => {
     const c = e.client();
     expect(() => qstashTransport(c, { destination: "ftp://x" })).toThrow(/destination/);
     expect(() => qstashTransport(c, { destination: "https://x", maxBatchSize: 0 })).toThrow(/maxBatchSize/);
-    expect(() => qstashTransport(c, { destination: "https://x", flowControlPrefix: "bad prefix!" })).toThrow(/flowControlPrefix/);
+    expect(() => qstashTransport(c, { destination: "https://x", queuePrefix: "bad prefix!" })).toThrow(/queuePrefix/);
+    expect(() => qstashTransport(c, { destination: "https://x", queues: 0 })).toThrow(/queues/);
     expect(() => qstashTransport(c, { destination: "https://x", headers: { "bad header": "x" } })).toThrow(/headers/);
     expect(await codeOf(() => qstashTransport({} as never, { destination: "https://x" }))).toBe("CONFIG");
     expect(await codeOf(qstashNudge(c, { url: "https://x/drain", windowMs: 1_500 }))).toBe("CONFIG");
@@ -377,7 +513,7 @@ async function relayServer(e: QstashEmulator, options: Partial<Parameters<typeof
   const parent = new Hono();
   parent.route("/outbox", createRelayApp({
     relay: { drain: (o) => (drains.push(Date.now()), real.drain(o)) },
-    auth: { qstash: { currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey } },
+    auth: { qstash: { verifier: new Receiver({ currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey, devMode: false }) } },
     publicUrl: `${server.url}/outbox`,
     ...options,
   }));
@@ -492,7 +628,7 @@ describe("end to end through the emulator", () => {
     parent.route("/outbox", createRelayApp({
       relay,
       outbox,
-      auth: { qstash: { currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey } },
+      auth: { qstash: { verifier: new Receiver({ currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey, devMode: false }) } },
       publicUrl: `${server.url}/outbox`,
       budgetMs: 5_000,
       followUp: qstashFollowUp(qstash, { url: drainUrl }),

@@ -246,7 +246,8 @@ describe("drain: leases and locks", () => {
     const { storage, outbox } = memoryOutbox();
     await fill(storage, outbox, 3);
     const lock = memoryLock();
-    const other = await lock.acquire("edge-outbox:relay", 10_000);
+    const key = `edge-outbox:relay:${storage.scope ?? storage.name}`; // the default lockKey
+    const other = await lock.acquire(key, 10_000);
     const relay = createRelay({ outbox, transport: recordingTransport(), lock });
     const busy = await relay.drain();
     expect(busy).toMatchObject({ skipped: "lock-busy", claimed: 0 });
@@ -254,7 +255,7 @@ describe("drain: leases and locks", () => {
     const ok = await relay.drain();
     expect(ok.delivered).toBe(3);
     expect(ok.skipped).toBe(undefined);
-    expect(lock.isHeld("edge-outbox:relay")).toBe(false);
+    expect(lock.isHeld(key)).toBe(false);
   });
 
   it("a lock store failure rejects with LOCK; a storage failure rejects with STORAGE (never a half report)", async () => {

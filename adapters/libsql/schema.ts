@@ -92,7 +92,7 @@ export const LATEST_SCHEMA_VERSION: number = SCHEMA_VERSIONS[SCHEMA_VERSIONS.len
  * @throws {OutboxError} CONFIG when `table` is not a plain identifier
  * @example
  * ```ts
- * import { renderSql, SCHEMA_V1 } from "edge-outbox/libsql";
+ * import { renderSql, SCHEMA_V1 } from "./schema.ts";
  * const ddl = SCHEMA_V1.statements.map((s) => renderSql(s, "app_outbox"));
  * ```
  */

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { OutboxError, toOutboxError } from "../../src/errors.ts";
+import { isOutboxError, OutboxError, toOutboxError } from "../../src/errors.ts";
 import type { Lease, Lock } from "../../src/lock.ts";
 import {
   hasMethod,
@@ -26,11 +26,40 @@ import {
 export const ADVISORY_KEY_SQL: string =
   `('x' || left(encode(sha256(convert_to($1::text, 'UTF8')), 'hex'), 16))::bit(64)::bigint`;
 
-const TRY_LOCK_SQL = `SELECT pg_try_advisory_lock($1::bigint) AS ok, pg_backend_pid() AS pid`;
-const UNLOCK_SQL = `SELECT pg_advisory_unlock($1::bigint) AS ok`;
-/** Whether backend `$1` holds the session advisory lock `$2`: asked through the pool, never the reserved connection. */
-const HELD_SQL = `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = $1::int AND objsubid = 1
-  AND granted AND ((classid::bigint << 32) | objid::bigint) = $2::bigint) AS held`;
+/** Marks the session with a random token (a session-level custom setting) and reads the idle-session setting. */
+const MARK_SQL = `SELECT set_config('edge_outbox.lock_session', $1::text, false) AS mark,
+  current_setting('idle_session_timeout', true) AS idle, pg_backend_pid() AS pid,
+  (SELECT (extract(epoch FROM backend_start) * 1000000)::bigint FROM pg_stat_activity WHERE pid = pg_backend_pid())::text AS started`;
+/**
+ * Takes the lock only when this statement runs in the session {@link MARK_SQL} marked (`$2` the token): "moved" when
+ * it does not (a transaction-mode pooler gave the statement another server connection), "busy" when another session
+ * holds the lock, "held" otherwise. With `$3` not null (PostgreSQL 14+), a held lock also sets the session's
+ * `idle_session_timeout` to `$3` ms: if this process never unlocks, the server ends the idle session by itself.
+ */
+const TRY_LOCK_SQL = `SELECT CASE
+    WHEN current_setting('edge_outbox.lock_session', true) IS DISTINCT FROM $2::text THEN 'moved'
+    WHEN NOT pg_try_advisory_lock($1::bigint) THEN 'busy'
+    WHEN $3::text IS NULL THEN 'held'
+    ELSE 'held' || left(set_config('idle_session_timeout', $3::text, false), 0)
+  END AS state, pg_backend_pid() AS pid`;
+/** Moves the idle-session deadline (`$2` ms) of the marked session (`$1` token); null when the session moved. */
+const EXTEND_SQL = `SELECT CASE WHEN current_setting('edge_outbox.lock_session', true) = $1::text
+  THEN set_config('idle_session_timeout', $2::text, false) END AS idle`;
+/**
+ * Unlocks in the marked session (`$2` token) and restores its `idle_session_timeout` (`$3`, null when the server has
+ * none); `ok` is null when the statement ran in another session.
+ */
+const UNLOCK_SQL = `SELECT CASE WHEN current_setting('edge_outbox.lock_session', true) = $2::text THEN pg_advisory_unlock($1::bigint)
+  END AS ok, CASE WHEN $3::text IS NOT NULL AND current_setting('edge_outbox.lock_session', true) = $2::text
+  THEN set_config('idle_session_timeout', $3::text, false) END AS idle`;
+/**
+ * Whether backend `$1` (started at `$3`, so a reused pid is not taken for it) is alive, and whether it holds the
+ * session advisory lock `$2`. Asked through the pool, never the reserved connection.
+ */
+const STATUS_SQL = `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1::int
+    AND (extract(epoch FROM backend_start) * 1000000)::bigint::text = $3::text) AS alive,
+  EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = $1::int AND objsubid = 1
+    AND granted AND ((classid::bigint << 32) | objid::bigint) = $2::bigint) AS held`;
 
 /**
  * Hashes a lock key to the signed 64-bit advisory-lock key (see {@link ADVISORY_KEY_SQL}). Deterministic across
@@ -58,7 +87,12 @@ export interface PgAdvisoryLockOptions {
    * How often a held lease checks, through another pooled connection, that its session still holds the lock; the
    * lease's signal fires within about this long after the connection is lost. @default 1000
    */
-  checkIntervalMs?: number;
+  checkIntervalMs?: number | undefined;
+  /**
+   * How long `release()` waits for the unlock before it resolves anyway (the unlock goes on in the background, and the
+   * server ends the session by itself if it never arrives: see {@link pgAdvisoryLock}). @default 2000
+   */
+  releaseWaitMs?: number | undefined;
 }
 
 function lockError(what: string, e: unknown): OutboxError {
@@ -69,6 +103,33 @@ function unref(timer: unknown): void {
   (timer as { unref?: () => void } | undefined)?.unref?.();
 }
 
+const TIMED_OUT: unique symbol = Symbol("timed out");
+
+/** `p`, or {@link TIMED_OUT} after `ms` (the timer does not keep the process alive). */
+function within<T>(p: PromiseLike<T>, ms: number): Promise<T | typeof TIMED_OUT> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<typeof TIMED_OUT>((resolve) => {
+    timer = setTimeout(() => resolve(TIMED_OUT), ms);
+    unref(timer);
+  });
+  return Promise.race([Promise.resolve(p), timeout]).finally(() => clearTimeout(timer));
+}
+
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => unref(setTimeout(resolve, ms)));
+}
+
+/** How much longer than the lease the server lets the held session sit idle before ending it. */
+const IDLE_GRACE_MS = 2_000;
+/** The longest a single status or unlock query may take before cleanup counts it as "no answer". */
+const QUERY_WAIT_MS = 2_000;
+
+/** The message of the CONFIG error raised when the lock's statements do not share one server session. */
+export const POOLER_HINT: string =
+  "session advisory locks need one server session, and the lock's statements ran on different ones: is the client " +
+  "behind a transaction-mode pooler (PgBouncer pool_mode=transaction, Supavisor or Neon's pooled port)? Give " +
+  "pgAdvisoryLock a client on a direct or session-mode connection, or use another Lock (e.g. upstashLock)";
+
 /**
  * Creates a {@link Lock} on PostgreSQL session advisory locks (`pg_try_advisory_lock`), for `createRelay({ lock })`.
  *
@@ -77,18 +138,33 @@ function unref(timer: unknown): void {
  * - While held, the connection stays reserved, idle, with no transaction open. Every `checkIntervalMs` the lease asks
  *   `pg_locks`, through another pooled connection, whether that backend still holds the lock; when the connection
  *   died (server restart, `pg_terminate_backend`, network), PostgreSQL has released the lock and `lease.signal`
- *   fires. (It never sends anything on a reserved connection that may be dead: postgres.js 3.4 throws an uncaught
- *   TypeError when a query is written to a reserved connection whose socket already closed.)
+ *   fires; when the check gets no answer, the lease is given up as well (signal fires, cleanup starts). (It never
+ *   sends anything on a reserved connection that may be dead: postgres.js 3.4 throws an uncaught TypeError when a
+ *   query is written to a reserved connection whose socket already closed, and releasing such a connection stalls
+ *   the pool.)
  * - The lease also ends after `leaseMs` unless extended: the lock is released and the signal fires.
- * - `release()` unlocks and returns the connection to the pool.
+ * - `release()` (and a lost or expired lease) cleans up: it asks the pool whether the session is alive; alive, it
+ *   unlocks and gives the connection back; dead, postgres.js has taken the connection back and the lock is gone.
+ *   When the pool does not answer, it asks again with a backoff. `release()` resolves within `releaseWaitMs`
+ *   whatever happens. Safety net (PostgreSQL 14+): the held session's `idle_session_timeout` is set to the lease
+ *   plus 2 s (restored on unlock), so a session this process can no longer reach or unlock is ended by the server
+ *   itself, which frees the lock; no failure leaves the lock held for longer than that.
+ *
+ * **Transaction-mode poolers** (PgBouncer `pool_mode = transaction`, Supavisor's transaction port 6543, Neon's
+ * `-pooler` host): session advisory locks do not work there, since consecutive statements of one client may run on
+ * different server sessions. `acquire` marks its session and takes the lock only in a statement that still runs in
+ * that session; when not, it rejects with CONFIG ({@link POOLER_HINT}) and takes no lock. (Two statements can land on
+ * the same server session by chance, so this detects the pooler most of the time, not always.) Give the lock a
+ * client on a direct or session-mode connection (postgres.js with `max: 2` is enough), or use another Lock. The
+ * storage itself works behind such a pooler with postgres.js's `prepare: false`.
  *
  * The client needs `max` of at least 2 (one connection reserved while held, one for the checks and the relay).
  *
  * @param sql your postgres.js client (`postgres(url)`), typed structurally
- * @param options `checkIntervalMs` (default 1000)
+ * @param options `checkIntervalMs` (default 1000), `releaseWaitMs` (default 2000)
  * @returns the lock
  * @throws {OutboxError} CONFIG for a bad option or a client with `max` below 2; `acquire` rejects with LOCK when the
- *   database fails (busy is a `null` result, not an error)
+ *   database fails (busy is a `null` result, not an error) and with CONFIG behind a transaction-mode pooler
  * @example
  * ```ts
  * import postgres from "postgres";
@@ -103,8 +179,12 @@ function unref(timer: unknown): void {
  */
 export function pgAdvisoryLock(sql: PostgresLockClient, options: PgAdvisoryLockOptions = {}): Lock {
   const checkIntervalMs = options?.checkIntervalMs ?? 1_000;
+  const releaseWaitMs = options?.releaseWaitMs ?? 2_000;
   if (!Number.isInteger(checkIntervalMs) || checkIntervalMs < 10 || checkIntervalMs > 3_600_000) {
     throw new OutboxError("CONFIG", `${PREFIX} pgAdvisoryLock options: checkIntervalMs must be an integer between 10 and 3600000`);
+  }
+  if (!Number.isInteger(releaseWaitMs) || releaseWaitMs < 0 || releaseWaitMs > 600_000) {
+    throw new OutboxError("CONFIG", `${PREFIX} pgAdvisoryLock options: releaseWaitMs must be an integer between 0 and 600000`);
   }
   if (!hasMethod(sql, "unsafe") || !hasMethod(sql, "reserve")) {
     throw new OutboxError("CONFIG", `${PREFIX} pgAdvisoryLock needs a postgres.js client (unsafe, reserve)`);
@@ -121,54 +201,87 @@ export function pgAdvisoryLock(sql: PostgresLockClient, options: PgAdvisoryLockO
     if (typeof key !== "string" || key.length === 0) throw new OutboxError("CONFIG", `${PREFIX} lock key must be a non-empty string`);
     if (!Number.isInteger(leaseMs) || leaseMs < 1) throw new OutboxError("CONFIG", `${PREFIX} leaseMs must be a positive integer`);
     const k = (await advisoryLockKey(key)).toString();
+    const token = crypto.randomUUID();
     let conn: PostgresReservedConnection;
     try {
       conn = await sql.reserve();
     } catch (e) {
       throw lockError("reserving a connection", e);
     }
-    let pid: number;
+    let session: Session;
     try {
-      const [row] = await conn.unsafe(TRY_LOCK_SQL, [k]);
-      if (row?.["ok"] !== true) {
+      const [mark] = await conn.unsafe(MARK_SQL, [token]);
+      const idle = mark?.["idle"];
+      session = {
+        pid: num(mark?.["pid"]),
+        started: String(mark?.["started"]),
+        token,
+        idle: typeof idle === "string" ? idle : null,
+      };
+      const [row] = await conn.unsafe(TRY_LOCK_SQL, [k, token, session.idle === null ? null : String(leaseMs + IDLE_GRACE_MS)]);
+      const state = row?.["state"];
+      if (state === "moved") {
+        conn.release();
+        throw new OutboxError("CONFIG", `${PREFIX} pgAdvisoryLock("${key}"): ${POOLER_HINT}`);
+      }
+      if (state !== "held") {
         conn.release();
         return null;
       }
-      pid = num(row["pid"]);
     } catch (e) {
+      if (isOutboxError(e)) throw e;
       if (!isConnectionError(e)) conn.release(); // postgres.js takes a dead connection back by itself
       throw lockError(`pg_try_advisory_lock("${key}")`, e);
     }
-    return holdLease(conn, key, k, pid, leaseMs);
+    return holdLease(conn, key, k, session, leaseMs);
   }
 
-  function holdLease(conn: PostgresReservedConnection, key: string, k: string, pid: number, leaseMs: number): Lease {
+  function holdLease(conn: PostgresReservedConnection, key: string, k: string, session: Session, leaseMs: number): Lease {
     const controller = new AbortController();
     let state: "held" | "lost" | "released" = "held";
     let expiry: ReturnType<typeof setTimeout> | undefined;
     let checking = false;
     let cleaning: Promise<void> | null = null;
+    /** When the server ends the session by itself if it stays idle (Date.now() clock); Infinity without the setting. */
+    let idleDeadline = session.idle === null ? Infinity : Date.now() + leaseMs + IDLE_GRACE_MS;
 
-    /** true: held; false: the session lost it; null: could not ask. Always through the pool. */
-    const isHeld = async (): Promise<boolean | null> => {
+    /** Asks the pool whether the session is alive and holds the lock; null: no answer in time. Never throws. */
+    const status = async (): Promise<{ alive: boolean; held: boolean } | null> => {
       try {
-        const [row] = await sql.unsafe(HELD_SQL, [pid, k]);
-        return row?.["held"] === true;
+        const rows = await within(sql.unsafe(STATUS_SQL, [session.pid, k, session.started]), QUERY_WAIT_MS);
+        if (rows === TIMED_OUT) return null;
+        return { alive: rows[0]?.["alive"] === true, held: rows[0]?.["held"] === true };
       } catch {
         return null;
       }
     };
 
-    /** Unlocks and returns the connection, only once the pool confirmed the session is alive and holds the lock. */
+    /**
+     * Unlocks and gives the connection back once the pool confirmed the session is alive; when it is dead, postgres.js
+     * has taken the connection back and the lock went with the session. Without an answer it asks again (backoff)
+     * until the server's idle-session deadline has passed, by which time the server has ended the session (and its
+     * lock) by itself. Runs once per lease; never throws.
+     */
     const cleanup = (): Promise<void> => {
       cleaning ??= (async () => {
-        const held = await isHeld();
-        if (held !== true) return; // false: the session is gone, and its lock with it; null: unknown, leave it alone
-        try {
-          await conn.unsafe(UNLOCK_SQL, [k]);
-          conn.release();
-        } catch (e) {
-          if (!isConnectionError(e)) conn.release();
+        let delay = 50;
+        const giveUpAt = Number.isFinite(idleDeadline) ? idleDeadline + 1_000 : Date.now() + 60_000;
+        for (;;) {
+          const s = await status();
+          if (s !== null) {
+            if (!s.alive) return;
+            try {
+              const done = await within(conn.unsafe(UNLOCK_SQL, [k, session.token, session.idle]), QUERY_WAIT_MS);
+              if (done === TIMED_OUT) return; // a stuck connection: the idle-session deadline ends it
+              conn.release();
+            } catch (e) {
+              if (!isConnectionError(e)) conn.release();
+            }
+            return;
+          }
+          if (Date.now() + delay > giveUpAt) return;
+          await pause(delay);
+          delay = Math.min(delay * 2, 1_000);
         }
       })();
       return cleaning;
@@ -193,13 +306,20 @@ export function pgAdvisoryLock(sql: PostgresLockClient, options: PgAdvisoryLockO
       unref(expiry);
     };
 
+    const verdict = (s: { alive: boolean; held: boolean } | null): string | null =>
+      s === null
+        ? "could not be verified (the database did not answer)"
+        : !s.alive || !s.held
+        ? "was lost with its connection"
+        : null;
+
     const interval = setInterval(() => {
       if (checking || state !== "held") return;
       checking = true;
-      void isHeld().then((held) => {
+      void status().then((s) => {
         checking = false;
-        if (held === false) lose("was lost with its connection");
-        else if (held === null) lose("could not be verified (the database did not answer)");
+        const lost = verdict(s);
+        if (lost !== null) lose(lost);
       });
     }, checkIntervalMs);
     unref(interval);
@@ -211,11 +331,27 @@ export function pgAdvisoryLock(sql: PostgresLockClient, options: PgAdvisoryLockO
       async extend(ms: number): Promise<boolean> {
         if (!Number.isInteger(ms) || ms < 1) throw new OutboxError("CONFIG", `${PREFIX} leaseMs must be a positive integer`);
         if (state !== "held") return false;
-        const held = await isHeld();
+        const s = await status();
         if (state !== "held") return false;
-        if (held !== true) {
-          lose(held === false ? "was lost with its connection" : "could not be verified (the database did not answer)");
+        const lost = verdict(s);
+        if (lost !== null) {
+          lose(lost);
           return false;
+        }
+        if (session.idle !== null) {
+          // The session is alive (just checked): move the server's idle deadline along with the lease.
+          try {
+            const [row] = await conn.unsafe(EXTEND_SQL, [session.token, String(ms + IDLE_GRACE_MS)]);
+            if (row?.["idle"] === null || row?.["idle"] === undefined) {
+              lose(`ran in another session: ${POOLER_HINT}`);
+              return false;
+            }
+          } catch {
+            lose("could not be extended (the database did not answer)");
+            return false;
+          }
+          if (state !== "held") return false;
+          idleDeadline = Date.now() + ms + IDLE_GRACE_MS;
         }
         arm(ms);
         return true;
@@ -225,11 +361,23 @@ export function pgAdvisoryLock(sql: PostgresLockClient, options: PgAdvisoryLockO
         const wasHeld = state === "held";
         state = "released";
         stopTimers();
-        if (wasHeld) await cleanup();
-        else await cleaning;
+        const done = wasHeld ? cleanup() : (cleaning ?? Promise.resolve());
+        await within(done, releaseWaitMs);
       },
     };
   }
 
   return { name: "postgres-advisory", acquire };
+}
+
+/** The server session a held lock lives in. */
+interface Session {
+  /** Backend pid. */
+  readonly pid: number;
+  /** Backend start time (text), which tells a reused pid apart. */
+  readonly started: string;
+  /** The session's marker token. */
+  readonly token: string;
+  /** The session's `idle_session_timeout` before the lock changed it; null when the server has none (before 14). */
+  readonly idle: string | null;
 }

@@ -1,0 +1,248 @@
+/**
+ * The structural types of `@libsql/client` the adapter uses (a real `Client` and `Transaction` are assignable to
+ * them; `test/libsql.test.ts` proves it), the classification of its errors, and how the adapter drives a client
+ * safely (the write lock through `executeMultiple` on local files). Nothing here imports `@libsql/client`.
+ *
+ * @module
+ */
+
+/** A bound value the adapter sends. */
+export type LibsqlArg = string | number | null;
+
+/** One SQL statement with positional arguments; the same shape as `@libsql/client`'s `InStatement` object form. */
+export interface LibsqlStatement {
+  /** SQL text. */
+  sql: string;
+  /** Positional arguments (`?1`, `?2`, …). */
+  args: LibsqlArg[];
+}
+
+/** `@libsql/client` transaction modes. */
+export type LibsqlTransactionMode = "write" | "read" | "deferred";
+
+/** One result row, by column name. */
+export interface LibsqlRow {
+  /** Column values. */
+  readonly [column: string]: unknown;
+}
+
+/** What `execute` and `batch` resolve to (the part of `ResultSet` the adapter reads). */
+export interface LibsqlResultSet {
+  /** The rows. */
+  readonly rows: readonly LibsqlRow[];
+}
+
+/** Anything that can run a statement: a libSQL `Transaction` (the usual case) or a `Client`. */
+export interface LibsqlExecutor {
+  /** Runs one statement. */
+  execute(stmt: LibsqlStatement): Promise<unknown>;
+}
+
+/** The part of `@libsql/client`'s `Transaction` the adapter uses. */
+export interface LibsqlTransaction {
+  /** Runs one statement in the transaction. */
+  execute(stmt: LibsqlStatement): Promise<LibsqlResultSet>;
+  /** Runs statements in the transaction, in order. */
+  batch(stmts: LibsqlStatement[]): Promise<LibsqlResultSet[]>;
+  /** Runs SQL text without arguments. */
+  executeMultiple(sql: string): Promise<void>;
+  /** Commits. */
+  commit(): Promise<void>;
+  /** Rolls back. */
+  rollback(): Promise<void>;
+  /** Rolls back if still open and frees the connection. */
+  close(): void;
+}
+
+/** The part of `@libsql/client`'s `Client` the adapter uses (a real `Client` is assignable to it). */
+export interface LibsqlClient {
+  /** "file" for local databases (`file:`, `:memory:`), "http"/"ws" for servers. */
+  readonly protocol?: string;
+  /** Runs one statement. */
+  execute(stmt: LibsqlStatement): Promise<LibsqlResultSet>;
+  /** Runs statements atomically in one round trip. */
+  batch(stmts: LibsqlStatement[], mode?: LibsqlTransactionMode): Promise<LibsqlResultSet[]>;
+  /** Opens an interactive transaction. */
+  transaction(mode?: LibsqlTransactionMode): Promise<LibsqlTransaction>;
+}
+
+const BUSY_CODES = new Set(["SQLITE_BUSY", "SQLITE_LOCKED", "TRANSACTION_ACTIVE"]);
+const TRANSIENT_CODES = new Set(["HRANA_WEBSOCKET_ERROR", "HRANA_CLOSED_ERROR", "SERVER_ERROR"]);
+
+/**
+ * Tells whether a driver error means "the database is busy right now": `SQLITE_BUSY` or `SQLITE_LOCKED` (any
+ * extended code), or `TRANSACTION_ACTIVE` (a single-connection client whose connection a transaction holds).
+ *
+ * @param e a caught error
+ * @returns true when retrying the same call shortly may succeed
+ * @example
+ * ```ts
+ * import { isBusyError } from "edge-outbox/libsql";
+ * try { await client.execute("insert …") } catch (e) { if (isBusyError(e)) console.warn("database busy") }
+ * ```
+ */
+export function isBusyError(e: unknown): boolean {
+  if (typeof e !== "object" || e === null) return false;
+  const err = e as { code?: unknown; extendedCode?: unknown; rawCode?: unknown };
+  if (typeof err.code === "string" && BUSY_CODES.has(err.code)) return true;
+  if (typeof err.extendedCode === "string" && /^SQLITE_(BUSY|LOCKED)/.test(err.extendedCode)) return true;
+  if (typeof err.rawCode === "number" && ((err.rawCode & 0xff) === 5 || (err.rawCode & 0xff) === 6)) return true;
+  return false;
+}
+
+/**
+ * Tells whether retrying the same call may succeed: a busy database ({@link isBusyError}) or a transient server or
+ * connection failure.
+ *
+ * @param e a caught error
+ * @returns true when retrying may succeed
+ * @example
+ * ```ts
+ * isRetryableError({ code: "HRANA_WEBSOCKET_ERROR" }); // true
+ * ```
+ */
+export function isRetryableError(e: unknown): boolean {
+  if (isBusyError(e)) return true;
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === "string" && TRANSIENT_CODES.has(code);
+}
+
+/**
+ * Tells whether a driver error says a table does not exist (SQLite's `no such table: …`, also through D1).
+ *
+ * @param e a caught error
+ * @returns true for a missing table
+ * @example
+ * ```ts
+ * isMissingTableError(new Error("SQLITE_ERROR: no such table: outbox")); // true
+ * ```
+ */
+export function isMissingTableError(e: unknown): boolean {
+  for (let x: unknown = e, depth = 0; typeof x === "object" && x !== null && depth < 4; depth++) {
+    const message = (x as { message?: unknown }).message;
+    if (typeof message === "string" && /\bno such table\b/i.test(message)) return true;
+    x = (x as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
+/** Local file databases take the write lock through executeMultiple; :memory: and servers use plain batches. */
+export type LibsqlMode = "batch" | "locked";
+
+const MODES = new WeakMap<object, Promise<LibsqlMode>>();
+
+/**
+ * How the adapter writes through `client`, probed once per client: "locked" for a local database file, "batch" for
+ * `:memory:` and servers.
+ *
+ * @param client the client
+ * @returns the mode
+ * @example
+ * ```ts
+ * if ((await modeOf(client)) === "batch") await client.batch(stmts, "write");
+ * ```
+ */
+export function modeOf(client: LibsqlClient): Promise<LibsqlMode> {
+  let p = MODES.get(client);
+  if (!p) {
+    p = (async (): Promise<LibsqlMode> => {
+      if (client.protocol !== "file") return "batch";
+      const rs = await client.execute({ sql: "PRAGMA database_list", args: [] });
+      const main = rs.rows.find((r) => r["name"] === "main");
+      const file = main?.["file"];
+      return typeof file === "string" && file !== "" ? "locked" : "batch";
+    })();
+    MODES.set(client, p);
+    p.catch(() => MODES.delete(client)); // a failed probe (busy) is retried next time
+  }
+  return p;
+}
+
+/**
+ * Closes a transaction, ignoring a connection that is gone already.
+ *
+ * @param tx the transaction
+ * @example
+ * ```ts
+ * try { await tx.batch(stmts) } finally { closeQuietly(tx) }
+ * ```
+ */
+export function closeQuietly(tx: LibsqlTransaction): void {
+  try {
+    tx.close();
+  } catch {
+    // the connection is gone already; nothing to release
+  }
+}
+
+/**
+ * Opens a deferred transaction and takes the write lock with a no-op write run through `executeMultiple`, which
+ * finalizes its statement even when it fails with SQLITE_BUSY (in `libsql` 0.5 a prepared statement that fails with
+ * `SQLITE_BUSY` is never reset and poisons its pooled connection: tursodatabase/libsql-client-ts#352).
+ *
+ * @param client the client
+ * @param lockSql a write that matches no row (`LOCK_SQL` of sql.ts)
+ * @returns the open transaction, holding the write lock
+ * @throws the driver error (SQLITE_BUSY) when another connection writes
+ * @example
+ * ```ts
+ * const tx = await lockedTransaction(client, sql.lock);
+ * ```
+ */
+export async function lockedTransaction(client: LibsqlClient, lockSql: string): Promise<LibsqlTransaction> {
+  const tx = await client.transaction("deferred");
+  try {
+    await tx.executeMultiple(lockSql);
+  } catch (e) {
+    closeQuietly(tx);
+    throw e;
+  }
+  return tx;
+}
+
+/**
+ * Runs write statements atomically: one `batch("write")`, or on a local file a locked transaction.
+ *
+ * @param client the client
+ * @param stmts the statements
+ * @param lockSql a write that matches no row
+ * @returns one result set per statement
+ * @example
+ * ```ts
+ * const [rs] = await runWrite(client, [{ sql: sql.replayDead, args: [id] }], sql.lock);
+ * ```
+ */
+export async function runWrite(client: LibsqlClient, stmts: LibsqlStatement[], lockSql: string): Promise<LibsqlResultSet[]> {
+  if ((await modeOf(client)) === "batch") return await client.batch(stmts, "write");
+  const tx = await lockedTransaction(client, lockSql);
+  try {
+    const results = await tx.batch(stmts);
+    await tx.executeMultiple("COMMIT");
+    return results;
+  } finally {
+    closeQuietly(tx);
+  }
+}
+
+/**
+ * Runs one read; on a local file inside a read transaction whose shared lock is taken through executeMultiple.
+ *
+ * @param client the client
+ * @param stmt the read
+ * @param readLockSql a read that returns nothing (`READ_LOCK_SQL` of sql.ts)
+ * @returns its result set
+ * @example
+ * ```ts
+ * const rs = await runRead(client, { sql: sql.hasDue, args: [] }, sql.readLock);
+ * ```
+ */
+export async function runRead(client: LibsqlClient, stmt: LibsqlStatement, readLockSql: string): Promise<LibsqlResultSet> {
+  if ((await modeOf(client)) === "batch") return await client.execute(stmt);
+  const tx = await client.transaction("deferred");
+  try {
+    await tx.executeMultiple(readLockSql);
+    return await tx.execute(stmt);
+  } finally {
+    closeQuietly(tx); // rolls back the read transaction
+  }
+}
