@@ -513,7 +513,7 @@ async function relayServer(e: QstashEmulator, options: Partial<Parameters<typeof
   const parent = new Hono();
   parent.route("/outbox", createRelayApp({
     relay: { drain: (o) => (drains.push(Date.now()), real.drain(o)) },
-    auth: { qstash: { currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey } },
+    auth: { qstash: { verifier: new Receiver({ currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey, devMode: false }) } },
     publicUrl: `${server.url}/outbox`,
     ...options,
   }));
@@ -645,7 +645,7 @@ describe("end to end through the emulator", () => {
     parent.route("/outbox", createRelayApp({
       relay,
       outbox,
-      auth: { qstash: { currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey } },
+      auth: { qstash: { verifier: new Receiver({ currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey, devMode: false }) } },
       publicUrl: `${server.url}/outbox`,
       budgetMs: 5_000,
       followUp: qstashFollowUp(qstash, { url: drainUrl }),
