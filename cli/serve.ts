@@ -32,7 +32,7 @@ export async function serve(o: DbOptions & TransportOptions & { port: number; ho
   }
   const outbox = createOutbox({ storage: db.storage });
   const relay = createRelay({ outbox, transport });
-  const app = createRelayApp({ relay, outbox, auth: { bearer }, budgetMs: o.budget });
+  const app = createRelayApp({ relay, outbox, auth: { drain: bearer }, budgetMs: o.budget });
   await new Promise<void>((resolveServe) => {
     const server = nodeServer.serve({ fetch: app.fetch, port: o.port, hostname: o.host }, (info) => {
       process.stderr.write(`edge-outbox: relay app on http://${o.host}:${info.port} (database ${db.display})\n`);
