@@ -52,3 +52,4 @@ export { MESSAGE_HEADERS, type QstashDestination, qstashTransport, type QstashTr
 export { type NudgeResult, qstashNudge, type QstashNudgeOptions } from "./nudge.ts";
 export { qstashFollowUp, type QstashFollowUpOptions } from "./follow-up.ts";
 export { ensureSchedule, type EnsureScheduleOptions, type EnsureScheduleResult } from "./schedule.ts";
+export { type QstashReceiverOptions, qstashReceiver, type QstashVerifier, type QstashVerifyRequest } from "./receiver.ts";
