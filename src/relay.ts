@@ -79,7 +79,10 @@ export interface DrainReport {
 export interface RunOptions {
   /** Stops the loop: in-flight sends are aborted (their signals fire), unsent claimed rows are released. */
   signal: AbortSignal;
-  /** Wait between drains when nothing was due, ms. @default 500 */
+  /**
+   * Wait between drains when nothing was due, ms. When the storage has `subscribe` (Postgres LISTEN/NOTIFY, an
+   * in-process wake), a commit ends the wait at once and this is only the fallback. @default 500
+   */
   pollIntervalMs?: number | undefined;
   /** Budget of each drain, ms. @default 30000 */
   budgetMs?: number | undefined;
@@ -99,7 +102,10 @@ export interface Relay {
    * @throws {OutboxError} STORAGE or LOCK when the database or the lock store fails (never a half-filled report)
    */
   drain(options?: DrainOptions): Promise<DrainReport>;
-  /** Drains in a loop until `signal` aborts (for long-running processes). Resolves when stopped. */
+  /**
+   * Drains in a loop until `signal` aborts (for long-running processes): after a drain with nothing left, it waits for
+   * a wake-up from `storage.subscribe` or `pollIntervalMs`, whichever comes first. Resolves when stopped.
+   */
   run(options: RunOptions): Promise<void>;
 }
 
@@ -565,10 +571,30 @@ export function createRelay(options: RelayOptions): Relay {
   async function run(runOptions: RunOptions): Promise<void> {
     const r = parseOptions("run options", runOptionsSchema, runOptions);
     const onError = runOptions.onError ?? ((e: OutboxError) => console.error("[edge-outbox] drain failed:", e));
+    // Wake-ups (storage.subscribe): a commit ends the wait between drains at once. One that arrives during a drain
+    // makes the next drain start without waiting, since the drain may have claimed before that commit.
+    const wake = { pending: false, now: undefined as (() => void) | undefined };
+    if (storage.subscribe) {
+      const onWake = (): void => {
+        wake.pending = true;
+        wake.now?.();
+      };
+      // Not awaited: the first drain does not wait for the subscription; until it listens, polling covers.
+      Promise.resolve()
+        .then(() => storage.subscribe!(onWake, r.signal))
+        .catch((e: unknown) =>
+          callback(
+            "onError",
+            onError,
+            toOutboxError("STORAGE", `[edge-outbox:relay] ${storage.name} subscribe failed: polling every ${r.pollIntervalMs} ms only`, e, true),
+          )
+        );
+    }
     let failures = 0;
     while (!r.signal.aborted) {
       let wait = r.pollIntervalMs;
       let report: DrainReport | undefined;
+      wake.pending = false;
       try {
         report = await drain({ budgetMs: r.budgetMs, signal: r.signal });
       } catch (e) {
@@ -579,9 +605,13 @@ export function createRelay(options: RelayOptions): Relay {
       if (report) {
         failures = 0;
         if (runOptions.onReport) callback("onReport", runOptions.onReport, report);
-        if (report.more) wait = 0;
+        if (report.more || wake.pending) wait = 0;
       }
-      if (wait > 0) await sleep(wait, r.signal);
+      if (wait > 0) {
+        // After a failure the backoff holds even against wake-ups: the storage is what failed.
+        await sleep(wait, r.signal, (interrupt) => (wake.now = report ? interrupt : undefined));
+        wake.now = undefined;
+      }
     }
   }
 
@@ -629,7 +659,8 @@ class Fifo<T> {
   }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
+/** Waits `ms`, or until `signal` aborts, or until the function handed to `interruptible` is called. */
+function sleep(ms: number, signal: AbortSignal, interruptible?: (interrupt: () => void) => void): Promise<void> {
   return new Promise((resolve) => {
     if (signal.aborted) return resolve();
     const done = (): void => {
@@ -639,6 +670,7 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
     };
     const timer = setTimeout(done, ms);
     signal.addEventListener("abort", done, { once: true });
+    interruptible?.(done);
   });
 }
 
