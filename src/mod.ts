@@ -82,3 +82,4 @@ export {
   retryRate,
 } from "./stats.ts";
 export { assertMessageId, createInbox, DEFAULT_INBOX_RETENTION_MS, type HandleInfo, type HandleOptions, type HandleResult, type Inbox, type InboxCapabilities, type InboxOptions, type InboxPurgeOptions, type InboxStmtOf, type InboxStorage, type InboxTxOf, MAX_INBOX_KEY_LENGTH, MAX_MESSAGE_ID_LENGTH, type OrderInfo, type OrderPosition } from "./inbox.ts";
+export { scheduledDrain, type ScheduledDrainOptions, type ScheduledDrainStop, type ScheduledDrainSummary } from "./scheduled.ts";
