@@ -19,6 +19,10 @@
  *   `outbox.stats()` (database counters: right when every call runs in a new serverless process);
  *   `GET /dead-letters?limit=&cursor=`.
  * - admin — `POST /dead-letters/:id/replay` (404 when not found), `DELETE /dead-letters?olderThan=&limit=` (bounded purge).
+ * - dashboard (with read) — `GET /` and `/assets/…`: a page with the health status, the counts, charts (uPlot, served
+ *   by the app) of pending/due/dead and delivery latency sampled while it is open, and the dead letters with a replay
+ *   button. The page holds no data and needs no secret; it asks for a read or admin secret, keeps it in
+ *   `sessionStorage` and sends it as `Authorization: Bearer` to the JSON routes (replay needs the admin secret).
  *
  * Credentials (`auth`): bearer secrets per scope (`drain`, `metrics`, `read`, `admin`; an admin secret also reads), each at least
  * 16 characters, compared in constant time; and QStash signatures, valid for the drain scope unless
@@ -261,9 +265,10 @@ const GROUP_SCOPE: Record<Group, RelayAppScope> = { drain: "drain", metrics: "me
  * another scope), checked before the body is read; bodies over `maxBodyBytes` get 413.
  *
  * @param options relay, outbox, auth, routes, budgetMs (8000), thresholds, followUp, followUpTimeoutMs (2000),
- *   publicUrl, statsWindowMs (300000), metricsWindowsMs ([statsWindowMs]), maxBodyBytes (4096), onError
+ *   publicUrl, statsWindowMs (300000), metricsWindowsMs ([statsWindowMs]), dashboardRefreshMs (5000),
+ *   maxBodyBytes (4096), onError
  * @returns a Hono app with the route groups some credential grants: `POST /drain`; `GET /metrics`; `GET /health`,
- *   `GET /stats`, `GET /dead-letters`; `POST /dead-letters/:id/replay`, `DELETE /dead-letters`
+ *   `GET /stats`, `GET /dead-letters` and the dashboard `GET /`; `POST /dead-letters/:id/replay`, `DELETE /dead-letters`
  * @throws {OutboxError} CONFIG naming the bad option, e.g. `createRelayApp options: auth.drain: must be at least 16
  *   characters …`, or a route group turned on that no credential grants
  * @example
