@@ -13,7 +13,14 @@ import {
   type LibsqlTransaction,
 } from "../adapters/libsql/mod.ts";
 import { isRetryableError } from "../adapters/libsql/client.ts";
-import { LATEST_SCHEMA_VERSION, TABLE_PLACEHOLDER } from "../adapters/libsql/schema.ts";
+import {
+  MIGRATIONS_TABLE_DDL,
+  recordVersionSql,
+  renderSql,
+  SCHEMA_V1,
+  SCHEMA_VERSIONS,
+  TABLE_PLACEHOLDER,
+} from "../adapters/libsql/schema.ts";
 import { libsqlSql } from "../adapters/libsql/sql.ts";
 import { isOutboxError, type OutboxError, type OutboxErrorCode } from "../src/errors.ts";
 import { type NewMessage, uuidv7 } from "../src/message.ts";
@@ -161,7 +168,7 @@ describe("libsqlStorage: schema", () => {
       const storage = libsqlStorage(client, { table: "my_outbox" });
       await storage.migrate();
       const versions = await client.execute("SELECT version FROM my_outbox_migrations");
-      expect(versions.rows.map((r) => Number(r["version"]))).toEqual([LATEST_SCHEMA_VERSION]);
+      expect(versions.rows.map((r) => Number(r["version"]))).toEqual(SCHEMA_VERSIONS.map((v) => v.version));
       await client.batch([storage.statement([message(1)])], "write");
       expect((await storage.stats()).pending).toBe(1);
     } finally {
@@ -177,7 +184,7 @@ describe("libsqlStorage: schema", () => {
       await Promise.all([sa.migrate(), sb.migrate(), sa.migrate(), sb.migrate()]);
       await sa.migrate();
       const rows = (await a.execute("SELECT version FROM outbox_migrations")).rows;
-      expect(rows.map((r) => Number(r["version"]))).toEqual([LATEST_SCHEMA_VERSION]);
+      expect(rows.map((r) => Number(r["version"]))).toEqual(SCHEMA_VERSIONS.map((v) => v.version));
       const tables = (await a.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")).rows.map((r) => r["name"]);
       expect(tables).toContain("outbox");
       expect(tables).toContain("outbox_counters");
@@ -193,7 +200,7 @@ describe("libsqlStorage: schema", () => {
     try {
       const s = libsqlStorage(client);
       await Promise.all([s.migrate(), libsqlStorage(client).migrate(), s.migrate()]);
-      expect((await client.execute("SELECT count(*) AS n FROM outbox_migrations")).rows[0]!["n"]).toBe(1);
+      expect((await client.execute("SELECT count(*) AS n FROM outbox_migrations")).rows[0]!["n"]).toBe(SCHEMA_VERSIONS.length);
     } finally {
       client.close();
     }
@@ -682,6 +689,75 @@ describe("libsqlStorage: network failures", () => {
       expect(isRetryableError(e), e.message).toBe(true);
     }
     expect(isRetryableError(new Error("SQLITE_ERROR: near \"x\": syntax error"))).toBe(false);
+  });
+});
+
+describe("libsqlStorage: purge cost", () => {
+  /** Wraps a client, recording every statement it is sent (batches included). */
+  function recordingStatements(inner: Client): { client: LibsqlClient; sent: LibsqlStatement[] } {
+    const sent: LibsqlStatement[] = [];
+    const client: LibsqlClient = {
+      protocol: "http", // plain batches, so every statement goes through batch()
+      execute: (s) => {
+        sent.push(s);
+        return inner.execute(s);
+      },
+      batch: (s, m) => {
+        sent.push(...s);
+        return inner.batch(s, m);
+      },
+      transaction: (m) => inner.transaction(m),
+    };
+    return { client, sent };
+  }
+
+  it("a purge chunk reads its status's (done_at, seq) index: no table scan, no sort", async () => {
+    const f = await libsqlMemoryFixture();
+    try {
+      const { client, sent } = recordingStatements(f.client);
+      const storage = libsqlStorage(client);
+      for (const status of ["dead", "delivered"] as const) {
+        sent.length = 0;
+        await storage.purge({ status, olderThan: Date.now(), limit: 1_000 });
+        const purge = sent.find((s) => s.sql.startsWith('DELETE FROM "outbox" WHERE seq IN'))!;
+        expect(purge, "the purge statement").toBeDefined();
+        const plan = (await f.client.execute({ sql: `EXPLAIN QUERY PLAN ${purge.sql}`, args: purge.args })).rows.map((r) => String(r["detail"]));
+        expect(plan.join(" | "), status).toMatch(new RegExp(`USING (COVERING )?INDEX outbox_${status}_done \\(done_at<\\?\\)`));
+        expect(plan.join(" | "), status).not.toMatch(/TEMP B-TREE|SCAN outbox(?! USING)/);
+      }
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("schema version 2 upgrades a populated version-1 table in place", async () => {
+    const client = createClient({ url: ":memory:" });
+    try {
+      const v1 = [MIGRATIONS_TABLE_DDL, ...SCHEMA_V1.statements, recordVersionSql(1)].map((s) => renderSql(s, "outbox"));
+      await client.batch(v1, "write");
+      const old = libsqlStorage(client, { retainDeliveredMs: 60_000 });
+      const ms = Array.from({ length: 30 }, (_, i) => message(i, { key: i % 2 ? "k" : null }));
+      await client.batch([old.statement(ms)], "write");
+      const c = await old.claim({ limit: 20, leaseMs: 10_000 });
+      await old.settle(c.token, c.messages.map((m, i) => i % 2 ? { id: m.id, outcome: "delivered" as const } : { id: m.id, outcome: "dead" as const, error: "x" }));
+      const before = (await client.execute("SELECT * FROM outbox ORDER BY seq")).rows;
+
+      await old.migrate();
+      const versions = (await client.execute("SELECT version FROM outbox_migrations ORDER BY version")).rows.map((r) => Number(r["version"]));
+      expect(versions).toEqual([1, 2]);
+      const indexes = (await client.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox'")).rows.map((r) => r["name"]);
+      expect(indexes).toContain("outbox_dead_done");
+      expect(indexes).toContain("outbox_delivered_done");
+      expect(indexes).not.toContain("outbox_done");
+      expect((await client.execute("SELECT * FROM outbox ORDER BY seq")).rows).toEqual(before);
+      const now = (await old.stats()).now;
+      expect(await old.purge({ status: "dead", olderThan: now + 1, limit: 100 })).toBe(10);
+      expect(await old.purge({ status: "delivered", olderThan: now + 1, limit: 100 })).toBe(10);
+      expect((await old.stats()).pending).toBe(10);
+      await old.migrate(); // idempotent
+    } finally {
+      client.close();
+    }
   });
 });
 

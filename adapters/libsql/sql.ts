@@ -164,10 +164,21 @@ export const HEAD_SEQ_SQL: string = `SELECT seq AS head FROM sqlite_sequence WHE
 /** The ids of `?1` (a JSON array) that a row of the table already has. */
 export const EXISTING_IDS_SQL: string = `SELECT id FROM "{{table}}" WHERE id IN (SELECT value FROM json_each(?1))`;
 
-/** Deletes at most `?3` rows of status `?1` done before `?2`. */
-export const PURGE_SQL: string = `DELETE FROM "{{table}}" WHERE seq IN (
-  SELECT seq FROM "{{table}}" WHERE status = ?1 AND done_at < CAST(?2 AS INTEGER) ORDER BY done_at, seq LIMIT CAST(?3 AS INTEGER)
+/**
+ * Deletes at most `?2` rows of status `status` done before `?1`, oldest first. The status is a literal (not a bound
+ * parameter) so SQLite can use the status's partial `(done_at, seq)` index (schema version 2): a chunk reads the rows
+ * it deletes, whatever the table holds.
+ */
+const purgeSql = (status: "dead" | "delivered"): string => `DELETE FROM "{{table}}" WHERE seq IN (
+  SELECT seq FROM "{{table}}" WHERE status = '${status}' AND done_at < CAST(?1 AS INTEGER)
+  ORDER BY done_at, seq LIMIT CAST(?2 AS INTEGER)
 ) RETURNING seq`;
+
+/** Deletes at most `?2` dead letters that died before `?1` (epoch ms), oldest first. */
+export const PURGE_DEAD_SQL: string = purgeSql("dead");
+
+/** Deletes at most `?2` kept delivered rows delivered before `?1` (epoch ms), oldest first. */
+export const PURGE_DELIVERED_SQL: string = purgeSql("delivered");
 
 /** Drops counter buckets older than 7 days. */
 export const PURGE_COUNTERS_SQL: string = `DELETE FROM "{{table}}_counters" WHERE bucket < ${NOW} - 604800000`;
@@ -223,8 +234,10 @@ export interface LibsqlSql {
   readonly headSeq: string;
   /** See {@link EXISTING_IDS_SQL}. */
   readonly existingIds: string;
-  /** See {@link PURGE_SQL}. */
-  readonly purge: string;
+  /** See {@link PURGE_DEAD_SQL}. */
+  readonly purgeDead: string;
+  /** See {@link PURGE_DELIVERED_SQL}. */
+  readonly purgeDelivered: string;
   /** See {@link PURGE_COUNTERS_SQL}. */
   readonly purgeCounters: string;
   /** See {@link LOCK_SQL}. */
@@ -269,7 +282,8 @@ export function libsqlSql(table: string): LibsqlSql {
     replaySequence: r(REPLAY_SEQUENCE_SQL),
     headSeq: r(HEAD_SEQ_SQL),
     existingIds: r(EXISTING_IDS_SQL),
-    purge: r(PURGE_SQL),
+    purgeDead: r(PURGE_DEAD_SQL),
+    purgeDelivered: r(PURGE_DELIVERED_SQL),
     purgeCounters: r(PURGE_COUNTERS_SQL),
     lock: r(LOCK_SQL),
     readLock: r(READ_LOCK_SQL),

@@ -404,7 +404,7 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
       const { status, olderThan, limit } = purgeArgs(options, invalid);
       return await relaySide("purge", async () => {
         const [rs] = await runWrite(client, [
-          { sql: sql.purge, args: [status, Math.ceil(olderThan), limit] },
+          { sql: status === "dead" ? sql.purgeDead : sql.purgeDelivered, args: [Math.ceil(olderThan), limit] },
           { sql: sql.purgeCounters, args: [] },
         ], sql.lock);
         return rs!.rows.length;
