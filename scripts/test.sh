@@ -50,6 +50,8 @@ typecheck() {
   echo "--- tsc -p tsconfig.build.json (the npm build into dist/)"
   rm -rf dist
   "$BIN/tsc" -p tsconfig.build.json || code=1
+  echo "--- tsc -p tsconfig.cli.json (the edge-outbox command into dist/cli/)"
+  "$BIN/tsc" -p tsconfig.cli.json || code=1
   return $code
 }
 

@@ -18,6 +18,7 @@ import { createRelayApp } from "../adapters/hono/mod.ts";
 import {
   ensureSchedule,
   MESSAGE_HEADERS,
+  type QstashBatchRequest,
   type QstashClient,
   type QstashCreateScheduleRequest,
   qstashFollowUp,
@@ -37,6 +38,8 @@ type Fits<A, B> = [A] extends [B] ? true : false;
 export type TypeChecks = [
   Assert<Fits<Client, QstashClient>>,
   Assert<Fits<QstashPublishRequest[], Parameters<Client["batch"]>[0]>>,
+  Assert<Fits<QstashBatchRequest[], Parameters<Client["batch"]>[0]>>,
+  Assert<Fits<QstashPublishRequest, Parameters<ReturnType<Client["queue"]>["enqueue"]>[0]>>,
   Assert<Fits<Awaited<ReturnType<Client["batch"]>>, Awaited<ReturnType<QstashClient["batch"]>>>>,
   Assert<Fits<QstashPublishRequest, Parameters<Client["publish"]>[0]>>,
   Assert<Fits<Awaited<ReturnType<Client["publish"]>>, Awaited<ReturnType<QstashClient["publish"]>>>>,
@@ -171,13 +174,13 @@ describe("qstashTransport", () => {
     expect(e.messages).toHaveLength(250);
   });
 
-  it("keyed messages carry QStash flow control (parallelism 1), and their order survives a retry inside QStash", async () => {
+  it("keyed messages go through QStash queues (FIFO, parallelism 1) chosen by a stable hash of the key; order survives a retry inside QStash", async () => {
     const e = await emulator({ retryDelayMs: () => 100 });
     let failedOnce = false;
     const dest = await consumer(e, (r) => {
       if (!failedOnce && JSON.parse(r.body).n === 0) {
         failedOnce = true;
-        return 503; // QStash retries message 0 of its key; the key's later messages must wait
+        return 503; // QStash retries message 0; the next message of its queue waits for those retries
       }
       return 200;
     }, 5);
@@ -186,15 +189,25 @@ describe("qstashTransport", () => {
     for (let n = 0; n < 12; n++) await outbox.enqueue(tx, event, { n }, { key: n % 3 === 2 ? null : n % 3 === 0 ? "customer-7" : "клиент 1" });
     await commit();
     const transport = qstashTransport(e.client(), { destination: `${dest.url}/events` });
-    expect(await createRelay({ outbox, transport }).drain()).toMatchObject({ delivered: 12 });
+    const relay = createRelay({ outbox, transport });
+    let delivered = 0;
+    for (let i = 0; i < 20 && delivered < 12; i++) delivered += (await relay.drain()).delivered;
+    expect(delivered).toBe(12);
 
     const byN = new Map(e.messages.map((m) => [JSON.parse(m.body).n as number, m]));
-    expect(byN.get(0)!.flowControl).toEqual({ key: "outbox-customer-7", parallelism: 1, rate: null, period: null });
-    expect(byN.get(0)!.requestHeaders["upstash-flow-control-value"]).toBe("parallelism=1");
-    expect(byN.get(1)!.flowControl?.key).toMatch(/^outbox-h-[0-9a-f]{32}$/);
-    expect(byN.get(4)!.flowControl?.key).toBe(byN.get(1)!.flowControl?.key); // one key, one flow-control key
+    // FNV-1a 32 of the key's UTF-8 bytes mod 8 (pinned: a different hash would move keys between queues on upgrade).
+    expect(byN.get(0)!.queue).toBe("outbox-1"); // "customer-7"
+    expect(byN.get(1)!.queue).toBe("outbox-6"); // "клиент 1"
+    for (const n of [3, 6, 9]) expect(byN.get(n)!.queue).toBe("outbox-1");
+    for (const n of [4, 7, 10]) expect(byN.get(n)!.queue).toBe("outbox-6");
+    expect(byN.get(2)!.queue).toBe(null); // keyless: the plain batch path
+    expect(byN.get(0)!.flowControl).toBe(null);
     expect(byN.get(1)!.forwardHeaders["outbox-key"]).toBe(encodeURIComponent("клиент 1"));
-    expect(byN.get(2)!.flowControl).toBe(null);
+    // Each queue was upserted once with parallelism 1 (FIFO), not once per send.
+    const upserts = e.calls.filter((c) => c.method === "POST" && c.path === "/v2/queues");
+    expect(upserts.map((c) => JSON.parse(c.body) as { queueName: string; parallelism: number }).sort((a, b) => a.queueName.localeCompare(b.queueName)))
+      .toEqual([{ queueName: "outbox-1", parallelism: 1, paused: false }, { queueName: "outbox-6", parallelism: 1, paused: false }]);
+    expect(e.queues.get("outbox-1")).toMatchObject({ parallelism: 1, paused: false });
 
     await e.idle();
     const order = (key: string): number[] =>
@@ -204,9 +217,64 @@ describe("qstashTransport", () => {
     expect(order("клиент 1")).toEqual([1, 4, 7, 10]);
     expect(dest.received).toHaveLength(12);
 
-    const noFlow = qstashTransport(e.client(), { destination: `${dest.url}/events`, flowControlPrefix: false });
-    await noFlow.send([msg(100, { key: "k" })], ctx());
-    expect(e.messages.at(-1)!.flowControl).toBe(null);
+    const noQueues = qstashTransport(e.client(), { destination: `${dest.url}/events`, queues: false });
+    await noQueues.send([msg(100, { key: "k" })], ctx());
+    expect(e.messages.at(-1)!.queue).toBe(null);
+    const custom = qstashTransport(e.client(), { destination: `${dest.url}/events`, queues: 3, queuePrefix: "shop.orders-" });
+    await custom.send([msg(101, { key: "customer-7" })], ctx());
+    expect(e.messages.at(-1)!.queue).toBe(`shop.orders-${273657585 % 3}`);
+  });
+
+  it("per-key order: QStash flow control may reorder a key's waitlist, a queue may not", async () => {
+    // The emulator hands a freed flow-control slot to the LATEST waiter, an order QStash's docs allow ("Token
+    // handoff does not guarantee strict ordering").
+    const e = await emulator({ flowControlHandoff: "lifo" });
+    const dest = await consumer(e, () => 200, 60);
+    const qstash = e.client();
+    const order = (key: string): number[] =>
+      dest.received.filter((r) => r.headers["outbox-key"] === key).map((r) => JSON.parse(r.body).n as number);
+
+    // What the transport did before: each message of the key published once QStash accepted the previous one,
+    // with flow control { key, parallelism: 1 }.
+    for (let n = 0; n < 6; n++) {
+      await qstash.publish({
+        url: `${dest.url}/events`,
+        body: JSON.stringify({ n }),
+        headers: { "Content-Type": "application/json", "Upstash-Forward-Outbox-Key": "fc" },
+        flowControl: { key: "outbox-fc", parallelism: 1 },
+      });
+    }
+    await e.idle();
+    expect(order("fc")).toHaveLength(6);
+    expect(order("fc")).not.toEqual([0, 1, 2, 3, 4, 5]); // here [0, 5, 4, 3, 2, 1]
+
+    // Through the relay and qstashTransport: a FIFO queue per key hash keeps commit order.
+    const { storage, outbox } = memoryOutbox();
+    const { tx, commit } = storage.begin();
+    for (let n = 0; n < 6; n++) await outbox.enqueue(tx, event, { n }, { key: "q" });
+    await commit();
+    const relay = createRelay({ outbox, transport: qstashTransport(qstash, { destination: `${dest.url}/events` }) });
+    for (let i = 0; i < 20 && (await storage.stats()).pending > 0; i++) await relay.drain();
+    expect((await storage.stats()).pending).toBe(0);
+    await e.idle();
+    expect(order("q")).toEqual([0, 1, 2, 3, 4, 5]);
+    // The queue really had a waitlist (the consumer is slow): later messages were accepted while earlier ones ran.
+    const qMessages = e.messages.filter((m) => m.forwardHeaders["outbox-key"] === "q");
+    const firstDelivered = Math.min(...e.deliveries.filter((d) => qMessages.some((m) => m.messageId === d.messageId)).map((d) => d.at));
+    expect(qMessages.filter((m) => m.createdAt < firstDelivered).length).toBeGreaterThan(1);
+  });
+
+  it("a queue that cannot be created makes its messages retry (never dead), and the next send tries again", async () => {
+    const e = await emulator();
+    let refuseQueues = true;
+    e.intercept = (call) => (refuseQueues && call.path === "/v2/queues" ? { status: 400, body: '{"error":"queue limit reached"}' } : undefined);
+    const t = qstashTransport(e.client(), { destination: "https://consumer.example/events" });
+    const out = await t.send([msg(0, { key: "customer-7" }), msg(1)], ctx());
+    expect(out[0]).toEqual({ status: "retry", error: expect.stringMatching(/creating queue outbox-1: HTTP 400.*queue limit reached/) });
+    expect(out[1]).toEqual({ status: "delivered" });
+    refuseQueues = false;
+    expect(await t.send([msg(2, { key: "customer-7" })], ctx())).toEqual([{ status: "delivered" }]);
+    expect(e.messages.at(-1)!.queue).toBe("outbox-1");
   });
 
   it("maps errors: 429 → retry after the reset, 401/403 → retry, other 4xx → dead, 5xx → retry, network → retry", async () => {
@@ -424,7 +492,8 @@ describe("qstashTransport", () => {
     const c = e.client();
     expect(() => qstashTransport(c, { destination: "ftp://x" })).toThrow(/destination/);
     expect(() => qstashTransport(c, { destination: "https://x", maxBatchSize: 0 })).toThrow(/maxBatchSize/);
-    expect(() => qstashTransport(c, { destination: "https://x", flowControlPrefix: "bad prefix!" })).toThrow(/flowControlPrefix/);
+    expect(() => qstashTransport(c, { destination: "https://x", queuePrefix: "bad prefix!" })).toThrow(/queuePrefix/);
+    expect(() => qstashTransport(c, { destination: "https://x", queues: 0 })).toThrow(/queues/);
     expect(() => qstashTransport(c, { destination: "https://x", headers: { "bad header": "x" } })).toThrow(/headers/);
     expect(await codeOf(() => qstashTransport({} as never, { destination: "https://x" }))).toBe("CONFIG");
     expect(await codeOf(qstashNudge(c, { url: "https://x/drain", windowMs: 1_500 }))).toBe("CONFIG");
@@ -444,7 +513,7 @@ async function relayServer(e: QstashEmulator, options: Partial<Parameters<typeof
   const parent = new Hono();
   parent.route("/outbox", createRelayApp({
     relay: { drain: (o) => (drains.push(Date.now()), real.drain(o)) },
-    auth: { qstash: { currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey } },
+    auth: { qstash: { verifier: new Receiver({ currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey, devMode: false }) } },
     publicUrl: `${server.url}/outbox`,
     ...options,
   }));
@@ -482,34 +551,51 @@ describe("ensureSchedule", () => {
 });
 
 describe("qstashNudge and qstashFollowUp", () => {
-  it("a burst of 50 nudges makes one drain call per window, arriving by the window's end", async () => {
+  it("the first commit of a quiet window drains at once (leading edge); a burst adds one drain at the window's end (trailing edge)", async () => {
     const e = await emulator();
     const qstash = e.client();
     const relay = await relayServer(e);
     const windowMs = 1_000;
-    const burst = async (): Promise<Awaited<ReturnType<typeof qstashNudge>>[]> => {
-      while (Date.now() % windowMs > 100) await sleep(5); // start early in a window so the burst fits in it
-      return Promise.all(Array.from({ length: 50 }, () => qstashNudge(qstash, { url: relay.drainUrl, windowMs })));
+    const nudge = (): Promise<Awaited<ReturnType<typeof qstashNudge>>> => qstashNudge(qstash, { url: relay.drainUrl, windowMs });
+    const inWindow = async (from: number, to: number): Promise<void> => {
+      while (Date.now() % windowMs < from || Date.now() % windowMs > to) await sleep(2);
     };
-    const first = await burst();
-    expect(new Set(first.map((r) => r.dedupId)).size).toBe(1);
-    expect(new Set(first.map((r) => r.messageId)).size).toBe(1);
-    expect(first.filter((r) => !r.deduplicated)).toHaveLength(1);
-    const deliverAt = first[0]!.deliverAt;
-    expect(deliverAt % windowMs).toBe(0);
-    expect(first[0]!.dedupId).toMatch(/^nudge-[0-9a-f]{16}-\d+$/);
-    expect(e.messages).toHaveLength(1);
 
+    // An isolated commit in the middle of a window: its drain comes at once, not at the window's end.
+    await inWindow(300, 400);
+    const t0 = Date.now();
+    const single = await nudge();
     await e.waitFor(() => relay.drains.length >= 1, 3_000);
-    expect(relay.drains[0]!).toBeGreaterThanOrEqual(deliverAt - 5);
-    expect(relay.drains[0]!).toBeLessThanOrEqual(deliverAt + 250);
+    expect(relay.drains[0]! - t0).toBeLessThan(300); // before the window's end (≥ 600 ms away)
+    expect(single).toMatchObject({ edge: "leading", deduplicated: false });
+    expect(single.deliverAt).toBeGreaterThanOrEqual(t0);
+    expect(single.dedupId).toMatch(/^nudge-[0-9a-f]{16}-\d+$/);
+    await sleep(windowMs * 2); // a quiet window
 
-    const second = await burst();
-    expect(second[0]!.deliverAt).toBeGreaterThan(deliverAt);
-    await e.waitFor(() => relay.drains.length >= 2, 3_000);
+    // A burst of 50 concurrent nudges in one window: one drain at once, one more at the window's end.
+    await inWindow(50, 150);
+    const b0 = Date.now();
+    const burst = await Promise.all(Array.from({ length: 50 }, nudge));
+    const windowEnd = (Math.floor(b0 / windowMs) + 1) * windowMs;
+    expect(burst.filter((r) => r.edge === "leading" && !r.deduplicated)).toHaveLength(1);
+    expect(burst.filter((r) => r.edge === "trailing")).toHaveLength(49);
+    expect(burst.filter((r) => r.edge === "trailing" && !r.deduplicated)).toHaveLength(1);
+    expect(new Set(burst.filter((r) => r.edge === "trailing").map((r) => r.messageId)).size).toBe(1);
+    for (const r of burst.filter((x) => x.edge === "trailing")) expect(r.deliverAt).toBe(windowEnd);
+    await e.waitFor(() => relay.drains.length >= 3, 3_000);
+    expect(relay.drains[1]! - b0).toBeLessThan(300);
+    expect(relay.drains[2]!).toBeGreaterThanOrEqual(windowEnd - 5);
+    expect(relay.drains[2]!).toBeLessThanOrEqual(windowEnd + 250);
+
+    // The next window: its leading edge was that trailing drain, so a commit in it waits for the window's end.
+    await inWindow(100, 200);
+    const next = await nudge();
+    expect(next).toMatchObject({ edge: "trailing", deduplicated: false, deliverAt: windowEnd + windowMs });
+    await e.waitFor(() => relay.drains.length >= 4, 3_000);
     await sleep(300);
-    expect(relay.drains).toHaveLength(2);
-    expect(relay.drains[1]!).toBeLessThanOrEqual(second[0]!.deliverAt + 250);
+    // 1 + (2 windows with commits + 1): never more than one drain per window plus one.
+    expect(relay.drains).toHaveLength(4);
+    expect(e.messages.filter((m) => m.url === relay.drainUrl)).toHaveLength(4);
     expect(e.deliveries.every((d) => d.status === 200)).toBe(true);
   });
 
@@ -559,7 +645,7 @@ describe("end to end through the emulator", () => {
     parent.route("/outbox", createRelayApp({
       relay,
       outbox,
-      auth: { qstash: { currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey } },
+      auth: { qstash: { verifier: new Receiver({ currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey, devMode: false }) } },
       publicUrl: `${server.url}/outbox`,
       budgetMs: 5_000,
       followUp: qstashFollowUp(qstash, { url: drainUrl }),
@@ -602,7 +688,8 @@ describe("end to end through the emulator", () => {
         `${nudges} nudge messages for 200 nudges, ${drainCalls.length} drain calls`,
     );
     expect(drainCalls.every((d) => d.status === 200)).toBe(true);
-    expect(nudges).toBeLessThanOrEqual(Math.ceil(commitSpanMs / windowMs) + 1);
+    // k windows touched (at most ceil(span) + 1 of them) make at most k + 1 drain calls.
+    expect(nudges).toBeLessThanOrEqual(Math.ceil(commitSpanMs / windowMs) + 2);
     expect(pct(0.99)).toBeLessThan(windowMs + 1_500); // at most one window plus the drain and two hops
     expect((await storage.stats()).pending).toBe(0);
     const { rows } = await client.execute("SELECT count(*) AS n FROM orders");

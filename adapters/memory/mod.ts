@@ -36,3 +36,4 @@ export {
   type RecordingTransportOptions,
 } from "./transport.ts";
 export { type MemoryLock, memoryLock } from "./lock.ts";
+export { type MemoryInbox, memoryInbox, type MemoryInboxOptions, type MemoryInboxTransaction, type MemoryInboxTransactionHandle } from "./inbox.ts";

@@ -120,3 +120,4 @@ export function postgresStorage(sql: PostgresClient, options: PostgresStorageOpt
   }
   return createPostgresStorage(sql, opts, statements);
 }
+export { INBOX_SCHEMA_V1, INBOX_SCHEMA_VERSIONS, type PostgresInbox, postgresInbox, type PostgresInboxOptions, postgresInboxSchema } from "./inbox.ts";

@@ -30,3 +30,4 @@ export type {
   FixtureTransaction,
   Matchers,
 } from "./harness.ts";
+export { type InboxConformanceFixture, inboxConformance, type InboxConformanceOptions } from "./inbox-conformance.ts";
