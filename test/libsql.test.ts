@@ -716,11 +716,17 @@ describe("libsqlStorage: purge cost", () => {
     try {
       const { client, sent } = recordingStatements(f.client);
       const storage = libsqlStorage(client);
+      const purges: [string, LibsqlStatement][] = [];
       for (const status of ["dead", "delivered"] as const) {
         sent.length = 0;
         await storage.purge({ status, olderThan: Date.now(), limit: 1_000 });
-        const purge = sent.find((s) => s.sql.startsWith('DELETE FROM "outbox" WHERE seq IN'))!;
+        const purge = sent.find((s) => s.sql.startsWith('DELETE FROM "outbox" WHERE seq IN'));
         expect(purge, "the purge statement").toBeDefined();
+        purges.push([status, purge!]);
+      }
+      // EXPLAIN only after the purges: libsql 0.5 resets an EXPLAIN statement only when it is garbage-collected, and
+      // until then a commit on the same connection fails with "SQL statements in progress".
+      for (const [status, purge] of purges) {
         const plan = (await f.client.execute({ sql: `EXPLAIN QUERY PLAN ${purge.sql}`, args: purge.args })).rows.map((r) => String(r["detail"]));
         expect(plan.join(" | "), status).toMatch(new RegExp(`USING (COVERING )?INDEX outbox_${status}_done \\(done_at<\\?\\)`));
         expect(plan.join(" | "), status).not.toMatch(/TEMP B-TREE|SCAN outbox(?! USING)/);
@@ -893,5 +899,5 @@ describe("libsqlStorage: busy databases", () => {
   });
 });
 
-storageConformance({ describe, it, expect }, { name: "libsql :memory:", create: () => libsqlMemoryFixture() });
-storageConformance({ describe, it, expect }, { name: "libsql file", create: () => libsqlFileFixture() });
+storageConformance({ describe, it, expect }, { name: "libsql :memory:", create: () => libsqlMemoryFixture(), semantics: 2 });
+storageConformance({ describe, it, expect }, { name: "libsql file", create: () => libsqlFileFixture(), semantics: 2 });
