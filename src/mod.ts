@@ -66,6 +66,7 @@ export type {
 } from "./storage.ts";
 export type { DeliveryOutcome, SendContext, Transport } from "./transport.ts";
 export type { Lease, Lock } from "./lock.ts";
+export type { TraceAttributes, TraceSpan, TraceSpanOptions, Tracing } from "./tracing.ts";
 export { type BackoffOptions, backoffDelay, MAX_RETRY_AFTER_MS, parseRetryAfter } from "./backoff.ts";
 export { parseOptions, quoteIdentifier } from "./options.ts";
 export { createOutbox, type DeadLetters, type Outbox, type OutboxOptions, type PayloadOf } from "./outbox.ts";

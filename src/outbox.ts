@@ -16,6 +16,7 @@ import {
 } from "./message.ts";
 import { parseOptions } from "./options.ts";
 import type { DeadLetterPage, OutboxStats, OutboxStorage } from "./storage.ts";
+import type { Tracing } from "./tracing.ts";
 import { type AnyTopic, type TopicInput, validatePayload } from "./topic.ts";
 
 /** Options of {@link createOutbox}. */
@@ -29,6 +30,12 @@ export interface OutboxOptions<Tx, Stmt, T extends AnyTopic> {
   topics?: readonly T[];
   /** Largest encoded payload in UTF-8 bytes. @default 262144 (256 KiB) */
   maxPayloadBytes?: number;
+  /**
+   * Tracing hooks (e.g. `otelTracing()` from `edge-outbox/otel`): at enqueue, the active trace context is written into
+   * the message headers (`traceparent`), unless the caller set one. A relay on this outbox traces with them too.
+   * @default none (nothing is traced)
+   */
+  tracing?: Tracing | undefined;
 }
 
 /**
@@ -90,12 +97,18 @@ export interface Outbox<Tx, Stmt, T extends AnyTopic = AnyTopic> {
    * @param options.limit @default 1000
    */
   purgeDelivered(options: { olderThan: Date | number; limit?: number }): Promise<number>;
+  /** The tracing hooks given to {@link createOutbox}, if any (a relay on this outbox uses them by default). */
+  readonly tracing?: Tracing | undefined;
 }
 
 const outboxOptionsSchema = v.object({
   storage: v.custom<object>((s) => typeof s === "object" && s !== null && typeof (s as { claim?: unknown }).claim === "function", "must be an OutboxStorage"),
   topics: v.optional(v.array(v.custom<AnyTopic>((t) => typeof t === "object" && t !== null && typeof (t as { name?: unknown }).name === "string" && typeof (t as { schema?: unknown }).schema === "object", "must be topics made by defineTopic"))),
   maxPayloadBytes: v.optional(v.pipe(v.number(), v.integer(), v.minValue(2), v.maxValue(64 * 1024 * 1024)), DEFAULT_MAX_PAYLOAD_BYTES),
+  tracing: v.optional(v.custom<Tracing>(
+    (t) => typeof t === "object" && t !== null && typeof (t as Tracing).inject === "function" && typeof (t as Tracing).startSpan === "function",
+    "must be Tracing hooks (inject and startSpan), e.g. otelTracing() from edge-outbox/otel",
+  )),
 });
 
 const limitSchema = v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100_000));
@@ -138,6 +151,21 @@ export function createOutbox<Tx, Stmt, const T extends AnyTopic = AnyTopic>(
     byName.set(t.name, t);
   }
 
+  const tracing = options.tracing;
+  /** The options with the active trace context (W3C traceparent) added to their headers, when tracing is on. */
+  function withTrace(opts: EnqueueOptions | undefined): EnqueueOptions | undefined {
+    if (!tracing) return opts;
+    const given = opts?.headers;
+    if (given !== undefined && (typeof given !== "object" || given === null || Array.isArray(given))) return opts; // refused later
+    const headers: Record<string, string> = { ...given };
+    try {
+      tracing.inject(headers);
+    } catch {
+      return opts; // tracing must never fail an enqueue
+    }
+    return { ...opts, headers };
+  }
+
   function prepare(topic: AnyTopic | string, payload: unknown, opts: EnqueueOptions | undefined): NewMessage {
     const name = typeof topic === "string" ? topic : topic?.name;
     if (typeof name !== "string") throw new OutboxError("VALIDATION", "topic must be a topic from defineTopic or its name");
@@ -152,7 +180,7 @@ export function createOutbox<Tx, Stmt, const T extends AnyTopic = AnyTopic>(
       schemaTopic = topic;
     }
     const value = schemaTopic ? validatePayload(schemaTopic, payload) : payload;
-    const meta = normalizeEnqueueOptions(opts);
+    const meta = normalizeEnqueueOptions(withTrace(opts));
     const body = encodePayload(value, maxPayloadBytes);
     return { id: meta.id, topic: name, key: meta.key, payload: body, headers: meta.headers, delayMs: meta.delayMs };
   }
@@ -208,5 +236,6 @@ export function createOutbox<Tx, Stmt, const T extends AnyTopic = AnyTopic>(
     purgeDelivered(opts: { olderThan: Date | number; limit?: number }): Promise<number> {
       return storage.purge({ status: "delivered", olderThan: toEpoch(opts?.olderThan, "olderThan"), limit: toLimit(opts?.limit, 1000, "limit") });
     },
+    tracing,
   } as Outbox<Tx, Stmt, T>;
 }
