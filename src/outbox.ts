@@ -45,6 +45,28 @@ export interface OutboxOptions<Tx, Stmt, T extends AnyTopic> {
 export type PayloadOf<T extends AnyTopic, N extends string> = string extends T["name"] ? unknown
   : TopicInput<Extract<T, { name: N }>>;
 
+/**
+ * One message of {@link Outbox.enqueueMany} / {@link Outbox.statementMany}: a topic (the object or its name), its
+ * payload typed by that topic's schema, and the per-message options.
+ *
+ * @example
+ * ```ts
+ * import * as v from "valibot";
+ * import { defineTopic, type EnqueueItem } from "edge-outbox";
+ * const orderCreated = defineTopic("order.created", v.object({ id: v.string() }));
+ * const item: EnqueueItem<typeof orderCreated> = { topic: "order.created", payload: { id: "o1" }, options: { key: "c7" } };
+ * ```
+ */
+export type EnqueueItem<T extends AnyTopic> = T extends AnyTopic ? {
+    /** The topic, or its name. */
+    readonly topic: T | T["name"];
+    /** The payload, typed by the topic's schema input. */
+    readonly payload: TopicInput<T>;
+    /** Key, delay, headers, id. @default {} */
+    readonly options?: EnqueueOptions | undefined;
+  }
+  : never;
+
 /** Dead-letter operations. */
 export interface DeadLetters {
   /** Pages through dead letters, oldest first. @param options.limit page size @default 50 */
@@ -69,7 +91,8 @@ export interface Outbox<Tx, Stmt, T extends AnyTopic = AnyTopic> {
   /**
    * Enqueues one message inside the caller's open transaction `tx`. Validates everything before writing anything.
    * @returns the message id (UUIDv7)
-   * @throws {OutboxError} VALIDATION (bad payload, unknown topic, oversized) with nothing written; STORAGE from the database
+   * @throws {OutboxError} VALIDATION (bad payload, unknown topic, oversized) with nothing written; CONFLICT when
+   *   `options.id` is already in the outbox (nothing written, `tx` still usable); STORAGE from the database
    */
   enqueue<K extends T>(tx: Tx, topic: K, payload: TopicInput<K>, options?: EnqueueOptions): Promise<string>;
   /** Enqueues by topic name (topics must be declared for the payload to be typed and validated). */
@@ -88,6 +111,65 @@ export interface Outbox<Tx, Stmt, T extends AnyTopic = AnyTopic> {
   statement<K extends T>(topic: K, payload: TopicInput<K>, options?: EnqueueOptions): Stmt;
   /** Returns the insert statement by topic name (typed like `enqueue` by name). */
   statement<N extends T["name"]>(topic: N, payload: PayloadOf<T, N>, options?: EnqueueOptions): Stmt;
+  /**
+   * Enqueues many messages inside the caller's open transaction `tx` in **one** storage call: every item is validated
+   * before anything is written, the rows keep the array's order (per key, that is their delivery order), and the
+   * storage takes its per-key locks in one sorted pass, so two transactions enqueueing overlapping keys in opposite
+   * orders cannot deadlock (separate `enqueue` calls can, on Postgres). An empty array writes nothing.
+   * @param tx the caller's open transaction
+   * @param items `{ topic, payload, options }` per message; `topic` is a declared topic or its name
+   * @returns the message ids, in the order of `items`
+   * @throws {OutboxError} VALIDATION naming the first bad item (`items[2]: …`), or two items with one `id`, with
+   *   nothing written; CONFLICT when an `id` is already in the outbox (nothing written); STORAGE from the database
+   * @example
+   * ```ts
+   * import * as v from "valibot";
+   * import { createOutbox, defineTopic } from "edge-outbox";
+   * import { memoryStorage } from "edge-outbox/memory";
+   *
+   * const orderCreated = defineTopic("order.created", v.object({ id: v.string() }));
+   * const orderPaid = defineTopic("order.paid", v.object({ id: v.string(), amount: v.number() }));
+   * const storage = memoryStorage();
+   * const outbox = createOutbox({ storage, topics: [orderCreated, orderPaid] });
+   * const { tx, commit } = storage.begin();
+   * const ids = await outbox.enqueueMany(tx, [
+   *   { topic: orderCreated, payload: { id: "o1" }, options: { key: "customer-7" } },
+   *   { topic: "order.paid", payload: { id: "o1", amount: 5 }, options: { key: "customer-7" } },
+   * ]);
+   * await commit();
+   * ```
+   */
+  enqueueMany(tx: Tx, items: readonly EnqueueItem<T>[]): Promise<string[]>;
+  /**
+   * Returns ONE native statement inserting many messages, for the caller's atomic batch
+   * (`client.batch([insertOrder, outbox.statementMany([...])], "write")`): the batch equivalent of
+   * {@link Outbox.enqueueMany}, validated the same way. Synchronous; sends nothing. Pass `options.id` to know the ids
+   * in advance. A taken id fails the whole batch atomically.
+   * @param items `{ topic, payload, options }` per message (at least one)
+   * @returns the storage's statement
+   * @throws {OutboxError} VALIDATION as `enqueueMany`, or for an empty array; CONFIG when the storage cannot join a
+   *   batch this way
+   * @example
+   * ```ts
+   * import * as v from "valibot";
+   * import { createClient } from "@libsql/client";
+   * import { createOutbox, defineTopic } from "edge-outbox";
+   * import { libsqlStorage } from "edge-outbox/libsql";
+   *
+   * const client = createClient({ url: ":memory:" });
+   * const orderCreated = defineTopic("order.created", v.object({ id: v.string() }));
+   * const storage = libsqlStorage(client);
+   * await storage.migrate();
+   * const outbox = createOutbox({ storage, topics: [orderCreated] });
+   * await client.batch([
+   *   outbox.statementMany([
+   *     { topic: orderCreated, payload: { id: "o1" } },
+   *     { topic: "order.created", payload: { id: "o2" }, options: { key: "customer-7" } },
+   *   ]),
+   * ], "write");
+   * ```
+   */
+  statementMany(items: readonly EnqueueItem<T>[]): Stmt;
   /** Counts and windowed counters from the database. @param options.windowMs @default 300000 */
   stats(options?: { windowMs?: number }): Promise<OutboxStats>;
   /** Dead-letter operations. */
@@ -185,6 +267,38 @@ export function createOutbox<Tx, Stmt, const T extends AnyTopic = AnyTopic>(
     return { id: meta.id, topic: name, key: meta.key, payload: body, headers: meta.headers, delayMs: meta.delayMs };
   }
 
+  /** Validates every item (in order) before anything is written; errors name the item. */
+  function prepareMany(items: readonly { topic: AnyTopic | string; payload: unknown; options?: EnqueueOptions | undefined }[], what: string): NewMessage[] {
+    if (!Array.isArray(items)) throw new OutboxError("VALIDATION", `${what}(items): items must be an array of { topic, payload, options }`);
+    const messages: NewMessage[] = [];
+    const ids = new Set<string>();
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i];
+      if (typeof item !== "object" || item === null) {
+        throw new OutboxError("VALIDATION", `${what}: items[${i}] must be an object { topic, payload, options }`);
+      }
+      let m: NewMessage;
+      try {
+        m = prepare(item.topic, item.payload, item.options);
+      } catch (e) {
+        if (e instanceof OutboxError) throw new OutboxError(e.code, `${what}: items[${i}]: ${e.message}`, { cause: e.cause });
+        throw e;
+      }
+      if (ids.has(m.id)) throw new OutboxError("VALIDATION", `${what}: items[${i}]: id ${m.id} is given to two items`);
+      ids.add(m.id);
+      messages.push(m);
+    }
+    return messages;
+  }
+  const assertBatch = (what: string): void => {
+    if (!storage.capabilities.batchStatement || typeof storage.statement !== "function") {
+      throw new OutboxError(
+        "CONFIG",
+        `the ${storage.name} storage cannot join a batch with ${what}(): use enqueue(tx, …) inside your transaction`,
+      );
+    }
+  };
+
   const toEpoch = (d: Date | number, field: string): number => {
     const ms = d instanceof Date ? d.getTime() : d;
     if (typeof ms !== "number" || !Number.isFinite(ms)) throw new OutboxError("VALIDATION", `${field} must be a Date or epoch milliseconds`);
@@ -206,13 +320,19 @@ export function createOutbox<Tx, Stmt, const T extends AnyTopic = AnyTopic>(
       return message.id;
     },
     statement(topic: AnyTopic | string, payload: unknown, opts?: EnqueueOptions): Stmt {
-      if (!storage.capabilities.batchStatement || typeof storage.statement !== "function") {
-        throw new OutboxError(
-          "CONFIG",
-          `the ${storage.name} storage cannot join a batch with statement(): use enqueue(tx, …) inside your transaction`,
-        );
-      }
-      return storage.statement([prepare(topic, payload, opts)]);
+      assertBatch("statement");
+      return storage.statement!([prepare(topic, payload, opts)]);
+    },
+    async enqueueMany(tx: Tx, items: readonly { topic: AnyTopic | string; payload: unknown; options?: EnqueueOptions }[]): Promise<string[]> {
+      const messages = prepareMany(items, "enqueueMany");
+      if (messages.length > 0) await storage.enqueue(tx, messages);
+      return messages.map((m) => m.id);
+    },
+    statementMany(items: readonly { topic: AnyTopic | string; payload: unknown; options?: EnqueueOptions }[]): Stmt {
+      assertBatch("statementMany");
+      const messages = prepareMany(items, "statementMany");
+      if (messages.length === 0) throw new OutboxError("VALIDATION", "statementMany: items must hold at least one message");
+      return storage.statement!(messages);
     },
     stats(opts?: { windowMs?: number }): Promise<OutboxStats> {
       const windowMs = opts?.windowMs ?? 300_000;
