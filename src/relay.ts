@@ -10,6 +10,7 @@ import type { Lease, Lock } from "./lock.ts";
 import type { Outbox } from "./outbox.ts";
 import { parseOptions } from "./options.ts";
 import type { ClaimedMessage, OutboxStorage, Settlement } from "./storage.ts";
+import type { TraceAttributes, TraceSpan, Tracing } from "./tracing.ts";
 import type { DeliveryOutcome, Transport } from "./transport.ts";
 
 /** Options of {@link createRelay}. */
@@ -36,6 +37,11 @@ export interface RelayOptions {
   sendTimeoutMs?: number | undefined;
   /** Attempts before a message is dead-lettered. @default 10 */
   maxAttempts?: number | undefined;
+  /**
+   * Tracing hooks (e.g. `otelTracing()` from `edge-outbox/otel`): a span per drain and a child span per send call,
+   * linked to each message's producer context. @default the outbox's `tracing`, else none
+   */
+  tracing?: Tracing | undefined;
   /** Retry delays; a transport's `retryAfterMs` is honoured above `maxMs`, up to one day. @default { baseMs: 1000, maxMs: 300000, minMs: 250 } */
   backoff?: BackoffOptions | undefined;
 }
@@ -126,6 +132,10 @@ const relayOptionsSchema = v.pipe(
       "must be a Lock (an object with acquire(key, leaseMs))",
     )),
     lockKey: v.optional(v.pipe(v.string(), v.minLength(1), v.maxLength(200))),
+    tracing: v.optional(v.custom<Tracing>(
+      (t) => typeof t === "object" && t !== null && typeof (t as Tracing).startSpan === "function",
+      "must be Tracing hooks (inject and startSpan), e.g. otelTracing() from edge-outbox/otel",
+    )),
     batchSize: v.optional(int(1, 10_000), 100),
     concurrency: v.optional(int(1, 1_000), 8),
     leaseMs: v.optional(int(100, 3_600_000), 30_000),
@@ -164,6 +174,14 @@ const runOptionsSchema = v.object({
 });
 
 const now = (): number => performance.now();
+/** Runs tracing code; a throwing tracer must never change a drain. */
+function traceSafely(fn: () => void): void {
+  try {
+    fn();
+  } catch {
+    // ignored
+  }
+}
 /** What a send's race resolves to when its timeout or the drain's signal fired first. */
 const STOPPED: unique symbol = Symbol("stopped");
 
@@ -198,6 +216,7 @@ export function createRelay(options: RelayOptions): Relay {
   }
   const { batchSize, concurrency, leaseMs, sendTimeoutMs, maxAttempts, backoff } = o;
   const lockKey = o.lockKey ?? `edge-outbox:relay:${storage.scope ?? storage.name}`;
+  const tracing: Tracing | undefined = options.tracing ?? options.outbox.tracing;
   // Kept back from the lease so a settle lands before the lease can expire.
   const leaseReserveMs = Math.min(1_000, Math.floor(leaseMs / 10));
 
@@ -227,20 +246,42 @@ export function createRelay(options: RelayOptions): Relay {
       if (!lease) {
         report.skipped = "lock-busy";
         report.elapsedMs = Math.round(now() - started);
+        traceSafely(() => startSpan("edge-outbox.drain", { "outbox.storage": storage.name, "outbox.skipped": "lock-busy" })?.end());
         return report;
       }
     }
     const stopped = (): boolean => d.signal?.aborted === true || lease?.signal.aborted === true || now() >= stopAt;
 
+    const span = startSpan("edge-outbox.drain", {
+      "outbox.storage": storage.name,
+      "outbox.scope": storage.scope ?? storage.name,
+      "outbox.transport": transport.name,
+      "outbox.budget_ms": d.budgetMs,
+    });
     try {
-      const { stoppedEarly } = await pipeline(report, stopped, d.signal);
+      const { stoppedEarly } = await pipeline(report, stopped, d.signal, span);
       if (stoppedEarly) report.more = report.released > 0 || await storage.hasDue();
     } catch (e) {
-      throw toOutboxError("STORAGE", `[edge-outbox:relay] ${storage.name} storage failed`, e, true);
+      const error = toOutboxError("STORAGE", `[edge-outbox:relay] ${storage.name} storage failed`, e, true);
+      traceSafely(() => span?.recordError(error));
+      throw error;
     } finally {
       if (lease) await lease.release().catch(() => {}); // an unreleased lock expires by itself
+      report.elapsedMs = Math.round(now() - started);
+      traceSafely(() => {
+        span?.setAttributes({
+          "outbox.claimed": report.claimed,
+          "outbox.delivered": report.delivered,
+          "outbox.retried": report.retried,
+          "outbox.dead": report.dead,
+          "outbox.released": report.released,
+          "outbox.lease_lost": report.leaseLost,
+          "outbox.more": report.more,
+          "outbox.elapsed_ms": report.elapsedMs,
+        });
+        span?.end();
+      });
     }
-    report.elapsedMs = Math.round(now() - started);
     return report;
   }
 
@@ -265,10 +306,21 @@ export function createRelay(options: RelayOptions): Relay {
    *   A storage failure is rethrown after that.
    * Resolves when every claimed row has been settled (or a settle failed).
    */
+  /** Starts a span when tracing is on; a throwing tracer never affects a drain. */
+  function startSpan(name: string, attributes: TraceAttributes, parent?: TraceSpan, links?: ClaimedMessage[]): TraceSpan | undefined {
+    if (!tracing) return undefined;
+    try {
+      return tracing.startSpan(name, { attributes, parent, links: links?.map((m) => m.headers) });
+    } catch {
+      return undefined;
+    }
+  }
+
   function pipeline(
     report: DrainReport,
     stopped: () => boolean,
     signal: AbortSignal | undefined,
+    drainSpan?: TraceSpan | undefined,
   ): Promise<{ stoppedEarly: boolean }> {
     interface ClaimState {
       readonly token: string;
@@ -427,7 +479,7 @@ export function createRelay(options: RelayOptions): Relay {
 
     async function sendUnit(items: Held[], key: string | null): Promise<void> {
       try {
-        const outcomes = await send(items.map((h) => h.m), items[0]!.claim.deadline, signal);
+        const outcomes = await send(items.map((h) => h.m), items[0]!.claim.deadline, signal, drainSpan);
         let retrying = false;
         items.forEach((h, i) => {
           const s = toSettlement(h.m, outcomes[i]!);
@@ -568,7 +620,36 @@ export function createRelay(options: RelayOptions): Relay {
    * One transport call, bounded by the send timeout and the lease; never throws. Its signal also fires when the
    * drain's `signal` aborts, and the relay stops waiting then: the messages are reported as `retry`.
    */
-  async function send(batch: readonly ClaimedMessage[], leaseDeadline: number, drainSignal?: AbortSignal): Promise<DeliveryOutcome[]> {
+  async function send(
+    batch: readonly ClaimedMessage[],
+    leaseDeadline: number,
+    drainSignal?: AbortSignal,
+    drainSpan?: TraceSpan,
+  ): Promise<DeliveryOutcome[]> {
+    if (!tracing) return sendOnce(batch, leaseDeadline, drainSignal);
+    const first = batch[0]!;
+    const span = startSpan("edge-outbox.send", {
+      "messaging.system": transport.name,
+      "messaging.operation.type": "send",
+      "messaging.batch.message_count": batch.length,
+      "messaging.message.id": batch.length === 1 ? first.id : undefined,
+      "outbox.topic": batch.every((m) => m.topic === first.topic) ? first.topic : undefined,
+      "outbox.key": first.key ?? undefined,
+      "outbox.attempt": batch.length === 1 ? first.attempts : undefined,
+    }, drainSpan, [...batch]);
+    const outcomes = await sendOnce(batch, leaseDeadline, drainSignal);
+    traceSafely(() => {
+      const count = { delivered: 0, retry: 0, dead: 0 };
+      for (const r of outcomes) count[r.status]++;
+      span?.setAttributes({ "outbox.outcome.delivered": count.delivered, "outbox.outcome.retry": count.retry, "outbox.outcome.dead": count.dead });
+      const failed = outcomes.find((r) => r.status !== "delivered");
+      if (failed && "error" in failed) span?.recordError(failed.error);
+      span?.end();
+    });
+    return outcomes;
+  }
+
+  async function sendOnce(batch: readonly ClaimedMessage[], leaseDeadline: number, drainSignal?: AbortSignal): Promise<DeliveryOutcome[]> {
     const timeout = Math.max(0, Math.min(sendTimeoutMs, leaseDeadline - now()));
     const controller = new AbortController();
     let timer: ReturnType<typeof setTimeout> | undefined;

@@ -315,9 +315,10 @@ describe("auth on every route: scoped bearer secrets and QStash signatures (body
     expect((await noDrain.request("/outbox/stats", { headers: bearer(READ) })).status).toBe(200);
 
     expect(() => createRelayApp({ relay, outbox, auth: { drain: SECRET }, routes: { admin: true } })).toThrow(/routes\.admin is on but no credential grants the admin scope/);
-    expect(() => createRelayApp({ relay, auth: { read: READ } })).toThrow(/the read routes need an outbox/);
+    expect(() => createRelayApp({ relay, auth: { read: READ } })).toThrow(/the (read|metrics) routes need an outbox/);
     expect(await codeOf(() => createRelayApp({ relay, auth: { read: READ } }))).toBe("CONFIG");
-    expect(() => createRelayApp({ relay, auth: { read: READ }, routes: { read: false } })).not.toThrow();
+    expect(() => createRelayApp({ relay, auth: { read: READ }, routes: { read: false } })).toThrow(/the metrics routes need an outbox/);
+    expect(() => createRelayApp({ relay, auth: { read: READ }, routes: { read: false, metrics: false } })).not.toThrow();
   });
 
   it("secrets: at least 16 characters, one scope each, rotation lists; unknown credential kinds are CONFIG", async () => {

@@ -1,6 +1,7 @@
 /**
  * `edge-outbox/hono`: the relay as a Hono app — `POST /drain` for cron platforms, QStash schedules and nudges,
- * `GET /health`, `GET /stats` and the dead-letter routes — each route group behind its own credential. Mount it
+ * `GET /health`, `GET /stats`, `GET /metrics` (Prometheus) and the dead-letter routes — each route group behind its
+ * own credential. Mount it
  * under a prefix in your own app (`app.route("/outbox", relayApp)`) or serve it alone. It imports no QStash code:
  * to accept QStash signatures, pass your own `Receiver` (or a verify function).
  *
@@ -8,13 +9,18 @@
  * - drain — `POST /drain`: one budgeted drain; answers the drain report as JSON. When the report says `more` and a
  *   `followUp` function is configured, it triggers one follow-up drain call, with a deduplication id derived from
  *   the incoming call (its `Upstash-Message-Id`, else its `Idempotency-Key`), so a retried call never fans out.
+ * - metrics — `GET /metrics`: the same database counters in the Prometheus text format (`edge_outbox_pending`, `_due`,
+ *   `_leased`, `_dead`, `_oldest_pending_age_seconds`, `_oldest_due_age_seconds`, and per `window_seconds`
+ *   (`metricsWindowsMs`) `_window_delivered`, `_window_retried`, `_window_dead`, `_window_delivery_latency_avg_seconds`,
+ *   `_window_delivery_latency_max_seconds`): no counter lives in the process, so any instance answers right.
+ *   A metrics secret scrapes only this; read and admin secrets scrape it too.
  * - read — `GET /health`: 200 `{ status: "healthy" | "degraded" }` or 503 `{ status: "unhealthy" }`, from thresholds
  *   (see `evaluateHealth`); `GET /stats?windowMs=`: counts, windowed counters, delivery latency and retry rate from
  *   `outbox.stats()` (database counters: right when every call runs in a new serverless process);
  *   `GET /dead-letters?limit=&cursor=`.
  * - admin — `POST /dead-letters/:id/replay` (404 when not found), `DELETE /dead-letters?olderThan=&limit=` (bounded purge).
  *
- * Credentials (`auth`): bearer secrets per scope (`drain`, `read`, `admin`; an admin secret also reads), each at least
+ * Credentials (`auth`): bearer secrets per scope (`drain`, `metrics`, `read`, `admin`; an admin secret also reads), each at least
  * 16 characters, compared in constant time; and QStash signatures, valid for the drain scope unless
  * `auth.qstash.scopes` says more. A route group whose scope no credential grants is not served (404), and
  * `routes: { admin: false }` turns a group off outright. Requests are checked in this order, all before the body is
@@ -65,6 +71,7 @@ import type { Outbox } from "../../src/outbox.ts";
 import type { DrainReport, Relay } from "../../src/relay.ts";
 import { evaluateHealth, type HealthReport, type HealthThresholds, parseHealthThresholds, retryRate } from "../../src/stats.ts";
 import type { OutboxStats } from "../../src/storage.ts";
+import { PROMETHEUS_CONTENT_TYPE, renderMetrics } from "./metrics.ts";
 import { authSchema, credentials, type RelayAppAuth, type RelayAppScope, sha256 } from "./auth.ts";
 
 export type {
@@ -95,6 +102,8 @@ export type RelayAppOutbox = Pick<Outbox<unknown, unknown>, "stats" | "deadLette
 export interface RelayAppRoutes {
   /** `POST /drain`. @default on when a credential grants the drain scope */
   drain?: boolean | undefined;
+  /** `GET /metrics` (Prometheus). @default on when a credential grants the metrics scope (metrics, read or admin secrets) and an outbox is given */
+  metrics?: boolean | undefined;
   /** `GET /health`, `GET /stats`, `GET /dead-letters`. @default on when a credential grants read and an outbox is given */
   read?: boolean | undefined;
   /** `POST /dead-letters/:id/replay`, `DELETE /dead-letters`. @default on when a credential grants admin and an outbox is given */
@@ -108,8 +117,8 @@ export interface RelayAppOptions {
   /** The outbox behind the read and admin routes (required when they are on). @default none */
   outbox?: RelayAppOutbox | undefined;
   /**
-   * Who may call, per scope: bearer secrets for `drain`, `read` and `admin` (each at least 16 characters, each in one
-   * scope only), and a QStash verifier (drain scope by default). At least one credential.
+   * Who may call, per scope: bearer secrets for `drain`, `metrics`, `read` and `admin` (each at least 16 characters,
+   * each in one scope only), and a QStash verifier (drain scope by default). At least one credential.
    */
   auth: RelayAppAuth;
   /**
@@ -140,6 +149,11 @@ export interface RelayAppOptions {
   publicUrl?: string | undefined;
   /** Default counter window of `GET /stats`, ms. @default 300000 */
   statsWindowMs?: number | undefined;
+  /**
+   * The counter windows `GET /metrics` reports (`window_seconds` label), ms; one `outbox.stats()` read each.
+   * @default [statsWindowMs]
+   */
+  metricsWindowsMs?: readonly number[] | undefined;
   /**
    * Largest request body accepted, bytes: bigger ones get 413 before they are read (by `Content-Length`, or while
    * reading a body sent without one). No route needs a body; QStash schedules and nudges send a small one or none.
@@ -198,7 +212,7 @@ const optionsSchema = v.pipe(
       "must be an outbox made by createOutbox",
     )),
     auth: authSchema,
-    routes: v.optional(v.strictObject({ drain: flag, read: flag, admin: flag })),
+    routes: v.optional(v.strictObject({ drain: flag, metrics: flag, read: flag, admin: flag })),
     budgetMs: v.optional(int(100, 3_600_000), 8_000),
     thresholds: v.optional(v.unknown()),
     followUp: v.optional(fn("a function ({ dedupId, report }) => Promise")),
@@ -215,6 +229,12 @@ const optionsSchema = v.pipe(
       }, "must be an absolute http(s) URL without query or fragment, e.g. https://app.example/outbox"),
     )),
     statsWindowMs: v.optional(int(1, 30 * 86_400_000), 300_000),
+    metricsWindowsMs: v.optional(v.pipe(
+      v.array(int(60_000, 30 * 86_400_000)),
+      v.minLength(1, "must list at least one window"),
+      v.maxLength(8, "must list at most 8 windows (each is one stats read per scrape)"),
+      v.check((w) => new Set(w).size === w.length, "must not list a window twice"),
+    )),
     maxBodyBytes: v.optional(int(0, 1_048_576), 4_096),
     onError: v.optional(fn("a function (error, route) => void")),
   }),
@@ -224,16 +244,16 @@ const optionsSchema = v.pipe(
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const NO_STORE = { "Cache-Control": "no-store" } as const;
 type Group = keyof RelayAppRoutes;
-const GROUP_SCOPE: Record<Group, RelayAppScope> = { drain: "drain", read: "read", admin: "admin" };
+const GROUP_SCOPE: Record<Group, RelayAppScope> = { drain: "drain", metrics: "metrics", read: "read", admin: "admin" };
 
 /**
  * Creates the relay's Hono app. Every route requires a credential of its scope (401 without one, 403 with one of
  * another scope), checked before the body is read; bodies over `maxBodyBytes` get 413.
  *
  * @param options relay, outbox, auth, routes, budgetMs (8000), thresholds, followUp, followUpTimeoutMs (2000),
- *   publicUrl, statsWindowMs (300000), maxBodyBytes (4096), onError
- * @returns a Hono app with the route groups some credential grants: `POST /drain`; `GET /health`, `GET /stats`,
- *   `GET /dead-letters`; `POST /dead-letters/:id/replay`, `DELETE /dead-letters`
+ *   publicUrl, statsWindowMs (300000), metricsWindowsMs ([statsWindowMs]), maxBodyBytes (4096), onError
+ * @returns a Hono app with the route groups some credential grants: `POST /drain`; `GET /metrics`; `GET /health`,
+ *   `GET /stats`, `GET /dead-letters`; `POST /dead-letters/:id/replay`, `DELETE /dead-letters`
  * @throws {OutboxError} CONFIG naming the bad option, e.g. `createRelayApp options: auth.drain: must be at least 16
  *   characters …`, or a route group turned on that no credential grants
  * @example
@@ -253,11 +273,12 @@ export function createRelayApp(options: RelayAppOptions): Hono {
   const followUp = options.followUp;
   const onError = options.onError ?? ((e: unknown, route: string) => console.error(`[edge-outbox:hono] ${route}:`, e));
   const { budgetMs, followUpTimeoutMs, statsWindowMs, maxBodyBytes } = o;
+  const metricsWindowsMs = o.metricsWindowsMs ?? [statsWindowMs];
   const publicUrl = o.publicUrl?.replace(/\/+$/, "");
   const creds = credentials(options.auth);
 
   const on = {} as Record<Group, boolean>;
-  for (const group of ["drain", "read", "admin"] as const) {
+  for (const group of ["drain", "metrics", "read", "admin"] as const) {
     const wanted = options.routes?.[group];
     const granted = creds.granted.has(GROUP_SCOPE[group]);
     const needsOutbox = group !== "drain";
@@ -342,6 +363,14 @@ export function createRelayApp(options: RelayAppOptions): Hono {
       }
       return c.json(body, 200, NO_STORE);
     });
+  }
+
+  if (on.metrics) {
+    app.get("/metrics", ...protect("metrics", "/metrics"), (c) =>
+      withOutbox(c, "GET /metrics", async (ob) => {
+        const windows = await Promise.all(metricsWindowsMs.map((windowMs) => ob.stats({ windowMs })));
+        return c.body(renderMetrics(windows), 200, { ...NO_STORE, "Content-Type": PROMETHEUS_CONTENT_TYPE });
+      }));
   }
 
   if (on.read) {
