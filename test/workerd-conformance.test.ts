@@ -13,7 +13,7 @@ import { type SqldServer, startSqld } from "./fixtures/workers/sqld-interim.ts";
 
 // The case names, recorded in Node from the same suite the worker bundles (the fixture is never called here).
 const names = caseHarness();
-storageConformance(names, { name: "libsql http (workerd)", create: () => Promise.reject(new Error("not run in Node")) });
+storageConformance(names, { name: "libsql http (workerd)", create: () => Promise.reject(new Error("not run in Node")), semantics: 2 });
 const CASES = names.cases();
 
 let sqld: SqldServer;

@@ -14,4 +14,4 @@ const harness: ConformanceHarness = {
 };
 
 storageConformance(harness, { name: "memory (bun)", create: () => memoryFixture(), semantics: 2 });
-storageConformance(harness, { name: "libsql file (bun)", create: () => libsqlFileFixture() });
+storageConformance(harness, { name: "libsql file (bun)", create: () => libsqlFileFixture(), semantics: 2 });
