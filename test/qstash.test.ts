@@ -487,6 +487,20 @@ describe("qstashTransport", () => {
     expect(abandoned).toMatchObject({ status: "retry", error: expect.stringMatching(/abandoned/) });
   });
 
+  it("optional options given as undefined take their defaults (exactOptionalPropertyTypes callers)", async () => {
+    const e = await emulator();
+    const c = e.client();
+    const t = qstashTransport(c, { destination: "https://consumer.example/events", maxBatchSize: undefined, retries: undefined, headers: undefined, queues: undefined, queuePrefix: undefined, name: undefined });
+    expect(t).toMatchObject({ name: "qstash", maxBatchSize: 100 });
+    expect(await t.send([msg(0, { key: "customer-7" })], ctx())).toEqual([{ status: "delivered" }]);
+    expect(e.messages.at(-1)!.queue).toBe("outbox-1");
+    const n = await qstashNudge(c, { url: "https://app.example/drain", windowMs: undefined, retries: undefined, timeoutMs: undefined, now: undefined });
+    expect(n.edge).toBe("leading");
+    await qstashFollowUp(c, { url: "https://app.example/drain", retries: undefined, timeoutMs: undefined })({ dedupId: "d-1" });
+    expect(await ensureSchedule(c, { url: "https://app.example/drain", cron: "* * * * *", scheduleId: undefined, method: undefined, retries: undefined }))
+      .toMatchObject({ status: "created" });
+  });
+
   it("rejects bad options with CONFIG naming the field", async () => {
     const e = await emulator();
     const c = e.client();
