@@ -165,7 +165,7 @@ async function nudgeLatency(t: Target, n: number): Promise<Latency & { drains: n
   app.route("/outbox", createRelayApp({
     relay: { drain: (o) => (drains++, relay.drain(o)) },
     outbox: t.outbox,
-    auth: { qstash: { currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey } },
+    auth: { qstash: { verifier: new Receiver({ currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey, devMode: false }) } },
     publicUrl: `${server.url}/outbox`,
     budgetMs: 5_000,
     followUp: qstashFollowUp(qstash, { url: drainUrl }),

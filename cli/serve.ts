@@ -14,8 +14,18 @@ function env(name: string): string | undefined {
 
 /** Serves until SIGINT/SIGTERM. */
 export async function serve(o: DbOptions & TransportOptions & { port: number; host: string; budget: number }): Promise<void> {
-  const bearer = env("EDGE_OUTBOX_DRAIN_SECRET") ?? env("CRON_SECRET");
-  if (!bearer) throw new CliError(EXIT.USAGE, "serve needs a drain secret: set EDGE_OUTBOX_DRAIN_SECRET (or CRON_SECRET), at least 16 characters");
+  // One secret per scope; a scope without a secret has its routes turned off (404).
+  const drain = env("EDGE_OUTBOX_DRAIN_SECRET") ?? env("CRON_SECRET");
+  const read = env("EDGE_OUTBOX_READ_SECRET");
+  const admin = env("EDGE_OUTBOX_ADMIN_SECRET");
+  const metrics = env("EDGE_OUTBOX_METRICS_SECRET");
+  if (!drain && !read && !admin && !metrics) {
+    throw new CliError(
+      EXIT.USAGE,
+      "serve needs at least one secret (16+ characters): EDGE_OUTBOX_DRAIN_SECRET (or CRON_SECRET) for POST /drain, " +
+        "EDGE_OUTBOX_READ_SECRET for the dashboard, /health, /stats and /metrics, EDGE_OUTBOX_ADMIN_SECRET for dead-letter actions",
+    );
+  }
   const transport = await resolveTransport(o);
   let nodeServer: { serve(o: { fetch: (r: Request) => Response | Promise<Response>; port: number; hostname: string }, cb?: (i: { port: number }) => void): { close(cb?: () => void): void } };
   try {
@@ -32,7 +42,13 @@ export async function serve(o: DbOptions & TransportOptions & { port: number; ho
   }
   const outbox = createOutbox({ storage: db.storage });
   const relay = createRelay({ outbox, transport });
-  const app = createRelayApp({ relay, outbox, auth: { bearer }, budgetMs: o.budget });
+  const auth = {
+    ...(drain ? { drain } : {}),
+    ...(read ? { read } : {}),
+    ...(admin ? { admin } : {}),
+    ...(metrics ? { metrics } : {}),
+  };
+  const app = createRelayApp({ relay, outbox, auth, budgetMs: o.budget });
   await new Promise<void>((resolveServe) => {
     const server = nodeServer.serve({ fetch: app.fetch, port: o.port, hostname: o.host }, (info) => {
       process.stderr.write(`edge-outbox: relay app on http://${o.host}:${info.port} (database ${db.display})\n`);

@@ -18,6 +18,12 @@ export interface BackoffOptions {
  * The longest `Retry-After` the relay honours, ms (one day). A destination asking for more (a `Retry-After` of
  * 10^20 seconds, a date far in the future) is retried after one day: the wait stays a safe integer every storage
  * accepts, and the message is not parked for ever by one bad header.
+ *
+ * @example
+ * ```ts
+ * import { backoffDelay, MAX_RETRY_AFTER_MS } from "edge-outbox";
+ * backoffDelay(1, {}, 1e23) === MAX_RETRY_AFTER_MS; // true
+ * ```
  */
 export const MAX_RETRY_AFTER_MS = 86_400_000;
 

@@ -66,6 +66,32 @@ const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$/;
 const TOPIC_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$/;
 
+/**
+ * Whether `s` can be stored as text by every storage: no NUL (PostgreSQL text cannot hold it) and no lone UTF-16
+ * surrogate (not valid Unicode: PostgreSQL refuses its JSON escape, and it has no UTF-8 encoding).
+ */
+function storable(s: string): boolean {
+  return badChar(s) === null;
+}
+
+/** Describes the first character of `s` that {@link storable} refuses, or null. */
+function badChar(s: string): string | null {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 0) return `NUL at index ${i}`;
+    if (c >= 0xd800 && c <= 0xdbff) {
+      const d = i + 1 < s.length ? s.charCodeAt(i + 1) : 0;
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        i++;
+        continue;
+      }
+      return `a lone surrogate at index ${i}`;
+    }
+    if (c >= 0xdc00 && c <= 0xdfff) return `a lone surrogate at index ${i}`;
+  }
+  return null;
+}
+
 let lastMs = 0;
 let seq = 0;
 
@@ -265,6 +291,9 @@ export function normalizeEnqueueOptions(
   if (key !== null && (typeof key !== "string" || key.length === 0 || key.length > MAX_KEY_LENGTH)) {
     throw new OutboxError("VALIDATION", `key must be a non-empty string of at most ${MAX_KEY_LENGTH} characters`);
   }
+  if (key !== null && !storable(key)) {
+    throw new OutboxError("VALIDATION", `key ${JSON.stringify(key)} contains ${badChar(key)}: keys must be well-formed text without NUL`);
+  }
   const delayMs = o.delayMs ?? 0;
   if (typeof delayMs !== "number" || !Number.isInteger(delayMs) || delayMs < 0 || delayMs > MAX_DELAY_MS) {
     throw new OutboxError("VALIDATION", `delayMs must be an integer between 0 and ${MAX_DELAY_MS}`);
@@ -275,8 +304,8 @@ export function normalizeEnqueueOptions(
   }
   for (const [name, value] of Object.entries(headers)) {
     if (!HEADER_NAME_RE.test(name)) throw new OutboxError("VALIDATION", `header name ${JSON.stringify(name)} is not a valid HTTP token`);
-    if (typeof value !== "string" || /[\r\n\0]/.test(value)) {
-      throw new OutboxError("VALIDATION", `header ${name} must be a string without CR, LF or NUL`);
+    if (typeof value !== "string" || /[\r\n\0]/.test(value) || !storable(value)) {
+      throw new OutboxError("VALIDATION", `header ${name} must be a string without CR, LF, NUL or lone surrogates`);
     }
   }
   const id = o.id ?? uuidv7();

@@ -66,9 +66,10 @@ export type {
 } from "./storage.ts";
 export type { DeliveryOutcome, SendContext, Transport } from "./transport.ts";
 export type { Lease, Lock } from "./lock.ts";
-export { type BackoffOptions, backoffDelay, parseRetryAfter } from "./backoff.ts";
+export type { TraceAttributes, TraceSpan, TraceSpanOptions, Tracing } from "./tracing.ts";
+export { type BackoffOptions, backoffDelay, MAX_RETRY_AFTER_MS, parseRetryAfter } from "./backoff.ts";
 export { parseOptions, quoteIdentifier } from "./options.ts";
-export { createOutbox, type DeadLetters, type Outbox, type OutboxOptions, type PayloadOf } from "./outbox.ts";
+export { createOutbox, type DeadLetters, type EnqueueItem, type Outbox, type OutboxOptions, type PayloadOf } from "./outbox.ts";
 export { createRelay, type DrainOptions, type DrainReport, type Relay, type RelayOptions, type RunOptions } from "./relay.ts";
 export {
   DEFAULT_HEALTH_THRESHOLDS,
@@ -82,3 +83,4 @@ export {
   retryRate,
 } from "./stats.ts";
 export { assertMessageId, createInbox, DEFAULT_INBOX_RETENTION_MS, type HandleInfo, type HandleOptions, type HandleResult, type Inbox, type InboxCapabilities, type InboxOptions, type InboxPurgeOptions, type InboxStmtOf, type InboxStorage, type InboxTxOf, MAX_INBOX_KEY_LENGTH, MAX_MESSAGE_ID_LENGTH, type OrderInfo, type OrderPosition } from "./inbox.ts";
+export { scheduledDrain, type ScheduledDrainOptions, type ScheduledDrainStop, type ScheduledDrainSummary } from "./scheduled.ts";

@@ -16,6 +16,7 @@ import {
 } from "./message.ts";
 import { parseOptions } from "./options.ts";
 import type { DeadLetterPage, OutboxStats, OutboxStorage } from "./storage.ts";
+import type { Tracing } from "./tracing.ts";
 import { type AnyTopic, type TopicInput, validatePayload } from "./topic.ts";
 
 /** Options of {@link createOutbox}. */
@@ -29,6 +30,12 @@ export interface OutboxOptions<Tx, Stmt, T extends AnyTopic> {
   topics?: readonly T[];
   /** Largest encoded payload in UTF-8 bytes. @default 262144 (256 KiB) */
   maxPayloadBytes?: number;
+  /**
+   * Tracing hooks (e.g. `otelTracing()` from `edge-outbox/otel`): at enqueue, the active trace context is written into
+   * the message headers (`traceparent`), unless the caller set one. A relay on this outbox traces with them too.
+   * @default none (nothing is traced)
+   */
+  tracing?: Tracing | undefined;
 }
 
 /**
@@ -37,6 +44,28 @@ export interface OutboxOptions<Tx, Stmt, T extends AnyTopic> {
  */
 export type PayloadOf<T extends AnyTopic, N extends string> = string extends T["name"] ? unknown
   : TopicInput<Extract<T, { name: N }>>;
+
+/**
+ * One message of {@link Outbox.enqueueMany} / {@link Outbox.statementMany}: a topic (the object or its name), its
+ * payload typed by that topic's schema, and the per-message options.
+ *
+ * @example
+ * ```ts
+ * import * as v from "valibot";
+ * import { defineTopic, type EnqueueItem } from "edge-outbox";
+ * const orderCreated = defineTopic("order.created", v.object({ id: v.string() }));
+ * const item: EnqueueItem<typeof orderCreated> = { topic: "order.created", payload: { id: "o1" }, options: { key: "c7" } };
+ * ```
+ */
+export type EnqueueItem<T extends AnyTopic> = T extends AnyTopic ? {
+    /** The topic, or its name. */
+    readonly topic: T | T["name"];
+    /** The payload, typed by the topic's schema input. */
+    readonly payload: TopicInput<T>;
+    /** Key, delay, headers, id. @default {} */
+    readonly options?: EnqueueOptions | undefined;
+  }
+  : never;
 
 /** Dead-letter operations. */
 export interface DeadLetters {
@@ -62,7 +91,8 @@ export interface Outbox<Tx, Stmt, T extends AnyTopic = AnyTopic> {
   /**
    * Enqueues one message inside the caller's open transaction `tx`. Validates everything before writing anything.
    * @returns the message id (UUIDv7)
-   * @throws {OutboxError} VALIDATION (bad payload, unknown topic, oversized) with nothing written; STORAGE from the database
+   * @throws {OutboxError} VALIDATION (bad payload, unknown topic, oversized) with nothing written; CONFLICT when
+   *   `options.id` is already in the outbox (nothing written, `tx` still usable); STORAGE from the database
    */
   enqueue<K extends T>(tx: Tx, topic: K, payload: TopicInput<K>, options?: EnqueueOptions): Promise<string>;
   /** Enqueues by topic name (topics must be declared for the payload to be typed and validated). */
@@ -81,6 +111,65 @@ export interface Outbox<Tx, Stmt, T extends AnyTopic = AnyTopic> {
   statement<K extends T>(topic: K, payload: TopicInput<K>, options?: EnqueueOptions): Stmt;
   /** Returns the insert statement by topic name (typed like `enqueue` by name). */
   statement<N extends T["name"]>(topic: N, payload: PayloadOf<T, N>, options?: EnqueueOptions): Stmt;
+  /**
+   * Enqueues many messages inside the caller's open transaction `tx` in **one** storage call: every item is validated
+   * before anything is written, the rows keep the array's order (per key, that is their delivery order), and the
+   * storage takes its per-key locks in one sorted pass, so two transactions enqueueing overlapping keys in opposite
+   * orders cannot deadlock (separate `enqueue` calls can, on Postgres). An empty array writes nothing.
+   * @param tx the caller's open transaction
+   * @param items `{ topic, payload, options }` per message; `topic` is a declared topic or its name
+   * @returns the message ids, in the order of `items`
+   * @throws {OutboxError} VALIDATION naming the first bad item (`items[2]: …`), or two items with one `id`, with
+   *   nothing written; CONFLICT when an `id` is already in the outbox (nothing written); STORAGE from the database
+   * @example
+   * ```ts
+   * import * as v from "valibot";
+   * import { createOutbox, defineTopic } from "edge-outbox";
+   * import { memoryStorage } from "edge-outbox/memory";
+   *
+   * const orderCreated = defineTopic("order.created", v.object({ id: v.string() }));
+   * const orderPaid = defineTopic("order.paid", v.object({ id: v.string(), amount: v.number() }));
+   * const storage = memoryStorage();
+   * const outbox = createOutbox({ storage, topics: [orderCreated, orderPaid] });
+   * const { tx, commit } = storage.begin();
+   * const ids = await outbox.enqueueMany(tx, [
+   *   { topic: orderCreated, payload: { id: "o1" }, options: { key: "customer-7" } },
+   *   { topic: "order.paid", payload: { id: "o1", amount: 5 }, options: { key: "customer-7" } },
+   * ]);
+   * await commit();
+   * ```
+   */
+  enqueueMany(tx: Tx, items: readonly EnqueueItem<T>[]): Promise<string[]>;
+  /**
+   * Returns ONE native statement inserting many messages, for the caller's atomic batch
+   * (`client.batch([insertOrder, outbox.statementMany([...])], "write")`): the batch equivalent of
+   * {@link Outbox.enqueueMany}, validated the same way. Synchronous; sends nothing. Pass `options.id` to know the ids
+   * in advance. A taken id fails the whole batch atomically.
+   * @param items `{ topic, payload, options }` per message (at least one)
+   * @returns the storage's statement
+   * @throws {OutboxError} VALIDATION as `enqueueMany`, or for an empty array; CONFIG when the storage cannot join a
+   *   batch this way
+   * @example
+   * ```ts
+   * import * as v from "valibot";
+   * import { createClient } from "@libsql/client";
+   * import { createOutbox, defineTopic } from "edge-outbox";
+   * import { libsqlStorage } from "edge-outbox/libsql";
+   *
+   * const client = createClient({ url: ":memory:" });
+   * const orderCreated = defineTopic("order.created", v.object({ id: v.string() }));
+   * const storage = libsqlStorage(client);
+   * await storage.migrate();
+   * const outbox = createOutbox({ storage, topics: [orderCreated] });
+   * await client.batch([
+   *   outbox.statementMany([
+   *     { topic: orderCreated, payload: { id: "o1" } },
+   *     { topic: "order.created", payload: { id: "o2" }, options: { key: "customer-7" } },
+   *   ]),
+   * ], "write");
+   * ```
+   */
+  statementMany(items: readonly EnqueueItem<T>[]): Stmt;
   /** Counts and windowed counters from the database. @param options.windowMs @default 300000 */
   stats(options?: { windowMs?: number }): Promise<OutboxStats>;
   /** Dead-letter operations. */
@@ -90,12 +179,18 @@ export interface Outbox<Tx, Stmt, T extends AnyTopic = AnyTopic> {
    * @param options.limit @default 1000
    */
   purgeDelivered(options: { olderThan: Date | number; limit?: number }): Promise<number>;
+  /** The tracing hooks given to {@link createOutbox}, if any (a relay on this outbox uses them by default). */
+  readonly tracing?: Tracing | undefined;
 }
 
 const outboxOptionsSchema = v.object({
   storage: v.custom<object>((s) => typeof s === "object" && s !== null && typeof (s as { claim?: unknown }).claim === "function", "must be an OutboxStorage"),
   topics: v.optional(v.array(v.custom<AnyTopic>((t) => typeof t === "object" && t !== null && typeof (t as { name?: unknown }).name === "string" && typeof (t as { schema?: unknown }).schema === "object", "must be topics made by defineTopic"))),
   maxPayloadBytes: v.optional(v.pipe(v.number(), v.integer(), v.minValue(2), v.maxValue(64 * 1024 * 1024)), DEFAULT_MAX_PAYLOAD_BYTES),
+  tracing: v.optional(v.custom<Tracing>(
+    (t) => typeof t === "object" && t !== null && typeof (t as Tracing).inject === "function" && typeof (t as Tracing).startSpan === "function",
+    "must be Tracing hooks (inject and startSpan), e.g. otelTracing() from edge-outbox/otel",
+  )),
 });
 
 const limitSchema = v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100_000));
@@ -138,6 +233,21 @@ export function createOutbox<Tx, Stmt, const T extends AnyTopic = AnyTopic>(
     byName.set(t.name, t);
   }
 
+  const tracing = options.tracing;
+  /** The options with the active trace context (W3C traceparent) added to their headers, when tracing is on. */
+  function withTrace(opts: EnqueueOptions | undefined): EnqueueOptions | undefined {
+    if (!tracing) return opts;
+    const given = opts?.headers;
+    if (given !== undefined && (typeof given !== "object" || given === null || Array.isArray(given))) return opts; // refused later
+    const headers: Record<string, string> = { ...given };
+    try {
+      tracing.inject(headers);
+    } catch {
+      return opts; // tracing must never fail an enqueue
+    }
+    return { ...opts, headers };
+  }
+
   function prepare(topic: AnyTopic | string, payload: unknown, opts: EnqueueOptions | undefined): NewMessage {
     const name = typeof topic === "string" ? topic : topic?.name;
     if (typeof name !== "string") throw new OutboxError("VALIDATION", "topic must be a topic from defineTopic or its name");
@@ -152,10 +262,42 @@ export function createOutbox<Tx, Stmt, const T extends AnyTopic = AnyTopic>(
       schemaTopic = topic;
     }
     const value = schemaTopic ? validatePayload(schemaTopic, payload) : payload;
-    const meta = normalizeEnqueueOptions(opts);
+    const meta = normalizeEnqueueOptions(withTrace(opts));
     const body = encodePayload(value, maxPayloadBytes);
     return { id: meta.id, topic: name, key: meta.key, payload: body, headers: meta.headers, delayMs: meta.delayMs };
   }
+
+  /** Validates every item (in order) before anything is written; errors name the item. */
+  function prepareMany(items: readonly { topic: AnyTopic | string; payload: unknown; options?: EnqueueOptions | undefined }[], what: string): NewMessage[] {
+    if (!Array.isArray(items)) throw new OutboxError("VALIDATION", `${what}(items): items must be an array of { topic, payload, options }`);
+    const messages: NewMessage[] = [];
+    const ids = new Set<string>();
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i];
+      if (typeof item !== "object" || item === null) {
+        throw new OutboxError("VALIDATION", `${what}: items[${i}] must be an object { topic, payload, options }`);
+      }
+      let m: NewMessage;
+      try {
+        m = prepare(item.topic, item.payload, item.options);
+      } catch (e) {
+        if (e instanceof OutboxError) throw new OutboxError(e.code, `${what}: items[${i}]: ${e.message}`, { cause: e.cause });
+        throw e;
+      }
+      if (ids.has(m.id)) throw new OutboxError("VALIDATION", `${what}: items[${i}]: id ${m.id} is given to two items`);
+      ids.add(m.id);
+      messages.push(m);
+    }
+    return messages;
+  }
+  const assertBatch = (what: string): void => {
+    if (!storage.capabilities.batchStatement || typeof storage.statement !== "function") {
+      throw new OutboxError(
+        "CONFIG",
+        `the ${storage.name} storage cannot join a batch with ${what}(): use enqueue(tx, …) inside your transaction`,
+      );
+    }
+  };
 
   const toEpoch = (d: Date | number, field: string): number => {
     const ms = d instanceof Date ? d.getTime() : d;
@@ -178,13 +320,19 @@ export function createOutbox<Tx, Stmt, const T extends AnyTopic = AnyTopic>(
       return message.id;
     },
     statement(topic: AnyTopic | string, payload: unknown, opts?: EnqueueOptions): Stmt {
-      if (!storage.capabilities.batchStatement || typeof storage.statement !== "function") {
-        throw new OutboxError(
-          "CONFIG",
-          `the ${storage.name} storage cannot join a batch with statement(): use enqueue(tx, …) inside your transaction`,
-        );
-      }
-      return storage.statement([prepare(topic, payload, opts)]);
+      assertBatch("statement");
+      return storage.statement!([prepare(topic, payload, opts)]);
+    },
+    async enqueueMany(tx: Tx, items: readonly { topic: AnyTopic | string; payload: unknown; options?: EnqueueOptions }[]): Promise<string[]> {
+      const messages = prepareMany(items, "enqueueMany");
+      if (messages.length > 0) await storage.enqueue(tx, messages);
+      return messages.map((m) => m.id);
+    },
+    statementMany(items: readonly { topic: AnyTopic | string; payload: unknown; options?: EnqueueOptions }[]): Stmt {
+      assertBatch("statementMany");
+      const messages = prepareMany(items, "statementMany");
+      if (messages.length === 0) throw new OutboxError("VALIDATION", "statementMany: items must hold at least one message");
+      return storage.statement!(messages);
     },
     stats(opts?: { windowMs?: number }): Promise<OutboxStats> {
       const windowMs = opts?.windowMs ?? 300_000;
@@ -208,5 +356,6 @@ export function createOutbox<Tx, Stmt, const T extends AnyTopic = AnyTopic>(
     purgeDelivered(opts: { olderThan: Date | number; limit?: number }): Promise<number> {
       return storage.purge({ status: "delivered", olderThan: toEpoch(opts?.olderThan, "olderThan"), limit: toLimit(opts?.limit, 1000, "limit") });
     },
+    tracing,
   } as Outbox<Tx, Stmt, T>;
 }

@@ -10,6 +10,7 @@ import type { Lease, Lock } from "./lock.ts";
 import type { Outbox } from "./outbox.ts";
 import { parseOptions } from "./options.ts";
 import type { ClaimedMessage, OutboxStorage, Settlement } from "./storage.ts";
+import type { TraceAttributes, TraceSpan, Tracing } from "./tracing.ts";
 import type { DeliveryOutcome, Transport } from "./transport.ts";
 
 /** Options of {@link createRelay}. */
@@ -36,6 +37,11 @@ export interface RelayOptions {
   sendTimeoutMs?: number | undefined;
   /** Attempts before a message is dead-lettered. @default 10 */
   maxAttempts?: number | undefined;
+  /**
+   * Tracing hooks (e.g. `otelTracing()` from `edge-outbox/otel`): a span per drain and a child span per send call,
+   * linked to each message's producer context. @default the outbox's `tracing`, else none
+   */
+  tracing?: Tracing | undefined;
   /** Retry delays; a transport's `retryAfterMs` is honoured above `maxMs`, up to one day. @default { baseMs: 1000, maxMs: 300000, minMs: 250 } */
   backoff?: BackoffOptions | undefined;
 }
@@ -79,7 +85,10 @@ export interface DrainReport {
 export interface RunOptions {
   /** Stops the loop: in-flight sends are aborted (their signals fire), unsent claimed rows are released. */
   signal: AbortSignal;
-  /** Wait between drains when nothing was due, ms. @default 500 */
+  /**
+   * Wait between drains when nothing was due, ms. When the storage has `subscribe` (Postgres LISTEN/NOTIFY, an
+   * in-process wake), a commit ends the wait at once and this is only the fallback. @default 500
+   */
   pollIntervalMs?: number | undefined;
   /** Budget of each drain, ms. @default 30000 */
   budgetMs?: number | undefined;
@@ -99,7 +108,10 @@ export interface Relay {
    * @throws {OutboxError} STORAGE or LOCK when the database or the lock store fails (never a half-filled report)
    */
   drain(options?: DrainOptions): Promise<DrainReport>;
-  /** Drains in a loop until `signal` aborts (for long-running processes). Resolves when stopped. */
+  /**
+   * Drains in a loop until `signal` aborts (for long-running processes): after a drain with nothing left, it waits for
+   * a wake-up from `storage.subscribe` or `pollIntervalMs`, whichever comes first. Resolves when stopped.
+   */
   run(options: RunOptions): Promise<void>;
 }
 
@@ -120,6 +132,10 @@ const relayOptionsSchema = v.pipe(
       "must be a Lock (an object with acquire(key, leaseMs))",
     )),
     lockKey: v.optional(v.pipe(v.string(), v.minLength(1), v.maxLength(200))),
+    tracing: v.optional(v.custom<Tracing>(
+      (t) => typeof t === "object" && t !== null && typeof (t as Tracing).startSpan === "function",
+      "must be Tracing hooks (inject and startSpan), e.g. otelTracing() from edge-outbox/otel",
+    )),
     batchSize: v.optional(int(1, 10_000), 100),
     concurrency: v.optional(int(1, 1_000), 8),
     leaseMs: v.optional(int(100, 3_600_000), 30_000),
@@ -158,6 +174,14 @@ const runOptionsSchema = v.object({
 });
 
 const now = (): number => performance.now();
+/** Runs tracing code; a throwing tracer must never change a drain. */
+function traceSafely(fn: () => void): void {
+  try {
+    fn();
+  } catch {
+    // ignored
+  }
+}
 /** What a send's race resolves to when its timeout or the drain's signal fired first. */
 const STOPPED: unique symbol = Symbol("stopped");
 
@@ -192,6 +216,7 @@ export function createRelay(options: RelayOptions): Relay {
   }
   const { batchSize, concurrency, leaseMs, sendTimeoutMs, maxAttempts, backoff } = o;
   const lockKey = o.lockKey ?? `edge-outbox:relay:${storage.scope ?? storage.name}`;
+  const tracing: Tracing | undefined = options.tracing ?? options.outbox.tracing;
   // Kept back from the lease so a settle lands before the lease can expire.
   const leaseReserveMs = Math.min(1_000, Math.floor(leaseMs / 10));
 
@@ -221,117 +246,365 @@ export function createRelay(options: RelayOptions): Relay {
       if (!lease) {
         report.skipped = "lock-busy";
         report.elapsedMs = Math.round(now() - started);
+        traceSafely(() => startSpan("edge-outbox.drain", { "outbox.storage": storage.name, "outbox.skipped": "lock-busy" })?.end());
         return report;
       }
     }
     const stopped = (): boolean => d.signal?.aborted === true || lease?.signal.aborted === true || now() >= stopAt;
 
+    const span = startSpan("edge-outbox.drain", {
+      "outbox.storage": storage.name,
+      "outbox.scope": storage.scope ?? storage.name,
+      "outbox.transport": transport.name,
+      "outbox.budget_ms": d.budgetMs,
+    });
     try {
-      let stoppedEarly = false;
-      for (;;) {
-        if (stopped()) {
-          stoppedEarly = true;
-          break;
-        }
-        const claimStarted = now();
-        const claim = await storage.claim({ limit: batchSize, leaseMs });
-        if (claim.messages.length === 0) break;
-        report.claimed += claim.messages.length;
-        const leaseDeadline = claimStarted + leaseMs - leaseReserveMs;
-        const settlements = await deliverBatch(claim.messages, leaseDeadline, stopped, d.signal);
-        const result = await storage.settle(claim.token, settlements);
-        const lost = new Set(result.lost);
-        report.leaseLost += lost.size;
-        for (const s of settlements) {
-          if (lost.has(s.id)) continue;
-          if (s.outcome === "delivered") report.delivered++;
-          else if (s.outcome === "retry") report.retried++;
-          else if (s.outcome === "dead") report.dead++;
-          else report.released++;
-        }
-      }
+      const { stoppedEarly } = await pipeline(report, stopped, d.signal, span);
       if (stoppedEarly) report.more = report.released > 0 || await storage.hasDue();
     } catch (e) {
-      throw toOutboxError("STORAGE", `[edge-outbox:relay] ${storage.name} storage failed`, e, true);
+      const error = toOutboxError("STORAGE", `[edge-outbox:relay] ${storage.name} storage failed`, e, true);
+      traceSafely(() => span?.recordError(error));
+      throw error;
     } finally {
       if (lease) await lease.release().catch(() => {}); // an unreleased lock expires by itself
+      report.elapsedMs = Math.round(now() - started);
+      traceSafely(() => {
+        span?.setAttributes({
+          "outbox.claimed": report.claimed,
+          "outbox.delivered": report.delivered,
+          "outbox.retried": report.retried,
+          "outbox.dead": report.dead,
+          "outbox.released": report.released,
+          "outbox.lease_lost": report.leaseLost,
+          "outbox.more": report.more,
+          "outbox.elapsed_ms": report.elapsedMs,
+        });
+        span?.end();
+      });
     }
-    report.elapsedMs = Math.round(now() - started);
     return report;
   }
 
-  /** Sends one claimed batch and returns one settlement per message. */
-  async function deliverBatch(
-    messages: readonly ClaimedMessage[],
-    leaseDeadline: number,
+  /**
+   * The streaming drain: claim → send → settle as a pipeline (see DESIGN.md, "The drain engine").
+   *
+   * - Up to `concurrency` sends are in flight. A slot that frees takes the next startable unit, lowest `seq` first:
+   *   up to `maxBatchSize` keyless messages, or the head of a key whose previous message has a final outcome.
+   * - When fewer than `lowWater` claimed rows wait to be sent, the next claim runs while sends (and settles) go on.
+   *   A claim that returned fewer rows than asked is repeated only after a settle has landed since it started
+   *   (a settle can unblock a key); this also ends the drain when nothing more is claimable.
+   * - Outcomes are buffered per claim token and settled in groups: at once when no send is in flight, when a group
+   *   reaches `groupSize`, or `settleDelayMs` after its first outcome. One settle round at a time, so a slow database
+   *   makes the groups bigger, not the queue of settles longer.
+   * - A send starts only when its whole timeout fits in its claim's lease; otherwise its rows (for a key: the key's
+   *   remaining rows) are released. A retrying key head releases the key's remaining rows.
+   * - On stop (budget, signal, lost lock) or a storage failure nothing new is claimed or started; queued rows are
+   *   released, in-flight sends finish (bounded by their timeout), and every outcome is settled before returning.
+   *   A storage failure is rethrown after that.
+   * Resolves when every claimed row has been settled (or a settle failed).
+   */
+  /** Starts a span when tracing is on; a throwing tracer never affects a drain. */
+  function startSpan(name: string, attributes: TraceAttributes, parent?: TraceSpan, links?: ClaimedMessage[]): TraceSpan | undefined {
+    if (!tracing) return undefined;
+    try {
+      return tracing.startSpan(name, { attributes, parent, links: links?.map((m) => m.headers) });
+    } catch {
+      return undefined;
+    }
+  }
+
+  function pipeline(
+    report: DrainReport,
     stopped: () => boolean,
     signal: AbortSignal | undefined,
-  ): Promise<Settlement[]> {
-    const settlements = new Map<string, Settlement>();
-    const units: Array<() => Promise<void>> = [];
-    // A send starts only when its whole timeout fits in the lease, so no send is cut short by it.
-    const canSend = (): boolean => !stopped() && now() + sendTimeoutMs <= leaseDeadline;
-    const release = (ms: readonly ClaimedMessage[]): void => {
-      for (const m of ms) settlements.set(m.id, { id: m.id, outcome: "released" });
-    };
-    const exhausted = (m: ClaimedMessage): boolean => m.attempts > maxAttempts;
-    const giveUp = (m: ClaimedMessage): void => {
-      settlements.set(m.id, {
-        id: m.id,
-        outcome: "dead",
-        error: `claimed ${m.attempts} times without a recorded outcome (max ${maxAttempts}): ${m.lastError ?? "relay stopped or lease expired during delivery"}`,
-      });
-    };
+    drainSpan?: TraceSpan | undefined,
+  ): Promise<{ stoppedEarly: boolean }> {
+    interface ClaimState {
+      readonly token: string;
+      /** A send of this claim's rows must end by then (performance.now() time). */
+      readonly deadline: number;
+    }
+    interface Held {
+      readonly m: ClaimedMessage;
+      readonly claim: ClaimState;
+    }
+    const lowWater = Math.max(concurrency * maxBatch, Math.ceil(batchSize / 2));
+    const groupSize = Math.max(16, concurrency * maxBatch);
+    const settleDelayMs = 2;
 
-    // Keyless messages: in chunks of the transport's batch size, in parallel.
-    const keyless: ClaimedMessage[] = [];
-    const groups = new Map<string, ClaimedMessage[]>();
-    for (const m of messages) {
-      if (exhausted(m) && m.key === null) {
-        giveUp(m);
-        continue;
-      }
-      if (m.key === null) keyless.push(m);
-      else {
-        const g = groups.get(m.key);
-        if (g) g.push(m);
-        else groups.set(m.key, [m]);
-      }
-    }
-    for (let i = 0; i < keyless.length; i += maxBatch) {
-      const chunk = keyless.slice(i, i + maxBatch);
-      units.push(async () => {
-        if (!canSend()) return release(chunk);
-        const outcomes = await send(chunk, leaseDeadline, signal);
-        chunk.forEach((m, j) => settlements.set(m.id, toSettlement(m, outcomes[j]!)));
+    const keyless = new Fifo<Held>();
+    /** Queued rows per key; an entry exists while the key has queued rows or a send in flight. */
+    const keyQueues = new Map<string, Fifo<Held>>();
+    /** Keys with queued rows and no send in flight, in the order they became startable. */
+    const readyKeys = new Fifo<string>();
+    const activeKeys = new Set<string>();
+    let queued = 0;
+    let inFlight = 0;
+
+    let claiming = false;
+    /** Settle rounds completed so far; a short claim waits for the next one (see above). */
+    let settleEpoch = 0;
+    let dryAtEpoch = -1;
+
+    let buffer = new Map<string, Settlement[]>();
+    let buffered = 0;
+    let bufferedSince = 0;
+    let settling = false;
+    let settleTimer: ReturnType<typeof setTimeout> | undefined;
+
+    let failure: { error: unknown } | undefined;
+    let stopSeen = false;
+    let done = false;
+    let resolveDone!: (value: { stoppedEarly: boolean }) => void;
+    let rejectDone!: (error: unknown) => void;
+    const finished = new Promise<{ stoppedEarly: boolean }>((resolve, reject) => {
+      resolveDone = resolve;
+      rejectDone = reject;
+    });
+
+    const fits = (h: Held): boolean => now() + sendTimeoutMs <= h.claim.deadline;
+    const exhausted = (m: ClaimedMessage): boolean => m.attempts > maxAttempts;
+    const giveUp = (h: Held): void =>
+      settleLater(h, {
+        id: h.m.id,
+        outcome: "dead",
+        error: `claimed ${h.m.attempts} times without a recorded outcome (max ${maxAttempts}): ${h.m.lastError ?? "relay stopped or lease expired during delivery"}`,
       });
+    const release = (h: Held): void => settleLater(h, { id: h.m.id, outcome: "released" });
+
+    function settleLater(h: Held, s: Settlement): void {
+      let group = buffer.get(h.claim.token);
+      if (!group) buffer.set(h.claim.token, group = []);
+      group.push(s);
+      if (buffered++ === 0) bufferedSince = now();
     }
-    // Keyed messages: one key's messages one after another, stopping at the first that is not settled for good.
-    for (const group of groups.values()) {
-      units.push(async () => {
-        for (let i = 0; i < group.length; i++) {
-          const m = group[i]!;
-          if (exhausted(m)) {
-            giveUp(m);
-            continue;
-          }
-          if (!canSend()) return release(group.slice(i));
-          const [outcome] = await send([m], leaseDeadline, signal);
-          const s = toSettlement(m, outcome!);
-          settlements.set(m.id, s);
-          if (s.outcome === "retry") return release(group.slice(i + 1)); // a retrying head blocks its key
+
+    function hold(m: ClaimedMessage, claim: ClaimState): void {
+      const h: Held = { m, claim };
+      queued++;
+      if (m.key === null) return keyless.push(h);
+      let q = keyQueues.get(m.key);
+      if (!q) {
+        keyQueues.set(m.key, q = new Fifo());
+        readyKeys.push(m.key);
+      }
+      q.push(h);
+    }
+
+    /** Releases the queued rows of `key` and forgets the key. */
+    function releaseKey(key: string): void {
+      const q = keyQueues.get(key);
+      keyQueues.delete(key);
+      for (let h = q?.shift(); h; h = q!.shift()) {
+        queued--;
+        release(h);
+      }
+    }
+
+    function releaseAll(): void {
+      for (let h = keyless.shift(); h; h = keyless.shift()) {
+        queued--;
+        release(h);
+      }
+      for (let key = readyKeys.shift(); key !== undefined; key = readyKeys.shift()) releaseKey(key);
+      // Keys with a send in flight keep their entry (their queue is now empty); the send's end forgets them.
+      for (const [key, q] of keyQueues) {
+        for (let h = q.shift(); h; h = q.shift()) {
+          queued--;
+          release(h);
         }
-      });
+        if (!activeKeys.has(key)) keyQueues.delete(key);
+      }
     }
-    await runPool(units, concurrency);
-    return messages.map((m) => settlements.get(m.id) ?? { id: m.id, outcome: "released" });
+
+    /** The next unit to send (lowest seq first), releasing or dead-lettering what cannot be sent; null when none. */
+    function nextUnit(): { items: Held[]; key: string | null } | null {
+      for (;;) {
+        const k = readyKeys.peek();
+        const kh = k === undefined ? undefined : keyQueues.get(k)!.peek();
+        const lh = keyless.peek();
+        if (!kh && !lh) return null;
+        if (lh && (!kh || lh.m.seq < kh.m.seq)) {
+          const items: Held[] = [];
+          while (items.length < maxBatch) {
+            const h = keyless.peek();
+            if (!h) break;
+            keyless.shift();
+            queued--;
+            if (exhausted(h.m)) giveUp(h);
+            else if (!fits(h)) release(h);
+            else items.push(h);
+          }
+          if (items.length > 0) return { items, key: null };
+          continue;
+        }
+        const key = k!;
+        const q = keyQueues.get(key)!;
+        const h = kh!;
+        if (exhausted(h.m)) {
+          q.shift();
+          queued--;
+          giveUp(h);
+          if (q.length === 0) {
+            readyKeys.shift();
+            keyQueues.delete(key);
+          }
+          continue;
+        }
+        readyKeys.shift();
+        if (!fits(h)) {
+          releaseKey(key); // the key's later rows cannot go before this one
+          continue;
+        }
+        q.shift();
+        queued--;
+        activeKeys.add(key);
+        return { items: [h], key };
+      }
+    }
+
+    async function sendUnit(items: Held[], key: string | null): Promise<void> {
+      try {
+        const outcomes = await send(items.map((h) => h.m), items[0]!.claim.deadline, signal, drainSpan);
+        let retrying = false;
+        items.forEach((h, i) => {
+          const s = toSettlement(h.m, outcomes[i]!);
+          if (s.outcome === "retry") retrying = true;
+          settleLater(h, s);
+        });
+        if (key !== null) {
+          activeKeys.delete(key);
+          const q = keyQueues.get(key);
+          if (retrying) releaseKey(key); // a retrying head blocks its key
+          else if (q && q.length > 0) readyKeys.push(key);
+          else keyQueues.delete(key);
+        }
+      } catch (e) {
+        failure ??= { error: e };
+      } finally {
+        inFlight--;
+        pump();
+      }
+    }
+
+    async function claimMore(): Promise<void> {
+      claiming = true;
+      const epoch = settleEpoch;
+      const claimStarted = now();
+      try {
+        const claim = await storage.claim({ limit: batchSize, leaseMs });
+        report.claimed += claim.messages.length;
+        if (claim.messages.length < batchSize) dryAtEpoch = epoch;
+        const state: ClaimState = { token: claim.token, deadline: claimStarted + leaseMs - leaseReserveMs };
+        for (const m of claim.messages) hold(m, state);
+      } catch (e) {
+        failure ??= { error: e };
+      } finally {
+        claiming = false;
+        pump();
+      }
+    }
+
+    async function settleRound(): Promise<void> {
+      settling = true;
+      clearTimeout(settleTimer);
+      settleTimer = undefined;
+      const groups = buffer;
+      buffer = new Map();
+      buffered = 0;
+      const results = await Promise.allSettled(
+        [...groups].map(async ([token, settlements]) => {
+          const result = await storage.settle(token, settlements);
+          const lost = new Set(result.lost);
+          report.leaseLost += lost.size;
+          for (const s of settlements) {
+            if (lost.has(s.id)) continue;
+            if (s.outcome === "delivered") report.delivered++;
+            else if (s.outcome === "retry") report.retried++;
+            else if (s.outcome === "dead") report.dead++;
+            else report.released++;
+          }
+        }),
+      );
+      for (const r of results) if (r.status === "rejected") failure ??= { error: r.reason };
+      settling = false;
+      settleEpoch++;
+      pump();
+    }
+
+    function pump(): void {
+      if (done) return;
+      const stop = failure !== undefined || stopped();
+      if (stop) {
+        stopSeen ||= failure === undefined;
+        releaseAll();
+      } else {
+        while (inFlight < concurrency) {
+          const unit = nextUnit();
+          if (!unit) break;
+          inFlight++;
+          void sendUnit(unit.items, unit.key);
+        }
+        const mayClaim = dryAtEpoch < 0 || settleEpoch > dryAtEpoch;
+        if (!claiming && queued < lowWater && mayClaim) void claimMore();
+      }
+      if (!settling && buffered > 0) {
+        const age = now() - bufferedSince;
+        if (stop || inFlight === 0 || buffered >= groupSize || age >= settleDelayMs) void settleRound();
+        else settleTimer ??= setTimeout(() => {
+          settleTimer = undefined;
+          pump();
+        }, settleDelayMs - age);
+      }
+      if (inFlight === 0 && !claiming && !settling && buffered === 0 && queued === 0) {
+        const mayClaim = dryAtEpoch < 0 || settleEpoch > dryAtEpoch;
+        if (stop || !mayClaim) {
+          done = true;
+          clearTimeout(settleTimer);
+          if (failure) rejectDone(failure.error);
+          else resolveDone({ stoppedEarly: stopSeen });
+        }
+      }
+    }
+
+    pump();
+    return finished;
   }
 
   /**
    * One transport call, bounded by the send timeout and the lease; never throws. Its signal also fires when the
    * drain's `signal` aborts, and the relay stops waiting then: the messages are reported as `retry`.
    */
-  async function send(batch: readonly ClaimedMessage[], leaseDeadline: number, drainSignal?: AbortSignal): Promise<DeliveryOutcome[]> {
+  async function send(
+    batch: readonly ClaimedMessage[],
+    leaseDeadline: number,
+    drainSignal?: AbortSignal,
+    drainSpan?: TraceSpan,
+  ): Promise<DeliveryOutcome[]> {
+    if (!tracing) return sendOnce(batch, leaseDeadline, drainSignal);
+    const first = batch[0]!;
+    const span = startSpan("edge-outbox.send", {
+      "messaging.system": transport.name,
+      "messaging.operation.type": "send",
+      "messaging.batch.message_count": batch.length,
+      "messaging.message.id": batch.length === 1 ? first.id : undefined,
+      "outbox.topic": batch.every((m) => m.topic === first.topic) ? first.topic : undefined,
+      "outbox.key": first.key ?? undefined,
+      "outbox.attempt": batch.length === 1 ? first.attempts : undefined,
+    }, drainSpan, [...batch]);
+    const outcomes = await sendOnce(batch, leaseDeadline, drainSignal);
+    traceSafely(() => {
+      const count = { delivered: 0, retry: 0, dead: 0 };
+      for (const r of outcomes) count[r.status]++;
+      span?.setAttributes({ "outbox.outcome.delivered": count.delivered, "outbox.outcome.retry": count.retry, "outbox.outcome.dead": count.dead });
+      const failed = outcomes.find((r) => r.status !== "delivered");
+      if (failed && "error" in failed) span?.recordError(failed.error);
+      span?.end();
+    });
+    return outcomes;
+  }
+
+  async function sendOnce(batch: readonly ClaimedMessage[], leaseDeadline: number, drainSignal?: AbortSignal): Promise<DeliveryOutcome[]> {
     const timeout = Math.max(0, Math.min(sendTimeoutMs, leaseDeadline - now()));
     const controller = new AbortController();
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -379,10 +652,30 @@ export function createRelay(options: RelayOptions): Relay {
   async function run(runOptions: RunOptions): Promise<void> {
     const r = parseOptions("run options", runOptionsSchema, runOptions);
     const onError = runOptions.onError ?? ((e: OutboxError) => console.error("[edge-outbox] drain failed:", e));
+    // Wake-ups (storage.subscribe): a commit ends the wait between drains at once. One that arrives during a drain
+    // makes the next drain start without waiting, since the drain may have claimed before that commit.
+    const wake = { pending: false, now: undefined as (() => void) | undefined };
+    if (storage.subscribe) {
+      const onWake = (): void => {
+        wake.pending = true;
+        wake.now?.();
+      };
+      // Not awaited: the first drain does not wait for the subscription; until it listens, polling covers.
+      Promise.resolve()
+        .then(() => storage.subscribe!(onWake, r.signal))
+        .catch((e: unknown) =>
+          callback(
+            "onError",
+            onError,
+            toOutboxError("STORAGE", `[edge-outbox:relay] ${storage.name} subscribe failed: polling every ${r.pollIntervalMs} ms only`, e, true),
+          )
+        );
+    }
     let failures = 0;
     while (!r.signal.aborted) {
       let wait = r.pollIntervalMs;
       let report: DrainReport | undefined;
+      wake.pending = false;
       try {
         report = await drain({ budgetMs: r.budgetMs, signal: r.signal });
       } catch (e) {
@@ -393,9 +686,13 @@ export function createRelay(options: RelayOptions): Relay {
       if (report) {
         failures = 0;
         if (runOptions.onReport) callback("onReport", runOptions.onReport, report);
-        if (report.more) wait = 0;
+        if (report.more || wake.pending) wait = 0;
       }
-      if (wait > 0) await sleep(wait, r.signal);
+      if (wait > 0) {
+        // After a failure the backoff holds even against wake-ups: the storage is what failed.
+        await sleep(wait, r.signal, (interrupt) => (wake.now = report ? interrupt : undefined));
+        wake.now = undefined;
+      }
     }
   }
 
@@ -418,16 +715,33 @@ function callback<T>(name: string, fn: (arg: T) => unknown, arg: T): void {
   }
 }
 
-/** Runs async tasks with at most `limit` in flight. */
-async function runPool(tasks: ReadonlyArray<() => Promise<void>>, limit: number): Promise<void> {
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < tasks.length) await tasks[next++]!();
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, worker));
+/** A first-in, first-out queue with O(1) push and shift. */
+class Fifo<T> {
+  private items: (T | undefined)[] = [];
+  private head = 0;
+  get length(): number {
+    return this.items.length - this.head;
+  }
+  push(item: T): void {
+    this.items.push(item);
+  }
+  peek(): T | undefined {
+    return this.items[this.head];
+  }
+  shift(): T | undefined {
+    if (this.head >= this.items.length) return undefined;
+    const item = this.items[this.head];
+    this.items[this.head++] = undefined;
+    if (this.head > 1_024 && this.head * 2 > this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    return item;
+  }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
+/** Waits `ms`, or until `signal` aborts, or until the function handed to `interruptible` is called. */
+function sleep(ms: number, signal: AbortSignal, interruptible?: (interrupt: () => void) => void): Promise<void> {
   return new Promise((resolve) => {
     if (signal.aborted) return resolve();
     const done = (): void => {
@@ -437,6 +751,7 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
     };
     const timer = setTimeout(done, ms);
     signal.addEventListener("abort", done, { once: true });
+    interruptible?.(done);
   });
 }
 

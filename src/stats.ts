@@ -30,8 +30,10 @@ export interface HealthThresholds {
   /** Pending rows (waiting, leased, backing off or delayed). @default none */
   pending?: HealthLevels;
   /**
-   * Age of the oldest pending row, ms. Messages enqueued with a long `delayMs` count from their enqueue time, so
-   * leave room for them. @default { degraded: 30000, unhealthy: 300000 }
+   * How long the longest-waiting message has been waiting *while due*, ms: `stats.oldestDueAgeMs` (a delayed or
+   * backing-off message counts only from when it became due, a leased one not at all), or `stats.oldestPendingAgeMs`
+   * (from enqueue) for a storage that does not report `oldestDueAgeMs`. The name is kept from the first release.
+   * @default { degraded: 30000, unhealthy: 300000 }
    */
   oldestPendingAgeMs?: HealthLevels;
   /** Dead letters waiting for replay or purge. @default none */
@@ -42,7 +44,7 @@ export interface HealthThresholds {
 export interface HealthCheck {
   /** Which measure. */
   readonly name: "pending" | "oldestPendingAgeMs" | "dead";
-  /** Its current value (null: nothing pending, for the age). */
+  /** Its current value (null: nothing due, for the age). */
   readonly value: number | null;
   /** Its status. */
   readonly status: HealthStatus;
@@ -60,7 +62,7 @@ export interface HealthReport {
   readonly checks: readonly HealthCheck[];
 }
 
-/** Default health thresholds: only the oldest pending message's age is checked (30 s degraded, 5 min unhealthy). */
+/** Default health thresholds: only the oldest due message's wait is checked (30 s degraded, 5 min unhealthy). */
 export const DEFAULT_HEALTH_THRESHOLDS: Readonly<HealthThresholds> = Object.freeze({
   oldestPendingAgeMs: Object.freeze({ degraded: 30_000, unhealthy: 300_000 }),
 });
@@ -101,13 +103,13 @@ export function parseHealthThresholds(thresholds: HealthThresholds = {}, what = 
 const RANK: Record<HealthStatus, number> = { healthy: 0, degraded: 1, unhealthy: 2 };
 
 /**
- * Decides whether the outbox is healthy from its stats: each configured measure (pending count, age of the oldest
- * pending row, dead letters) is `unhealthy` strictly above its `unhealthy` level, `degraded` strictly above its
+ * Decides whether the outbox is healthy from its stats: each configured measure (pending count, how long the oldest
+ * due message has waited, dead letters) is `unhealthy` strictly above its `unhealthy` level, `degraded` strictly above its
  * `degraded` level, else `healthy`; the overall status is the worst check. Pure: read the stats with
  * `outbox.stats()` (database counters, right on serverless) and pass them in.
  *
  * @param stats what `outbox.stats()` returned
- * @param thresholds levels per measure @default {@link DEFAULT_HEALTH_THRESHOLDS} (oldest pending age 30 s / 5 min)
+ * @param thresholds levels per measure @default {@link DEFAULT_HEALTH_THRESHOLDS} (oldest due wait 30 s / 5 min)
  * @returns the overall status and one check per measure
  * @throws {OutboxError} CONFIG for invalid thresholds
  * @example
@@ -132,7 +134,9 @@ export function evaluateHealth(stats: OutboxStats, thresholds?: HealthThresholds
     checks.push({ name, value, status, degraded: levels.degraded ?? null, unhealthy: levels.unhealthy ?? null });
   };
   check("pending", stats.pending, t.pending);
-  check("oldestPendingAgeMs", stats.oldestPendingAgeMs, t.oldestPendingAgeMs);
+  // Due age when the storage reports it (a delayed message must not turn /health 503), else the enqueue age.
+  const age = stats.oldestDueAgeMs !== undefined ? stats.oldestDueAgeMs : stats.oldestPendingAgeMs;
+  check("oldestPendingAgeMs", age, t.oldestPendingAgeMs);
   check("dead", stats.dead, t.dead);
   let status: HealthStatus = "healthy";
   for (const c of checks) if (RANK[c.status] > RANK[status]) status = c.status;

@@ -176,13 +176,20 @@ export interface OutboxStorage<Tx = unknown, Stmt = never> {
   /**
    * Inserts messages inside the caller's open transaction `tx`; they become visible when it commits and vanish
    * if it rolls back. Assigns the commit-ordered `seq`, `created_at` and `available_at = now + delayMs`.
-   * @throws {OutboxError} STORAGE when the insert fails (the caller's transaction should be rolled back)
+   *
+   * Ids are unique among the rows in the table: when one of `messages` has an id that a row already has (pending,
+   * dead, or kept delivered), nothing of this call is written and the caller's transaction stays usable (on
+   * Postgres: `ON CONFLICT (id) DO NOTHING` and a count check, never a unique violation that aborts the
+   * transaction). An id whose row was delivered and deleted is accepted again: consumers dedupe with the inbox.
+   * @throws {OutboxError} CONFLICT for a taken id (nothing written, `tx` usable); STORAGE when the insert fails (the
+   *   caller's transaction should be rolled back)
    */
   enqueue(tx: Tx, messages: readonly NewMessage[]): Promise<void>;
 
   /**
    * Returns one native statement that inserts `messages`, for the caller's atomic batch. Synchronous; sends nothing.
-   * Present only when `capabilities.batchStatement` is true.
+   * Present only when `capabilities.batchStatement` is true. A taken id (see {@link OutboxStorage.enqueue}) fails the
+   * whole batch atomically: the database rejects it and none of the batch's statements take effect.
    */
   statement?(messages: readonly NewMessage[]): Stmt;
 
@@ -204,7 +211,8 @@ export interface OutboxStorage<Tx = unknown, Stmt = never> {
    * Optional wake-up source: calls `onWake` soon after a transaction that enqueued messages commits (in this process
    * or, where the database can tell, in any process: Postgres LISTEN/NOTIFY), until `signal` aborts. Resolves once it
    * is listening. A long-running relay waits for a wake-up or its poll interval, whichever comes first; a spurious
-   * wake-up is harmless. Absent: the relay only polls.
+   * wake-up is harmless. Absent: the relay only polls. The memory storage wakes at commit, in process; Postgres
+   * listens on a channel derived from schema and table, notified by the enqueue and replay statements.
    */
   subscribe?(onWake: () => void, signal: AbortSignal): Promise<void>;
 
@@ -218,8 +226,12 @@ export interface OutboxStorage<Tx = unknown, Stmt = never> {
   listDead(options: { limit: number; cursor?: string | null }): Promise<DeadLetterPage>;
 
   /**
-   * Moves a dead letter back to pending, due now, with attempts reset to 0. Keeps its id and its `seq`, so it
-   * regains its place in its key's order. Returns false when no dead letter has that id.
+   * Moves a dead letter back to pending and re-enters it at the **tail of its key**: a new commit-ordered `seq`
+   * (taken the way an enqueue takes it, e.g. under the same per-key lock), `attempts` 0, due now (database clock),
+   * with the same id, topic, key, headers and payload. Like any keyed row it is claimable only when no earlier-`seq`
+   * row of its key is pending and not claimable, so it is never in flight beside a later message of its key: while
+   * that message is leased (by any claimer) or backing off, the replayed row waits, and it is delivered after it.
+   * Wakes `subscribe` listeners like an enqueue. Returns false when no dead letter has that id.
    */
   replayDead(id: string): Promise<boolean>;
 

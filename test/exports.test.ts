@@ -67,6 +67,8 @@ const ALLOWED_BARE = new Set(["valibot"]);
  */
 const PEER_IMPORTS: ReadonlyArray<{ folder: string; allowed: RegExp }> = [
   { folder: "adapters/hono/", allowed: /^(hono(\/[a-z0-9/_-]+)?|@upstash\/qstash)$/ },
+  // The OpenTelemetry adapter is the one place that imports @opentelemetry/api (an optional peer).
+  { folder: "adapters/otel/", allowed: /^@opentelemetry\/api$/ },
 ];
 const peerAllowed = (file: string, spec: string): boolean =>
   PEER_IMPORTS.some((p) => file.startsWith(p.folder) && p.allowed.test(spec));
@@ -147,7 +149,7 @@ describe("shipped sources are runtime-agnostic", () => {
       } else {
         expect(
           ALLOWED_BARE.has(spec) || peerAllowed(file, spec),
-          `${file} imports the package "${spec}" (only valibot is allowed${file.startsWith("adapters/hono/") ? ", plus hono and @upstash/qstash here" : ""})`,
+          `${file} imports the package "${spec}" (only valibot is allowed${file.startsWith("adapters/hono/") ? ", plus hono and @upstash/qstash here" : file.startsWith("adapters/otel/") ? ", plus @opentelemetry/api here" : ""})`,
         ).toBe(true);
       }
     }

@@ -1,4 +1,5 @@
 import { type Client, createClient } from "@libsql/client";
+import { Receiver } from "@upstash/qstash";
 import { Hono } from "hono";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -17,12 +18,17 @@ import {
 } from "../mod.ts";
 import { libsqlStorage } from "../adapters/libsql/mod.ts";
 import { memoryStorage, recordingTransport } from "../adapters/memory/mod.ts";
-import { createRelayApp, type DrainResponse, type RelayAppOptions } from "../adapters/hono/mod.ts";
+import { createRelayApp, type DrainResponse, type QstashVerify, type QstashVerifyRequest, type RelayAppOptions } from "../adapters/hono/mod.ts";
 import { signQstashJwt } from "./fixtures/qstash-emulator.ts";
 import { codeOf, event, fill, memoryOutbox } from "./helpers.ts";
 
-const SECRET = "cron-secret-0123456789abcdef";
+const SECRET = "cron-secret-0123456789abcdef"; // the drain scope's secret (CRON_SECRET)
+const READ = "read-secret-0123456789abcdef";
+const ADMIN = "admin-secret-0123456789abcdef";
 const KEYS = { currentSigningKey: "sig_current_hono_test", nextSigningKey: "sig_next_hono_test" };
+/** The user's QStash verifier: the SDK's own Receiver, built by the user (the app never imports @upstash/qstash). */
+const receiver = new Receiver({ ...KEYS, devMode: false });
+const quiet = { onError: () => {} };
 const PUBLIC = "https://app.example/outbox";
 const bearer = (s = SECRET): Record<string, string> => ({ authorization: `Bearer ${s}` });
 
@@ -54,7 +60,7 @@ describe("POST /drain: a budgeted drain per call, follow-ups drain a large backl
       seen.add(dedupId);
       queue.push(dedupId);
     });
-    const app = mounted({ relay, outbox, auth: { bearer: SECRET }, budgetMs: 2_000, followUp });
+    const app = mounted({ relay, outbox, auth: { drain: SECRET }, budgetMs: 2_000, followUp });
     const call = async (messageId: string): Promise<{ body: DrainResponse; wall: number }> => {
       const t0 = performance.now();
       const res = await app.request("/outbox/drain", { method: "POST", headers: { ...bearer(), "upstash-message-id": messageId } });
@@ -105,46 +111,66 @@ describe("POST /drain: a budgeted drain per call, follow-ups drain a large backl
     const broken = memoryStorage({ shareWith: storage });
     broken.claim = () => Promise.reject(new OutboxError("STORAGE", "[edge-outbox:memory] claim failed: disk on fire", { retryable: true }));
     const brokenOutbox = createOutbox({ storage: broken, topics: [event] });
-    const app = mounted({ relay: createRelay({ outbox: brokenOutbox, transport: recordingTransport() }), auth: { bearer: SECRET } });
+    const hidden: Array<[unknown, string]> = [];
+    const onError = (e: unknown, route: string): void => void hidden.push([e, route]);
+    const app = mounted({ relay: createRelay({ outbox: brokenOutbox, transport: recordingTransport() }), auth: { drain: SECRET }, onError });
     const res = await app.request("/outbox/drain", { method: "POST", headers: bearer() });
     expect(res.status).toBe(503);
-    expect(await json(res)).toMatchObject({ error: "STORAGE", retryable: true });
+    expect(res.headers.get("retry-after")).toBe("1");
+    const text = await res.text();
+    // a code and a generic text; the driver's message goes to onError, never into the response
+    expect(JSON.parse(text)).toEqual({ error: "STORAGE", message: "the outbox storage is unavailable; retry later", retryable: true });
+    expect(text).not.toMatch(/disk on fire|edge-outbox:memory/);
+    expect(hidden).toHaveLength(1);
+    expect(hidden[0]![1]).toBe("POST /drain");
+    expect((hidden[0]![0] as Error).message).toMatch(/disk on fire/);
 
-    const lock: Lock = { name: "failing", acquire: () => Promise.reject(new Error("redis down")) };
-    const app2 = mounted({ relay: createRelay({ outbox, transport: recordingTransport(), lock }), auth: { bearer: SECRET } });
+    const lock: Lock = { name: "failing", acquire: () => Promise.reject(new Error("redis down at 10.1.2.3:6379")) };
+    const app2 = mounted({ relay: createRelay({ outbox, transport: recordingTransport(), lock }), auth: { drain: SECRET }, onError });
     const res2 = await app2.request("/outbox/drain", { method: "POST", headers: bearer() });
     expect(res2.status).toBe(503);
-    expect(await json(res2)).toMatchObject({ error: "LOCK" });
+    const text2 = await res2.text();
+    expect(JSON.parse(text2)).toMatchObject({ error: "LOCK", retryable: true });
+    expect(text2).not.toMatch(/redis down|10\.1\.2\.3/);
     expect(storage.count().pending).toBe(5);
+
+    // anything else: 500 INTERNAL with a generic text
+    const app3 = mounted({ relay: { drain: () => Promise.reject(new TypeError("cannot read properties of undefined (reading 'rows')")) }, auth: { drain: SECRET }, onError });
+    const res3 = await app3.request("/outbox/drain", { method: "POST", headers: bearer() });
+    expect(res3.status).toBe(500);
+    expect(await json(res3)).toEqual({ error: "INTERNAL", message: "internal error", retryable: false });
   });
 
   it("a follow-up that fails or hangs is reported, and the drain still answers 200", async () => {
     const { storage, outbox } = memoryOutbox();
     await fill(storage, outbox, 50);
     const relay = createRelay({ outbox, transport: recordingTransport({ delayMs: 30 }), batchSize: 5, concurrency: 1, leaseMs: 2_000, sendTimeoutMs: 500 });
+    const hidden: unknown[] = [];
     const app = mounted({
       relay,
-      auth: { bearer: SECRET },
+      auth: { drain: SECRET },
       budgetMs: 200,
-      followUp: () => Promise.reject(new Error("qstash down")),
+      followUp: () => Promise.reject(new Error("qstash down: token qst_123 refused")),
+      onError: (e) => void hidden.push(e),
     });
     const res = await app.request("/outbox/drain", { method: "POST", headers: bearer() });
     expect(res.status).toBe(200);
     const body = await json<DrainResponse>(res);
     expect(body.more).toBe(true);
-    expect(body.followUp).toMatchObject({ ok: false, error: "qstash down" });
+    expect(body.followUp).toMatchObject({ ok: false, error: "the follow-up call failed" });
+    expect((hidden[0] as Error).message).toMatch(/qstash down/);
     expect(body.followUp?.dedupId).toMatch(/^drain-/);
 
-    const hanging = mounted({ relay, auth: { bearer: SECRET }, budgetMs: 200, followUp: () => new Promise(() => {}), followUpTimeoutMs: 100 });
+    const hanging = mounted({ relay, auth: { drain: SECRET }, budgetMs: 200, followUp: () => new Promise(() => {}), followUpTimeoutMs: 100, ...quiet });
     const t0 = performance.now();
     const res2 = await hanging.request("/outbox/drain", { method: "POST", headers: bearer() });
     expect(performance.now() - t0).toBeLessThan(1_000);
-    expect((await json<DrainResponse>(res2)).followUp).toMatchObject({ ok: false });
+    expect((await json<DrainResponse>(res2)).followUp).toMatchObject({ ok: false, error: "did not finish within 100 ms" });
   });
 });
 
-describe("auth on every route: QStash signature (body + public URL) or bearer secret", () => {
-  async function setup() {
+describe("auth on every route: scoped bearer secrets and QStash signatures (body + public URL)", () => {
+  async function setup(qstashScopes: Array<"drain" | "read" | "admin"> = ["drain", "admin"]) {
     const { storage, outbox } = memoryOutbox();
     await fill(storage, outbox, 6);
     // two dead letters
@@ -152,9 +178,15 @@ describe("auth on every route: QStash signature (body + public URL) or bearer se
     await createRelay({ outbox, transport: deadTransport }).drain();
     const real = createRelay({ outbox, transport: recordingTransport() });
     const drain = vi.fn((o?: Parameters<typeof real.drain>[0]) => real.drain(o));
-    const app = mounted({ relay: { drain }, outbox, auth: { qstash: KEYS, bearer: SECRET }, publicUrl: PUBLIC });
+    const verify = vi.fn((request: QstashVerifyRequest) => receiver.verify(request));
+    const app = mounted({
+      relay: { drain },
+      outbox,
+      auth: { drain: SECRET, read: READ, admin: ADMIN, qstash: { verifier: verify, scopes: qstashScopes } },
+      publicUrl: PUBLIC,
+    });
     const snapshot = (): string => JSON.stringify(storage.count());
-    return { storage, outbox, app, drain, snapshot };
+    return { storage, outbox, app, drain, verify, snapshot };
   }
   // The app sees an internal URL; QStash signed the public one.
   const INTERNAL = "http://10.0.0.7:8080/outbox";
@@ -172,8 +204,8 @@ describe("auth on every route: QStash signature (body + public URL) or bearer se
     ["a signature with another issuer", (p) => ({ "upstash-signature": sign(p, "", { issuer: "Mallory" }) })],
     ["garbage in the signature header", () => ({ "upstash-signature": "not.a.jwt" })],
     ["a wrong bearer secret", () => bearer("cron-secret-0123456789abcdeX")],
-    ["a bearer secret's prefix", () => bearer(SECRET.slice(0, 20))],
-    ["basic auth", () => ({ authorization: `Basic ${btoa(`user:${SECRET}`)}` })],
+    ["a bearer secret's prefix", () => bearer(ADMIN.slice(0, 20))],
+    ["basic auth", () => ({ authorization: `Basic ${btoa(`user:${ADMIN}`)}` })],
   ];
 
   const routes: Array<[string, string]> = [
@@ -205,7 +237,7 @@ describe("auth on every route: QStash signature (body + public URL) or bearer se
     expect((await outbox.deadLetters.list()).items).toHaveLength(2);
   });
 
-  it("accepts a valid QStash signature (current or next key, with the query) and the bearer secret", async () => {
+  it("accepts a valid QStash signature (current or next key, with the query) and the bearer secrets", async () => {
     const { app, drain, outbox, storage } = await setup();
     const body = "";
     let res = await app.request(`${INTERNAL}/drain`, { method: "POST", headers: { "upstash-signature": sign("/drain", body) }, body });
@@ -217,7 +249,7 @@ describe("auth on every route: QStash signature (body + public URL) or bearer se
     res = await app.request(`${INTERNAL}/drain`, { method: "POST", headers: bearer() });
     expect(res.status).toBe(200);
     expect(drain).toHaveBeenCalledTimes(3);
-    res = await app.request(`${INTERNAL}/health`, { headers: { authorization: `bearer   ${SECRET}` } });
+    res = await app.request(`${INTERNAL}/health`, { headers: { authorization: `bearer   ${READ}` } });
     expect(res.status).toBe(200);
 
     const deadId = (await outbox.deadLetters.list()).items[0]!.id;
@@ -234,15 +266,151 @@ describe("auth on every route: QStash signature (body + public URL) or bearer se
     expect(res.status).toBe(401);
   });
 
+  it("scopes: drain drains only, read reads only, admin reads and acts; QStash signatures drain only by default", async () => {
+    const { app, outbox, drain, storage } = await setup(["drain"]);
+    const deadId = (await outbox.deadLetters.list()).items[0]!.id;
+    const matrix: Array<[string, string, Record<string, number>]> = [
+      // route                                   method    credential → status
+      ["/drain", "POST", { drain: 200, read: 403, admin: 403, qstash: 200 }],
+      ["/health", "GET", { drain: 403, read: 200, admin: 200, qstash: 401 }],
+      ["/stats", "GET", { drain: 403, read: 200, admin: 200, qstash: 401 }],
+      ["/dead-letters", "GET", { drain: 403, read: 200, admin: 200, qstash: 401 }],
+      [`/dead-letters/0190f3a0-0000-7000-8000-000000000000/replay`, "POST", { drain: 403, read: 403, admin: 404, qstash: 401 }],
+      [`/dead-letters?olderThan=1&limit=1`, "DELETE", { drain: 403, read: 403, admin: 200, qstash: 401 }],
+    ];
+    const creds: Record<string, (path: string) => Record<string, string>> = {
+      drain: () => bearer(SECRET),
+      read: () => bearer(READ),
+      admin: () => bearer(ADMIN),
+      qstash: (path) => ({ "upstash-signature": sign(path) }),
+    };
+    for (const [path, method, expected] of matrix) {
+      for (const [who, status] of Object.entries(expected)) {
+        const res = await app.request(`${INTERNAL}${path}`, { method, headers: creds[who]!(path) });
+        expect(res.status, `${who} ${method} ${path}`).toBe(status);
+        if (status === 403) expect(await json(res)).toMatchObject({ error: "FORBIDDEN" });
+      }
+    }
+    expect(drain).toHaveBeenCalledTimes(2);
+    expect(storage.count().dead).toBe(2); // no credential but admin touched the dead letters
+    const replay = `/dead-letters/${deadId}/replay`;
+    expect((await app.request(`${INTERNAL}${replay}`, { method: "POST", headers: { "upstash-signature": sign(replay) } })).status).toBe(401);
+    expect((await app.request(`${INTERNAL}${replay}`, { method: "POST", headers: bearer(READ) })).status).toBe(403);
+    expect((await app.request(`${INTERNAL}${replay}`, { method: "POST", headers: bearer(ADMIN) })).status).toBe(200);
+  });
+
+  it("route groups: served only when a credential grants them, routes.<group>: false turns one off (404)", async () => {
+    const { outbox } = memoryOutbox();
+    const relay = createRelay({ outbox, transport: recordingTransport() });
+    const drainOnly = mounted({ relay, outbox, auth: { drain: SECRET } });
+    expect((await drainOnly.request("/outbox/drain", { method: "POST", headers: bearer() })).status).toBe(200);
+    for (const [method, path] of [["GET", "/stats"], ["GET", "/health"], ["GET", "/dead-letters"], ["DELETE", "/dead-letters?olderThan=1"]] as const) {
+      expect((await drainOnly.request(`/outbox${path}`, { method, headers: bearer() })).status, path).toBe(404);
+    }
+    const noAdmin = mounted({ relay, outbox, auth: { drain: SECRET, admin: ADMIN }, routes: { admin: false } });
+    expect((await noAdmin.request("/outbox/stats", { headers: bearer(ADMIN) })).status).toBe(200);
+    expect((await noAdmin.request("/outbox/dead-letters?olderThan=1", { method: "DELETE", headers: bearer(ADMIN) })).status).toBe(404);
+    const noDrain = mounted({ relay, outbox, auth: { drain: SECRET, read: READ }, routes: { drain: false } });
+    expect((await noDrain.request("/outbox/drain", { method: "POST", headers: bearer() })).status).toBe(404);
+    expect((await noDrain.request("/outbox/stats", { headers: bearer(READ) })).status).toBe(200);
+
+    expect(() => createRelayApp({ relay, outbox, auth: { drain: SECRET }, routes: { admin: true } })).toThrow(/routes\.admin is on but no credential grants the admin scope/);
+    expect(() => createRelayApp({ relay, auth: { read: READ } })).toThrow(/the (read|metrics) routes need an outbox/);
+    expect(await codeOf(() => createRelayApp({ relay, auth: { read: READ } }))).toBe("CONFIG");
+    expect(() => createRelayApp({ relay, auth: { read: READ }, routes: { read: false } })).toThrow(/the metrics routes need an outbox/);
+    expect(() => createRelayApp({ relay, auth: { read: READ }, routes: { read: false, metrics: false } })).not.toThrow();
+  });
+
+  it("secrets: at least 16 characters, one scope each, rotation lists; unknown credential kinds are CONFIG", async () => {
+    const { outbox } = memoryOutbox();
+    const relay = createRelay({ outbox, transport: recordingTransport() });
+    expect(() => createRelayApp({ relay, auth: { drain: "fifteen-chars.." } })).toThrow(/auth\.drain: must be at least 16 characters/);
+    expect(() => createRelayApp({ relay, auth: { drain: [SECRET, "short"] } })).toThrow(/auth\.drain\.1: must be at least 16 characters/);
+    expect(() => createRelayApp({ relay, auth: { drain: [] } })).toThrow(/auth\.drain/);
+    expect(() => createRelayApp({ relay, outbox, auth: { drain: SECRET, admin: SECRET } })).toThrow(/one scope only/);
+    expect(() => createRelayApp({ relay, auth: { bearer: SECRET } as never })).toThrow(/unknown option auth\.bearer.*auth\.bearer is now auth\.drain/);
+    expect(() => createRelayApp({ relay, auth: { qstash: { verifier: "key" } } as never, publicUrl: PUBLIC })).toThrow(/auth\.qstash\.verifier: must be a Receiver/);
+    expect(() => createRelayApp({ relay, auth: { qstash: { verifier: receiver, scopes: ["everything"] } } as never, publicUrl: PUBLIC })).toThrow(/auth\.qstash\.scopes/);
+    expect(await codeOf(() => createRelayApp({ relay, auth: { drain: "short" } }))).toBe("CONFIG");
+
+    const rotating = mounted({ relay, auth: { drain: [SECRET, "another-secret-for-rotation"] } });
+    expect((await rotating.request("/outbox/drain", { method: "POST", headers: bearer("another-secret-for-rotation") })).status).toBe(200);
+    expect((await rotating.request("/outbox/drain", { method: "POST", headers: bearer() })).status).toBe(200);
+  });
+
   it("a bearer-only app ignores QStash signatures, a QStash-only app ignores bearer secrets", async () => {
     const { outbox } = memoryOutbox();
     const relay = createRelay({ outbox, transport: recordingTransport() });
-    const bearerOnly = mounted({ relay, auth: { bearer: [SECRET, "another-secret-for-rotation"] } });
+    const bearerOnly = mounted({ relay, auth: { drain: [SECRET, "another-secret-for-rotation"] } });
     expect((await bearerOnly.request("/outbox/drain", { method: "POST", headers: { "upstash-signature": sign("/drain") } })).status).toBe(401);
     expect((await bearerOnly.request("/outbox/drain", { method: "POST", headers: bearer("another-secret-for-rotation") })).status).toBe(200);
-    const qstashOnly = mounted({ relay, auth: { qstash: KEYS }, publicUrl: `${PUBLIC}/` });
+    const qstashOnly = mounted({ relay, auth: { qstash: { verifier: receiver } }, publicUrl: `${PUBLIC}/` });
     expect((await qstashOnly.request("/outbox/drain", { method: "POST", headers: bearer() })).status).toBe(401);
     expect((await qstashOnly.request("/outbox/drain", { method: "POST", headers: { "upstash-signature": sign("/drain") } })).status).toBe(200);
+    // a verify function works as well as a Receiver; its throw or false means invalid
+    const fnApp = (verifier: QstashVerify) => mounted({ relay, auth: { qstash: { verifier } }, publicUrl: PUBLIC });
+    const seen: QstashVerifyRequest[] = [];
+    const ok = fnApp((r) => (seen.push(r), true));
+    expect((await ok.request("/outbox/drain", { method: "POST", headers: { "upstash-signature": sign("/drain", "x") }, body: "x" })).status).toBe(200);
+    expect(seen).toEqual([{ signature: expect.stringMatching(/^ey[\w-]+\.[\w-]+\.[\w-]+$/), body: "x", url: `${PUBLIC}/drain`, clockTolerance: 0 }]);
+    const throws = fnApp(() => {
+      throw new Error("bad signature");
+    });
+    expect((await throws.request("/outbox/drain", { method: "POST", headers: { "upstash-signature": sign("/drain") } })).status).toBe(401);
+    expect((await fnApp(() => Promise.resolve(false)).request("/outbox/drain", { method: "POST", headers: { "upstash-signature": sign("/drain") } })).status).toBe(401);
+  });
+
+  it("decides on the headers before reading the body: refused requests never read it, never reach the verifier", async () => {
+    const { app, verify, drain } = await setup();
+    /** A body that records whether anyone read from it. */
+    const tracked = (size: number): { body: ReadableStream<Uint8Array>; pulled: () => number } => {
+      let pulled = 0;
+      let sent = 0;
+      const body = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          pulled++;
+          if (sent >= size) return controller.close();
+          const n = Math.min(65_536, size - sent);
+          sent += n;
+          controller.enqueue(new Uint8Array(n));
+        },
+      }, { highWaterMark: 0 });
+      return { body, pulled: () => pulled };
+    };
+    const post = async (path: string, headers: Record<string, string>, size: number) => {
+      const t = tracked(size);
+      const req = new Request(`${INTERNAL}${path}`, { method: "POST", headers, body: t.body, duplex: "half" } as RequestInit);
+      const res = await app.request(req);
+      return { status: res.status, body: await json(res), pulled: t.pulled() };
+    };
+    const MiB = 1024 * 1024;
+    // garbage, another URL, expired, wrong issuer: refused on the header alone
+    for (const signature of [
+      "not.a.jwt",
+      "a".repeat(5_000),
+      signQstashJwt(KEYS.currentSigningKey, { url: `${PUBLIC}/other`, body: "" }),
+      sign("/drain", "", { now: Date.now() - 600_000, expiresInS: 300 }),
+      sign("/drain", "", { issuer: "Mallory" }),
+    ]) {
+      const r = await post("/drain", { "upstash-signature": signature }, 50 * MiB);
+      expect(r.status, signature.slice(0, 40)).toBe(401);
+      expect(r.pulled, signature.slice(0, 40)).toBe(0);
+    }
+    // a plausible signature on a route QStash may not call (read scope): refused without reading
+    expect((await post("/dead-letters/0190f3a0-0000-7000-8000-000000000000/replay", { "upstash-signature": sign("/drain") }, MiB)).pulled).toBe(0);
+    // a plausible signature with an oversize Content-Length: 413 from the header alone
+    const big = await post("/drain", { "upstash-signature": sign("/drain"), "content-length": String(50 * MiB) }, 50 * MiB);
+    expect(big).toMatchObject({ status: 413, pulled: 0, body: { error: "PAYLOAD_TOO_LARGE" } });
+    // a plausible signature and no Content-Length: read only up to the cap (4096 bytes), then 413
+    const chunked = await post("/drain", { "upstash-signature": sign("/drain") }, 50 * MiB);
+    expect(chunked.status).toBe(413);
+    expect(chunked.pulled).toBeLessThanOrEqual(2);
+    expect(verify).not.toHaveBeenCalled();
+    expect(drain).not.toHaveBeenCalled();
+    // a valid drain bearer with an oversize body: 413 too, before the drain
+    const bearerBig = await post("/drain", { ...bearer(), "content-length": String(10 * MiB) }, 10 * MiB);
+    expect(bearerBig).toMatchObject({ status: 413, pulled: 0 });
+    expect(drain).not.toHaveBeenCalled();
   });
 });
 
@@ -257,7 +425,7 @@ describe("GET /health", () => {
     const app = mounted({
       relay,
       outbox,
-      auth: { bearer: SECRET },
+      auth: { admin: ADMIN },
       thresholds: {
         pending: { degraded: 5, unhealthy: 10 },
         oldestPendingAgeMs: { degraded: 60_000, unhealthy: 120_000 },
@@ -265,7 +433,7 @@ describe("GET /health", () => {
       },
     });
     const health = async (): Promise<[number, string, Record<string, string>]> => {
-      const res = await app.request("/outbox/health", { headers: bearer() });
+      const res = await app.request("/outbox/health", { headers: bearer(ADMIN) });
       const body = await json<{ status: string; checks: Array<{ name: string; status: string }> }>(res);
       return [res.status, body.status, Object.fromEntries(body.checks.map((c) => [c.name, c.status]))];
     };
@@ -293,24 +461,25 @@ describe("GET /health", () => {
     await fill(storage, outbox, 3);
     await relay.drain();
     expect((await health()).slice(0, 2)).toEqual([503, "unhealthy"]);
-    const purge = await app.request(`/outbox/dead-letters?olderThan=${now + 1}`, { method: "DELETE", headers: bearer() });
+    const purge = await app.request(`/outbox/dead-letters?olderThan=${now + 1}`, { method: "DELETE", headers: bearer(ADMIN) });
     expect(await json(purge)).toEqual({ purged: 4, more: false });
     expect((await health()).slice(0, 2)).toEqual([200, "healthy"]);
   });
 
-  it("answers 503 unhealthy when the stats cannot be read, and 501 without an outbox", async () => {
+  it("answers 503 unhealthy when the stats cannot be read, with no driver text in the body", async () => {
     const { storage, outbox } = memoryOutbox();
-    storage.stats = () => Promise.reject(new OutboxError("STORAGE", "[edge-outbox:memory] stats failed", { retryable: true }));
-    const app = mounted({ relay: createRelay({ outbox, transport: recordingTransport() }), outbox, auth: { bearer: SECRET } });
-    const res = await app.request("/outbox/health", { headers: bearer() });
+    storage.stats = () => Promise.reject(new OutboxError("STORAGE", "[edge-outbox:memory] stats failed: relation \"outbox\" is locked", { retryable: true }));
+    const hidden: string[] = [];
+    const app = mounted({ relay: createRelay({ outbox, transport: recordingTransport() }), outbox, auth: { read: READ }, onError: (_e, route) => void hidden.push(route) });
+    const res = await app.request("/outbox/health", { headers: bearer(READ) });
     expect(res.status).toBe(503);
-    expect(await json(res)).toMatchObject({ status: "unhealthy", error: "STORAGE" });
-    const stats = await app.request("/outbox/stats", { headers: bearer() });
+    const text = await res.text();
+    expect(JSON.parse(text)).toMatchObject({ status: "unhealthy", error: "STORAGE", retryable: true });
+    expect(text).not.toMatch(/relation|locked|edge-outbox:memory/);
+    const stats = await app.request("/outbox/stats", { headers: bearer(READ) });
     expect(stats.status).toBe(503);
-
-    const bare = mounted({ relay: createRelay({ outbox, transport: recordingTransport() }), auth: { bearer: SECRET } });
-    expect((await bare.request("/outbox/health", { headers: bearer() })).status).toBe(501);
-    expect((await bare.request("/outbox/dead-letters", { headers: bearer() })).status).toBe(501);
+    expect(await stats.text()).not.toMatch(/relation|locked/);
+    expect(hidden).toEqual(["GET /health", "GET /stats"]);
   });
 
   it("evaluateHealth is pure, strict above each level, and defaults to the oldest-age check", () => {
@@ -340,14 +509,15 @@ describe("GET /health", () => {
     expect(() => parseHealthThresholds({ pending: { degraded: 10, unhealthy: 5 } })).toThrow(/pending: degraded must not be above unhealthy/);
     const { outbox } = memoryOutbox();
     const relay = createRelay({ outbox, transport: recordingTransport() });
-    expect(() => createRelayApp({ relay, auth: {} })).toThrow(/auth: configure qstash signing keys, a bearer secret, or both/);
-    expect(() => createRelayApp({ relay, auth: { bearer: "short" } })).toThrow(/auth\.bearer/);
-    expect(() => createRelayApp({ relay, auth: { qstash: KEYS } })).toThrow(/publicUrl is required/);
-    expect(() => createRelayApp({ relay, auth: { qstash: KEYS }, publicUrl: "/outbox" })).toThrow(/publicUrl/);
-    expect(() => createRelayApp({ relay, auth: { bearer: SECRET }, budgetMs: 0 })).toThrow(/budgetMs/);
-    expect(() => createRelayApp({ relay, auth: { bearer: SECRET }, thresholds: { pending: { degraded: 2, unhealthy: 1 } } })).toThrow(/createRelayApp options: thresholds: pending: degraded must not be above unhealthy/);
-    expect(() => createRelayApp({ relay: {} as never, auth: { bearer: SECRET } })).toThrow(/relay/);
-    expect(await codeOf(() => createRelayApp({ relay, auth: { bearer: SECRET }, followUp: "x" as never }))).toBe("CONFIG");
+    expect(() => createRelayApp({ relay, auth: {} })).toThrow(/auth: configure at least one credential/);
+    expect(() => createRelayApp({ relay, auth: { drain: "short" } })).toThrow(/auth\.drain/);
+    expect(() => createRelayApp({ relay, auth: { qstash: { verifier: receiver } } })).toThrow(/publicUrl is required/);
+    expect(() => createRelayApp({ relay, auth: { qstash: { verifier: receiver } }, publicUrl: "/outbox" })).toThrow(/publicUrl/);
+    expect(() => createRelayApp({ relay, auth: { drain: SECRET }, budgetMs: 0 })).toThrow(/budgetMs/);
+    expect(() => createRelayApp({ relay, auth: { drain: SECRET }, maxBodyBytes: -1 })).toThrow(/maxBodyBytes/);
+    expect(() => createRelayApp({ relay, auth: { drain: SECRET }, thresholds: { pending: { degraded: 2, unhealthy: 1 } } })).toThrow(/createRelayApp options: thresholds: pending: degraded must not be above unhealthy/);
+    expect(() => createRelayApp({ relay: {} as never, auth: { drain: SECRET } })).toThrow(/relay/);
+    expect(await codeOf(() => createRelayApp({ relay, auth: { drain: SECRET }, followUp: "x" as never }))).toBe("CONFIG");
   });
 });
 
@@ -385,8 +555,8 @@ describe("GET /stats: database counters, right from another storage instance", (
     await new Promise((r) => setTimeout(r, 350));
     expect(await relay.drain()).toMatchObject({ delivered: 4, retried: 0 });
 
-    const app = mounted({ relay: createRelay({ outbox: outboxB, transport: recordingTransport() }), outbox: outboxB, auth: { bearer: SECRET } });
-    const res = await app.request("/outbox/stats?windowMs=600000", { headers: bearer() });
+    const app = mounted({ relay: createRelay({ outbox: outboxB, transport: recordingTransport() }), outbox: outboxB, auth: { read: READ } });
+    const res = await app.request("/outbox/stats?windowMs=600000", { headers: bearer(READ) });
     expect(res.status).toBe(200);
     expect(res.headers.get("cache-control")).toBe("no-store");
     const stats = await json<OutboxStats & { window: { retryRate: number } }>(res);
@@ -397,7 +567,7 @@ describe("GET /stats: database counters, right from another storage instance", (
     expect(stats.window.maxLatencyMs).toBeGreaterThanOrEqual(stats.window.avgLatencyMs!);
 
     for (const bad of ["abc", "0", "-5", "1.5", String(31 * 86_400_000)]) {
-      const r = await app.request(`/outbox/stats?windowMs=${bad}`, { headers: bearer() });
+      const r = await app.request(`/outbox/stats?windowMs=${bad}`, { headers: bearer(READ) });
       expect(r.status, bad).toBe(400);
       expect(await json(r)).toMatchObject({ error: "VALIDATION", message: expect.stringMatching(/windowMs/) });
     }
@@ -411,13 +581,13 @@ describe("dead-letter routes", () => {
     const outbox = createOutbox({ storage, topics: [event] });
     await fill(storage, outbox, count);
     await createRelay({ outbox, transport: recordingTransport({ outcome: () => ({ status: "dead", error: "HTTP 422" }) }) }).drain();
-    const app = mounted({ relay: createRelay({ outbox, transport: recordingTransport() }), outbox, auth: { bearer: SECRET } });
+    const app = mounted({ relay: createRelay({ outbox, transport: recordingTransport() }), outbox, auth: { admin: ADMIN } });
     return { storage, app, advance: (ms: number) => (now += ms), now: () => now };
   }
 
   it("GET /dead-letters pages with limit and cursor, and validates them", async () => {
     const { app } = await withDead(5);
-    const get = (q: string) => app.request(`/outbox/dead-letters${q}`, { headers: bearer() });
+    const get = (q: string) => app.request(`/outbox/dead-letters${q}`, { headers: bearer(ADMIN) });
     const p1 = await json<{ items: Array<{ payload: { n: number }; lastError: string }>; cursor: string | null }>(await get("?limit=2"));
     expect(p1.items.map((i) => i.payload.n)).toEqual([0, 1]);
     expect(p1.items[0]!.lastError).toBe("HTTP 422");
@@ -436,8 +606,8 @@ describe("dead-letter routes", () => {
 
   it("POST /dead-letters/:id/replay makes it pending again; 404 when not found; 400 for a non-id", async () => {
     const { app, storage } = await withDead(2);
-    const [first] = (await json<{ items: Array<{ id: string }> }>(await app.request("/outbox/dead-letters", { headers: bearer() }))).items;
-    const replay = (id: string) => app.request(`/outbox/dead-letters/${id}/replay`, { method: "POST", headers: bearer() });
+    const [first] = (await json<{ items: Array<{ id: string }> }>(await app.request("/outbox/dead-letters", { headers: bearer(ADMIN) }))).items;
+    const replay = (id: string) => app.request(`/outbox/dead-letters/${id}/replay`, { method: "POST", headers: bearer(ADMIN) });
     const ok = await replay(first!.id);
     expect(ok.status).toBe(200);
     expect(await json(ok)).toEqual({ replayed: true, id: first!.id });
@@ -453,7 +623,7 @@ describe("dead-letter routes", () => {
     const { app, storage, advance, now } = await withDead(5);
     const cut = now() + 1;
     advance(10_000);
-    const del = (q: string) => app.request(`/outbox/dead-letters${q}`, { method: "DELETE", headers: bearer() });
+    const del = (q: string) => app.request(`/outbox/dead-letters${q}`, { method: "DELETE", headers: bearer(ADMIN) });
     expect(await json(await del(`?olderThan=${cut}&limit=2`))).toEqual({ purged: 2, more: true });
     expect(storage.count().dead).toBe(3);
     expect(await json(await del(`?olderThan=${new Date(cut).toISOString()}&limit=2`))).toEqual({ purged: 2, more: true });

@@ -12,7 +12,15 @@ import {
   libsqlStorage,
   type LibsqlTransaction,
 } from "../adapters/libsql/mod.ts";
-import { LATEST_SCHEMA_VERSION, TABLE_PLACEHOLDER } from "../adapters/libsql/schema.ts";
+import { isRetryableError } from "../adapters/libsql/client.ts";
+import {
+  MIGRATIONS_TABLE_DDL,
+  recordVersionSql,
+  renderSql,
+  SCHEMA_V1,
+  SCHEMA_VERSIONS,
+  TABLE_PLACEHOLDER,
+} from "../adapters/libsql/schema.ts";
 import { libsqlSql } from "../adapters/libsql/sql.ts";
 import { isOutboxError, type OutboxError, type OutboxErrorCode } from "../src/errors.ts";
 import { type NewMessage, uuidv7 } from "../src/message.ts";
@@ -160,7 +168,7 @@ describe("libsqlStorage: schema", () => {
       const storage = libsqlStorage(client, { table: "my_outbox" });
       await storage.migrate();
       const versions = await client.execute("SELECT version FROM my_outbox_migrations");
-      expect(versions.rows.map((r) => Number(r["version"]))).toEqual([LATEST_SCHEMA_VERSION]);
+      expect(versions.rows.map((r) => Number(r["version"]))).toEqual(SCHEMA_VERSIONS.map((v) => v.version));
       await client.batch([storage.statement([message(1)])], "write");
       expect((await storage.stats()).pending).toBe(1);
     } finally {
@@ -176,7 +184,7 @@ describe("libsqlStorage: schema", () => {
       await Promise.all([sa.migrate(), sb.migrate(), sa.migrate(), sb.migrate()]);
       await sa.migrate();
       const rows = (await a.execute("SELECT version FROM outbox_migrations")).rows;
-      expect(rows.map((r) => Number(r["version"]))).toEqual([LATEST_SCHEMA_VERSION]);
+      expect(rows.map((r) => Number(r["version"]))).toEqual(SCHEMA_VERSIONS.map((v) => v.version));
       const tables = (await a.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")).rows.map((r) => r["name"]);
       expect(tables).toContain("outbox");
       expect(tables).toContain("outbox_counters");
@@ -192,7 +200,7 @@ describe("libsqlStorage: schema", () => {
     try {
       const s = libsqlStorage(client);
       await Promise.all([s.migrate(), libsqlStorage(client).migrate(), s.migrate()]);
-      expect((await client.execute("SELECT count(*) AS n FROM outbox_migrations")).rows[0]!["n"]).toBe(1);
+      expect((await client.execute("SELECT count(*) AS n FROM outbox_migrations")).rows[0]!["n"]).toBe(SCHEMA_VERSIONS.length);
     } finally {
       client.close();
     }
@@ -286,15 +294,15 @@ describe("libsqlStorage: writes", () => {
     }
   });
 
-  it("a duplicate id is a non-retryable STORAGE error with the adapter prefix and the driver cause", async () => {
+  it("a duplicate id is a non-retryable CONFLICT error with the adapter prefix and the driver cause", async () => {
     const f = await libsqlMemoryFixture();
     try {
       const m = message(1);
       await f.client.batch([f.storage.statement([m])], "write");
       const tx = await f.client.transaction("write");
-      const e = expectCode(await caught(f.storage.enqueue(tx, [m])), "STORAGE");
+      const e = expectCode(await caught(f.storage.enqueue(tx, [m])), "CONFLICT");
       tx.close();
-      expect(e.message).toMatch(/^\[edge-outbox:libsql\] enqueue failed: /);
+      expect(e.message).toMatch(/^\[edge-outbox:libsql\] enqueue: id /);
       expect(e.retryable).toBe(false);
       expect((e.cause as { code?: string }).code).toBe("SQLITE_CONSTRAINT");
     } finally {
@@ -469,6 +477,296 @@ describe("libsqlStorage: claims and settles", () => {
   });
 });
 
+describe("libsqlStorage: replay, ids, due age, scope, wake-ups", () => {
+  it("a replayed dead letter re-enters at the tail of its key: not claimable beside a later leased message, then after it", async () => {
+    for (const make of [libsqlMemoryFixture, libsqlFileFixture]) {
+      const f = await make();
+      try {
+        const [a1, a2] = [message(1, { key: "k" }), message(2, { key: "k" })];
+        await f.client.batch([f.storage.statement([a1!])], "write");
+        const c1 = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+        await f.storage.settle(c1.token, [{ id: a1!.id, outcome: "dead", error: "400" }]);
+        await f.client.batch([f.storage.statement([a2!])], "write");
+        const other = await f.another();
+        const c2 = await other.claim({ limit: 10, leaseMs: 10_000 }); // another relay leases a2
+        expect(c2.messages.map((m) => m.id)).toEqual([a2!.id]);
+        expect(await f.storage.replayDead(a1!.id)).toBe(true);
+        expect((await f.storage.claim({ limit: 10, leaseMs: 10_000 })).messages).toEqual([]); // a1 waits behind a2
+        expect(await other.settle(c2.token, [{ id: a2!.id, outcome: "delivered" }])).toEqual({ applied: 1, lost: [] });
+        const c3 = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+        expect(c3.messages.map((m) => [m.id, m.attempts, m.payload])).toEqual([[a1!.id, 1, { n: 1 }]]);
+        expect(c3.messages[0]!.seq).toBeGreaterThan(c2.messages[0]!.seq);
+        // The replayed row's new seq is never handed out again once it is gone.
+        await f.storage.settle(c3.token, [{ id: a1!.id, outcome: "delivered" }]);
+        const a3 = message(3, { key: "k" });
+        await f.client.batch([f.storage.statement([a3])], "write");
+        const c4 = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+        expect(c4.messages[0]!.seq).toBeGreaterThan(c3.messages[0]!.seq);
+      } finally {
+        await f.close();
+      }
+    }
+  });
+
+  it("an id a row already has (pending, dead, kept delivered) is CONFLICT, nothing written, the transaction still usable", async () => {
+    const f = await libsqlFileFixture({ retainDeliveredMs: 60_000 });
+    try {
+      const [pending, dead, delivered] = [message(1), message(2), message(3)];
+      await f.client.batch([f.storage.statement([dead!, delivered!])], "write");
+      const c = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+      await f.storage.settle(c.token, [{ id: dead!.id, outcome: "dead", error: "x" }, { id: delivered!.id, outcome: "delivered" }]);
+      await f.client.batch([f.storage.statement([pending!])], "write");
+      for (const taken of [pending!, dead!, delivered!]) {
+        const fresh = message(10);
+        const h = await f.begin();
+        const e = expectCode(await caught(f.storage.enqueue(h.tx, [fresh, { ...taken, payload: '{"other":1}' }])), "CONFLICT");
+        expect(e.message).toBe(
+          `[edge-outbox:libsql] enqueue: id ${taken.id} is already used by a row of table outbox (pending, dead or kept delivered); nothing was written`,
+        );
+        expect(e.retryable).toBe(false);
+        await f.storage.enqueue(h.tx, [fresh]); // the transaction goes on
+        await h.commit();
+        const rows = (await f.client.execute({ sql: "SELECT id, payload FROM outbox WHERE id IN (?, ?)", args: [fresh.id, taken.id] })).rows;
+        expect(rows.map((r) => [r["id"], r["payload"]]).sort()).toEqual([[fresh.id, fresh.payload], [taken.id, taken.payload]].sort());
+      }
+      // standalone enqueue on the client: the same error, nothing written
+      const again = expectCode(await caught(f.storage.enqueue(f.client, [message(20), pending!])), "CONFLICT");
+      expect(again.message).toContain(pending!.id);
+      expect((await f.storage.stats()).pending).toBe(4);
+      // statement() in the caller's batch: the whole batch fails atomically with the driver's constraint error
+      const before = (await f.client.execute("SELECT count(*) AS n FROM outbox")).rows[0]!["n"];
+      await caught(f.client.batch([f.storage.statement([message(30)]), f.storage.statement([pending!])], "write"));
+      expect((await f.client.execute("SELECT count(*) AS n FROM outbox")).rows[0]!["n"]).toBe(before);
+      // an id whose row was delivered and deleted is accepted again
+      const gone = message(40);
+      await f.client.batch([f.storage.statement([gone])], "write");
+      await f.client.execute({ sql: "DELETE FROM outbox WHERE id = ?", args: [gone.id] });
+      await f.storage.enqueue(f.client, [gone]);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("stats().oldestDueAgeMs counts from when a row became due; delayed and leased rows do not count", async () => {
+    const f = await libsqlMemoryFixture();
+    try {
+      expect((await f.storage.stats()).oldestDueAgeMs).toBeNull();
+      await f.client.batch([f.storage.statement([message(1, { delayMs: 60_000 })])], "write");
+      const s1 = await f.storage.stats();
+      expect(s1.oldestPendingAgeMs).not.toBeNull();
+      expect(s1.oldestDueAgeMs).toBeNull(); // delayed: not due
+      const due = message(2);
+      await f.client.batch([f.storage.statement([due])], "write");
+      await f.client.execute({ sql: "UPDATE outbox SET available_at = available_at - 7000 WHERE id = ?", args: [due.id] });
+      const s2 = await f.storage.stats();
+      expect(s2.oldestDueAgeMs).toBeGreaterThanOrEqual(7_000);
+      expect(s2.oldestDueAgeMs).toBeLessThan(12_000);
+      await f.storage.claim({ limit: 10, leaseMs: 10_000 }); // leased: no longer due
+      expect((await f.storage.stats()).oldestDueAgeMs).toBeNull();
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("scope is libsql:<table>", () => {
+    const client = recordingClient();
+    expect(libsqlStorage(client).scope).toBe("libsql:outbox");
+    expect(libsqlStorage(client, { table: "jobs" }).scope).toBe("libsql:jobs");
+    expect(client.calls).toEqual([]);
+  });
+
+  it("subscribe wakes in-process at commit of a begin() handle, a standalone enqueue and a replay; not before commit", async () => {
+    const f = await libsqlFileFixture({ watchIntervalMs: 0 });
+    const stop = new AbortController();
+    try {
+      let wakes = 0;
+      const relayStorage = await f.another(); // another storage, same file; its wake channel is its own client's
+      const sameClient = libsqlStorage(f.client, { watchIntervalMs: 0 });
+      await sameClient.subscribe(() => wakes++, stop.signal);
+      const h = await f.storage.begin();
+      await f.storage.enqueue(h, [message(1)]);
+      await sleep(5);
+      expect(wakes).toBe(0); // not committed yet
+      await h.commit();
+      await sleep(0);
+      expect(wakes).toBe(1);
+      const quiet = await f.storage.begin(); // a transaction without an enqueue wakes nobody
+      await quiet.commit();
+      await f.storage.enqueue(f.client, [message(2)]);
+      await sleep(0);
+      expect(wakes).toBe(2);
+      const c = await relayStorage.claim({ limit: 1, leaseMs: 10_000 });
+      await relayStorage.settle(c.token, [{ id: c.messages[0]!.id, outcome: "dead", error: "x" }]);
+      expect(await f.storage.replayDead(c.messages[0]!.id)).toBe(true);
+      await sleep(0);
+      expect(wakes).toBe(3);
+      stop.abort();
+      await f.storage.enqueue(f.client, [message(3)]);
+      await sleep(0);
+      expect(wakes).toBe(3); // unsubscribed
+    } finally {
+      stop.abort();
+      await f.close();
+    }
+  });
+
+  it("subscribe's watch sees commits from another connection and from the caller's own batches", async () => {
+    const f = await libsqlFileFixture();
+    const stop = new AbortController();
+    try {
+      const wakes: number[] = [];
+      const watcher = libsqlStorage(f.connect(), { watchIntervalMs: 20 });
+      await watcher.subscribe(() => wakes.push(Date.now()), stop.signal);
+      await sleep(60);
+      expect(wakes).toEqual([]); // nothing committed: no wake-up
+      const t0 = Date.now();
+      await f.client.batch([f.storage.statement([message(1)])], "write"); // another client: invisible in-process
+      const deadline = Date.now() + 2_000;
+      while (wakes.length === 0 && Date.now() < deadline) await sleep(5);
+      expect(wakes.length).toBe(1);
+      expect(wakes[0]! - t0).toBeLessThan(1_000);
+      // deliveries delete rows but never move the sequence head: no spurious wake-up
+      const c = await f.storage.claim({ limit: 5, leaseMs: 10_000 });
+      await f.storage.settle(c.token, c.messages.map((m) => ({ id: m.id, outcome: "delivered" as const })));
+      await sleep(100);
+      expect(wakes.length).toBe(1);
+      stop.abort();
+      await f.client.batch([f.storage.statement([message(2)])], "write");
+      await sleep(100);
+      expect(wakes.length).toBe(1);
+    } finally {
+      stop.abort();
+      await f.close();
+    }
+  });
+
+  it("watchIntervalMs defaults to 0 on servers and is validated", async () => {
+    const client = recordingClient();
+    expectCode(await caught(() => libsqlStorage(client, { watchIntervalMs: -1 })), "CONFIG");
+    const remote = { ...recordingClient(), protocol: "http" };
+    const stop = new AbortController();
+    await libsqlStorage(remote).subscribe(() => {}, stop.signal); // no watch: nothing is sent
+    stop.abort();
+    expect(remote.calls).toEqual([]);
+  });
+});
+
+describe("libsqlStorage: network failures", () => {
+  it("a refused or reset connection over http:// is a retryable STORAGE error", async () => {
+    const { createServer } = await import("node:net");
+    const reset = createServer((socket) => socket.resetAndDestroy());
+    await new Promise<void>((r) => reset.listen(0, "127.0.0.1", () => r()));
+    const closed = createServer();
+    await new Promise<void>((r) => closed.listen(0, "127.0.0.1", () => r()));
+    const closedPort = (closed.address() as { port: number }).port;
+    await new Promise<void>((r) => closed.close(() => r())); // nothing listens there now
+    try {
+      for (const port of [(reset.address() as { port: number }).port, closedPort]) {
+        const client = createClient({ url: `http://127.0.0.1:${port}` });
+        try {
+          const storage = libsqlStorage(client, { busyRetryMs: 0 });
+          for (const call of [() => storage.claim({ limit: 1, leaseMs: 1_000 }), () => storage.stats(), () => storage.enqueue(client, [message(1)])]) {
+            const e = expectCode(await caught(call), "STORAGE");
+            expect(e.message).toMatch(/^\[edge-outbox:libsql\] \w+ failed: fetch failed/);
+            expect(e.retryable).toBe(true);
+          }
+        } finally {
+          client.close();
+        }
+      }
+    } finally {
+      reset.close();
+    }
+  });
+
+  it("workerd's and browsers' fetch failures are retryable too", () => {
+    for (const e of [
+      new Error("Network connection lost."),
+      new TypeError("Failed to fetch"),
+      new TypeError("fetch failed", { cause: Object.assign(new Error("other side closed"), { code: "UND_ERR_SOCKET" }) }),
+      new Error("D1_ERROR: Network connection lost."),
+    ]) {
+      expect(isRetryableError(e), e.message).toBe(true);
+    }
+    expect(isRetryableError(new Error("SQLITE_ERROR: near \"x\": syntax error"))).toBe(false);
+  });
+});
+
+describe("libsqlStorage: purge cost", () => {
+  /** Wraps a client, recording every statement it is sent (batches included). */
+  function recordingStatements(inner: Client): { client: LibsqlClient; sent: LibsqlStatement[] } {
+    const sent: LibsqlStatement[] = [];
+    const client: LibsqlClient = {
+      protocol: "http", // plain batches, so every statement goes through batch()
+      execute: (s) => {
+        sent.push(s);
+        return inner.execute(s);
+      },
+      batch: (s, m) => {
+        sent.push(...s);
+        return inner.batch(s, m);
+      },
+      transaction: (m) => inner.transaction(m),
+    };
+    return { client, sent };
+  }
+
+  it("a purge chunk reads its status's (done_at, seq) index: no table scan, no sort", async () => {
+    const f = await libsqlMemoryFixture();
+    try {
+      const { client, sent } = recordingStatements(f.client);
+      const storage = libsqlStorage(client);
+      const purges: [string, LibsqlStatement][] = [];
+      for (const status of ["dead", "delivered"] as const) {
+        sent.length = 0;
+        await storage.purge({ status, olderThan: Date.now(), limit: 1_000 });
+        const purge = sent.find((s) => s.sql.startsWith('DELETE FROM "outbox" WHERE seq IN'));
+        expect(purge, "the purge statement").toBeDefined();
+        purges.push([status, purge!]);
+      }
+      // EXPLAIN only after the purges: libsql 0.5 resets an EXPLAIN statement only when it is garbage-collected, and
+      // until then a commit on the same connection fails with "SQL statements in progress".
+      for (const [status, purge] of purges) {
+        const plan = (await f.client.execute({ sql: `EXPLAIN QUERY PLAN ${purge.sql}`, args: purge.args })).rows.map((r) => String(r["detail"]));
+        expect(plan.join(" | "), status).toMatch(new RegExp(`USING (COVERING )?INDEX outbox_${status}_done \\(done_at<\\?\\)`));
+        expect(plan.join(" | "), status).not.toMatch(/TEMP B-TREE|SCAN outbox(?! USING)/);
+      }
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("schema version 2 upgrades a populated version-1 table in place", async () => {
+    const client = createClient({ url: ":memory:" });
+    try {
+      const v1 = [MIGRATIONS_TABLE_DDL, ...SCHEMA_V1.statements, recordVersionSql(1)].map((s) => renderSql(s, "outbox"));
+      await client.batch(v1, "write");
+      const old = libsqlStorage(client, { retainDeliveredMs: 60_000 });
+      const ms = Array.from({ length: 30 }, (_, i) => message(i, { key: i % 2 ? "k" : null }));
+      await client.batch([old.statement(ms)], "write");
+      const c = await old.claim({ limit: 20, leaseMs: 10_000 });
+      await old.settle(c.token, c.messages.map((m, i) => i % 2 ? { id: m.id, outcome: "delivered" as const } : { id: m.id, outcome: "dead" as const, error: "x" }));
+      const before = (await client.execute("SELECT * FROM outbox ORDER BY seq")).rows;
+
+      await old.migrate();
+      const versions = (await client.execute("SELECT version FROM outbox_migrations ORDER BY version")).rows.map((r) => Number(r["version"]));
+      expect(versions).toEqual([1, 2]);
+      const indexes = (await client.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox'")).rows.map((r) => r["name"]);
+      expect(indexes).toContain("outbox_dead_done");
+      expect(indexes).toContain("outbox_delivered_done");
+      expect(indexes).not.toContain("outbox_done");
+      expect((await client.execute("SELECT * FROM outbox ORDER BY seq")).rows).toEqual(before);
+      const now = (await old.stats()).now;
+      expect(await old.purge({ status: "dead", olderThan: now + 1, limit: 100 })).toBe(10);
+      expect(await old.purge({ status: "delivered", olderThan: now + 1, limit: 100 })).toBe(10);
+      expect((await old.stats()).pending).toBe(10);
+      await old.migrate(); // idempotent
+    } finally {
+      client.close();
+    }
+  });
+});
+
 describe("libsqlStorage: busy databases", () => {
   it("isBusyError recognises what @libsql/client 0.18 throws", () => {
     expect(isBusyError({ code: "SQLITE_BUSY", rawCode: 5 })).toBe(true);
@@ -601,5 +899,5 @@ describe("libsqlStorage: busy databases", () => {
   });
 });
 
-storageConformance({ describe, it, expect }, { name: "libsql :memory:", create: () => libsqlMemoryFixture() });
-storageConformance({ describe, it, expect }, { name: "libsql file", create: () => libsqlFileFixture() });
+storageConformance({ describe, it, expect }, { name: "libsql :memory:", create: () => libsqlMemoryFixture(), semantics: 2 });
+storageConformance({ describe, it, expect }, { name: "libsql file", create: () => libsqlFileFixture(), semantics: 2 });

@@ -1,6 +1,6 @@
 import * as v from "valibot";
 import { describe, expect, it } from "vitest";
-import { createOutbox, defineTopic, type EnqueueOptions, isOutboxError, type StandardSchemaV1 } from "../mod.ts";
+import { createOutbox, defineTopic, type EnqueueOptions, evaluateHealth, isOutboxError, type StandardSchemaV1 } from "../mod.ts";
 import { memoryStorage } from "../adapters/memory/mod.ts";
 import { caught, codeOf, event, memoryOutbox } from "./helpers.ts";
 
@@ -168,5 +168,52 @@ describe("typing", () => {
     const h = storage.begin();
     await outbox.enqueue(h.tx, "test.event", { n: 1 });
     await h.rollback();
+  });
+});
+
+describe("health from stats", () => {
+  it("a delayed or backing-off message does not turn health unhealthy; a message due for too long does", async () => {
+    let now = 1_700_000_000_000;
+    const { storage, outbox } = memoryOutbox({ now: () => now });
+    const h = storage.begin();
+    await outbox.enqueue(h.tx, event, { n: 1 }, { delayMs: 86_400_000 });
+    await h.commit();
+    now += 600_000; // enqueued 10 minutes ago, due in 23 h 50 min
+    let stats = await outbox.stats();
+    expect(stats.oldestPendingAgeMs).toBe(600_000);
+    expect(stats.oldestDueAgeMs).toBeNull();
+    expect(evaluateHealth(stats).status).toBe("healthy");
+
+    // A message that failed and backs off for 10 minutes: not waiting while due either.
+    const h2 = storage.begin();
+    await outbox.enqueue(h2.tx, event, { n: 2 });
+    await h2.commit();
+    const claim = await storage.claim({ limit: 10, leaseMs: 3_600_000 });
+    expect(claim.messages).toHaveLength(1);
+    now += 600_000; // leased for 10 minutes: in flight, not waiting
+    expect(evaluateHealth(await outbox.stats()).status).toBe("healthy");
+    await storage.settle(claim.token, [{ id: claim.messages[0]!.id, outcome: "retry", delayMs: 900_000, error: "HTTP 503" }]);
+    now += 600_000;
+    expect(evaluateHealth(await outbox.stats()).status).toBe("healthy");
+
+    // Due for 6 minutes now (the backoff ended 6 minutes ago): unhealthy.
+    now += 300_000 + 360_000;
+    stats = await outbox.stats();
+    expect(stats.oldestDueAgeMs).toBe(360_000);
+    const report = evaluateHealth(stats);
+    expect(report.status).toBe("unhealthy");
+    expect(report.checks).toEqual([
+      { name: "oldestPendingAgeMs", value: 360_000, status: "unhealthy", degraded: 30_000, unhealthy: 300_000 },
+    ]);
+  });
+
+  it("falls back to oldestPendingAgeMs for a storage that does not report oldestDueAgeMs", () => {
+    const base = {
+      pending: 1, due: 1, leased: 0, dead: 0, now: 0,
+      window: { windowMs: 60_000, delivered: 0, retried: 0, dead: 0, avgLatencyMs: null, maxLatencyMs: null },
+    };
+    expect(evaluateHealth({ ...base, oldestPendingAgeMs: 400_000 }).status).toBe("unhealthy");
+    expect(evaluateHealth({ ...base, oldestPendingAgeMs: 400_000, oldestDueAgeMs: 10 }).status).toBe("healthy");
+    expect(evaluateHealth({ ...base, oldestPendingAgeMs: 400_000, oldestDueAgeMs: null }).status).toBe("healthy");
   });
 });

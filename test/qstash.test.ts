@@ -513,7 +513,7 @@ async function relayServer(e: QstashEmulator, options: Partial<Parameters<typeof
   const parent = new Hono();
   parent.route("/outbox", createRelayApp({
     relay: { drain: (o) => (drains.push(Date.now()), real.drain(o)) },
-    auth: { qstash: { currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey } },
+    auth: { qstash: { verifier: new Receiver({ currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey, devMode: false }) } },
     publicUrl: `${server.url}/outbox`,
     ...options,
   }));
@@ -551,34 +551,51 @@ describe("ensureSchedule", () => {
 });
 
 describe("qstashNudge and qstashFollowUp", () => {
-  it("a burst of 50 nudges makes one drain call per window, arriving by the window's end", async () => {
+  it("the first commit of a quiet window drains at once (leading edge); a burst adds one drain at the window's end (trailing edge)", async () => {
     const e = await emulator();
     const qstash = e.client();
     const relay = await relayServer(e);
     const windowMs = 1_000;
-    const burst = async (): Promise<Awaited<ReturnType<typeof qstashNudge>>[]> => {
-      while (Date.now() % windowMs > 100) await sleep(5); // start early in a window so the burst fits in it
-      return Promise.all(Array.from({ length: 50 }, () => qstashNudge(qstash, { url: relay.drainUrl, windowMs })));
+    const nudge = (): Promise<Awaited<ReturnType<typeof qstashNudge>>> => qstashNudge(qstash, { url: relay.drainUrl, windowMs });
+    const inWindow = async (from: number, to: number): Promise<void> => {
+      while (Date.now() % windowMs < from || Date.now() % windowMs > to) await sleep(2);
     };
-    const first = await burst();
-    expect(new Set(first.map((r) => r.dedupId)).size).toBe(1);
-    expect(new Set(first.map((r) => r.messageId)).size).toBe(1);
-    expect(first.filter((r) => !r.deduplicated)).toHaveLength(1);
-    const deliverAt = first[0]!.deliverAt;
-    expect(deliverAt % windowMs).toBe(0);
-    expect(first[0]!.dedupId).toMatch(/^nudge-[0-9a-f]{16}-\d+$/);
-    expect(e.messages).toHaveLength(1);
 
+    // An isolated commit in the middle of a window: its drain comes at once, not at the window's end.
+    await inWindow(300, 400);
+    const t0 = Date.now();
+    const single = await nudge();
     await e.waitFor(() => relay.drains.length >= 1, 3_000);
-    expect(relay.drains[0]!).toBeGreaterThanOrEqual(deliverAt - 5);
-    expect(relay.drains[0]!).toBeLessThanOrEqual(deliverAt + 250);
+    expect(relay.drains[0]! - t0).toBeLessThan(300); // before the window's end (≥ 600 ms away)
+    expect(single).toMatchObject({ edge: "leading", deduplicated: false });
+    expect(single.deliverAt).toBeGreaterThanOrEqual(t0);
+    expect(single.dedupId).toMatch(/^nudge-[0-9a-f]{16}-\d+$/);
+    await sleep(windowMs * 2); // a quiet window
 
-    const second = await burst();
-    expect(second[0]!.deliverAt).toBeGreaterThan(deliverAt);
-    await e.waitFor(() => relay.drains.length >= 2, 3_000);
+    // A burst of 50 concurrent nudges in one window: one drain at once, one more at the window's end.
+    await inWindow(50, 150);
+    const b0 = Date.now();
+    const burst = await Promise.all(Array.from({ length: 50 }, nudge));
+    const windowEnd = (Math.floor(b0 / windowMs) + 1) * windowMs;
+    expect(burst.filter((r) => r.edge === "leading" && !r.deduplicated)).toHaveLength(1);
+    expect(burst.filter((r) => r.edge === "trailing")).toHaveLength(49);
+    expect(burst.filter((r) => r.edge === "trailing" && !r.deduplicated)).toHaveLength(1);
+    expect(new Set(burst.filter((r) => r.edge === "trailing").map((r) => r.messageId)).size).toBe(1);
+    for (const r of burst.filter((x) => x.edge === "trailing")) expect(r.deliverAt).toBe(windowEnd);
+    await e.waitFor(() => relay.drains.length >= 3, 3_000);
+    expect(relay.drains[1]! - b0).toBeLessThan(300);
+    expect(relay.drains[2]!).toBeGreaterThanOrEqual(windowEnd - 5);
+    expect(relay.drains[2]!).toBeLessThanOrEqual(windowEnd + 250);
+
+    // The next window: its leading edge was that trailing drain, so a commit in it waits for the window's end.
+    await inWindow(100, 200);
+    const next = await nudge();
+    expect(next).toMatchObject({ edge: "trailing", deduplicated: false, deliverAt: windowEnd + windowMs });
+    await e.waitFor(() => relay.drains.length >= 4, 3_000);
     await sleep(300);
-    expect(relay.drains).toHaveLength(2);
-    expect(relay.drains[1]!).toBeLessThanOrEqual(second[0]!.deliverAt + 250);
+    // 1 + (2 windows with commits + 1): never more than one drain per window plus one.
+    expect(relay.drains).toHaveLength(4);
+    expect(e.messages.filter((m) => m.url === relay.drainUrl)).toHaveLength(4);
     expect(e.deliveries.every((d) => d.status === 200)).toBe(true);
   });
 
@@ -628,7 +645,7 @@ describe("end to end through the emulator", () => {
     parent.route("/outbox", createRelayApp({
       relay,
       outbox,
-      auth: { qstash: { currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey } },
+      auth: { qstash: { verifier: new Receiver({ currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey, devMode: false }) } },
       publicUrl: `${server.url}/outbox`,
       budgetMs: 5_000,
       followUp: qstashFollowUp(qstash, { url: drainUrl }),
@@ -671,7 +688,8 @@ describe("end to end through the emulator", () => {
         `${nudges} nudge messages for 200 nudges, ${drainCalls.length} drain calls`,
     );
     expect(drainCalls.every((d) => d.status === 200)).toBe(true);
-    expect(nudges).toBeLessThanOrEqual(Math.ceil(commitSpanMs / windowMs) + 1);
+    // k windows touched (at most ceil(span) + 1 of them) make at most k + 1 drain calls.
+    expect(nudges).toBeLessThanOrEqual(Math.ceil(commitSpanMs / windowMs) + 2);
     expect(pct(0.99)).toBeLessThan(windowMs + 1_500); // at most one window plus the drain and two hops
     expect((await storage.stats()).pending).toBe(0);
     const { rows } = await client.execute("SELECT count(*) AS n FROM orders");

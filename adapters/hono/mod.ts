@@ -1,29 +1,46 @@
 /**
  * `edge-outbox/hono`: the relay as a Hono app — `POST /drain` for cron platforms, QStash schedules and nudges,
- * `GET /health`, `GET /stats` and the dead-letter routes — every route behind a QStash signature or a bearer
- * secret. Mount it under a prefix in your own app (`app.route("/outbox", relayApp)`) or serve it alone.
+ * `GET /health`, `GET /stats`, `GET /metrics` (Prometheus) and the dead-letter routes — each route group behind its
+ * own credential. Mount it
+ * under a prefix in your own app (`app.route("/outbox", relayApp)`) or serve it alone. It imports no QStash code:
+ * to accept QStash signatures, pass your own `Receiver` (or a verify function).
  *
- * Routes (paths relative to where the app is mounted):
- * - `POST /drain`: one budgeted drain; answers the drain report as JSON. When the report says `more` and a
+ * Routes (paths relative to where the app is mounted), by scope:
+ * - drain — `POST /drain`: one budgeted drain; answers the drain report as JSON. When the report says `more` and a
  *   `followUp` function is configured, it triggers one follow-up drain call, with a deduplication id derived from
  *   the incoming call (its `Upstash-Message-Id`, else its `Idempotency-Key`), so a retried call never fans out.
- *   Storage or lock failures answer 503 `{ error: "STORAGE" | "LOCK", message, retryable }`.
- * - `GET /health`: 200 `{ status: "healthy" | "degraded" }` or 503 `{ status: "unhealthy" }`, from thresholds on the
- *   pending count, the oldest pending age and the dead letters (see `evaluateHealth`).
- * - `GET /stats?windowMs=`: counts, windowed counters, average delivery latency and retry rate from
- *   `outbox.stats()` (database counters: right when every call runs in a new serverless process).
- * - `GET /dead-letters?limit=&cursor=`, `POST /dead-letters/:id/replay` (404 when not found),
- *   `DELETE /dead-letters?olderThan=&limit=` (bounded purge).
+ * - metrics — `GET /metrics`: the same database counters in the Prometheus text format (`edge_outbox_pending`, `_due`,
+ *   `_leased`, `_dead`, `_oldest_pending_age_seconds`, `_oldest_due_age_seconds`, and per `window_seconds`
+ *   (`metricsWindowsMs`) `_window_delivered`, `_window_retried`, `_window_dead`, `_window_delivery_latency_avg_seconds`,
+ *   `_window_delivery_latency_max_seconds`): no counter lives in the process, so any instance answers right.
+ *   A metrics secret scrapes only this; read and admin secrets scrape it too.
+ * - read — `GET /health`: 200 `{ status: "healthy" | "degraded" }` or 503 `{ status: "unhealthy" }`, from thresholds
+ *   (see `evaluateHealth`); `GET /stats?windowMs=`: counts, windowed counters, delivery latency and retry rate from
+ *   `outbox.stats()` (database counters: right when every call runs in a new serverless process);
+ *   `GET /dead-letters?limit=&cursor=`.
+ * - admin — `POST /dead-letters/:id/replay` (404 when not found), `DELETE /dead-letters?olderThan=&limit=` (bounded purge).
+ * - dashboard (with read) — `GET /` and `/assets/…`: a page with the health status, the counts, charts (uPlot, served
+ *   by the app) of pending/due/dead and delivery latency sampled while it is open, and the dead letters with a replay
+ *   button. The page holds no data and needs no secret; it asks for a read or admin secret, keeps it in
+ *   `sessionStorage` and sends it as `Authorization: Bearer` to the JSON routes (replay needs the admin secret).
  *
- * Authentication, on every route: a valid `Upstash-Signature` (verified with `@upstash/qstash`'s `Receiver`
- * against the current and next signing keys, bound to the body and to the URL QStash called — `publicUrl` plus the
- * route path, since behind a prefix or a proxy the URL the app sees differs), or `Authorization: Bearer <secret>`
- * compared in constant time (Vercel Cron sends `CRON_SECRET` this way). Anything else gets 401 before any work.
+ * Credentials (`auth`): bearer secrets per scope (`drain`, `metrics`, `read`, `admin`; an admin secret also reads), each at least
+ * 16 characters, compared in constant time; and QStash signatures, valid for the drain scope unless
+ * `auth.qstash.scopes` says more. A route group whose scope no credential grants is not served (404), and
+ * `routes: { admin: false }` turns a group off outright. Requests are checked in this order, all before the body is
+ * read: route and method; `Authorization: Bearer` (401 unknown, 403 valid for another scope); the
+ * `Upstash-Signature` header's shape and claims (a JWT for this URL, not expired); the declared body size (413 over
+ * `maxBodyBytes`). Only then is the body read — at most `maxBodyBytes` of it, also without a `Content-Length` — and
+ * the signature verified against it.
+ *
+ * Errors answer `{ error, message, retryable }` with a code (`VALIDATION` 400, `STORAGE`/`LOCK` 503 with
+ * `Retry-After`, `INTERNAL` 500) and a generic message: driver messages never reach the response; they go to
+ * `onError`.
  *
  * @example
  * ```ts
  * import { Hono } from "hono";
- * import { Client } from "@upstash/qstash";
+ * import { Client, Receiver } from "@upstash/qstash";
  * import { createRelayApp } from "edge-outbox/hono";
  * import { qstashFollowUp } from "edge-outbox/qstash";
  *
@@ -33,8 +50,10 @@
  *   relay,
  *   outbox,
  *   auth: {
- *     qstash: { currentSigningKey: env.QSTASH_CURRENT_SIGNING_KEY, nextSigningKey: env.QSTASH_NEXT_SIGNING_KEY },
- *     bearer: env.CRON_SECRET,
+ *     drain: env.CRON_SECRET,  // Vercel Cron sends it as Authorization: Bearer
+ *     read: env.OUTBOX_READ_SECRET,
+ *     admin: env.OUTBOX_ADMIN_SECRET,
+ *     qstash: { verifier: new Receiver({ currentSigningKey: env.QSTASH_CURRENT_SIGNING_KEY, nextSigningKey: env.QSTASH_NEXT_SIGNING_KEY }) },
  *   },
  *   publicUrl: "https://app.example/outbox",
  *   budgetMs: 8_000,
@@ -47,7 +66,7 @@
  * @module
  */
 import { type Context, Hono, type MiddlewareHandler } from "hono";
-import { Receiver } from "@upstash/qstash";
+import { bodyLimit } from "hono/body-limit";
 import * as v from "valibot";
 import { isOutboxError, OutboxError } from "../../src/errors.ts";
 import { uuidv7 } from "../../src/message.ts";
@@ -56,27 +75,20 @@ import type { Outbox } from "../../src/outbox.ts";
 import type { DrainReport, Relay } from "../../src/relay.ts";
 import { evaluateHealth, type HealthReport, type HealthThresholds, parseHealthThresholds, retryRate } from "../../src/stats.ts";
 import type { OutboxStats } from "../../src/storage.ts";
+import { DASHBOARD_CSS, DASHBOARD_HEADERS, DASHBOARD_JS, dashboardHtml } from "./dashboard.ts";
+import { PROMETHEUS_CONTENT_TYPE, renderMetrics } from "./metrics.ts";
+import { UPLOT_CSS, UPLOT_JS, UPLOT_VERSION } from "./uplot.ts";
+import { authSchema, credentials, type RelayAppAuth, type RelayAppScope, sha256 } from "./auth.ts";
 
-/** QStash signing keys (from the QStash console, or `QSTASH_CURRENT_SIGNING_KEY` / `QSTASH_NEXT_SIGNING_KEY`). */
-export interface QstashSigningKeys {
-  /** The current signing key. */
-  currentSigningKey: string;
-  /** The next signing key (tried when the current one fails, so key rotation needs no downtime). */
-  nextSigningKey: string;
-  /** Seconds of clock difference tolerated on the signature's `nbf` and `exp`. @default 0 */
-  clockToleranceSeconds?: number;
-}
-
-/** How callers authenticate. At least one of `qstash` and `bearer` is required. */
-export interface RelayAppAuth {
-  /** Accept requests signed by QStash (schedules, nudges, follow-ups). Needs `publicUrl`. @default none */
-  qstash?: QstashSigningKeys;
-  /**
-   * Accept `Authorization: Bearer <secret>` for one of these secrets (at least 16 characters each), compared in
-   * constant time. Vercel Cron sends `CRON_SECRET` this way. Several secrets allow rotation. @default none
-   */
-  bearer?: string | readonly string[];
-}
+export type {
+  BearerSecrets,
+  QstashReceiver,
+  QstashVerify,
+  QstashVerifyRequest,
+  RelayAppAuth,
+  RelayAppQstash,
+  RelayAppScope,
+} from "./auth.ts";
 
 /** What a follow-up function receives. */
 export interface FollowUpRequest {
@@ -92,37 +104,80 @@ export interface FollowUpRequest {
 /** The outbox operations the app uses (an outbox from `createOutbox` fits). */
 export type RelayAppOutbox = Pick<Outbox<unknown, unknown>, "stats" | "deadLetters">;
 
+/** Route groups, by the scope that guards them. */
+export interface RelayAppRoutes {
+  /** `POST /drain`. @default on when a credential grants the drain scope */
+  drain?: boolean | undefined;
+  /** `GET /metrics` (Prometheus). @default on when a credential grants the metrics scope (metrics, read or admin secrets) and an outbox is given */
+  metrics?: boolean | undefined;
+  /** `GET /health`, `GET /stats`, `GET /dead-letters`. @default on when a credential grants read and an outbox is given */
+  read?: boolean | undefined;
+  /** `POST /dead-letters/:id/replay`, `DELETE /dead-letters`. @default on when a credential grants admin and an outbox is given */
+  admin?: boolean | undefined;
+  /**
+   * The dashboard page `GET /` and its assets (`/assets/…`). The page and assets hold no data and are served without
+   * a credential; the page asks for a read or admin secret and sends it to the JSON routes. @default on with `read`
+   */
+  dashboard?: boolean | undefined;
+}
+
 /** Options of {@link createRelayApp}. */
 export interface RelayAppOptions {
   /** The relay `POST /drain` runs (from `createRelay`). */
   relay: Pick<Relay, "drain">;
-  /** The outbox behind `/health`, `/stats` and `/dead-letters`; without it those routes answer 501. @default none */
-  outbox?: RelayAppOutbox;
-  /** Who may call: QStash signatures and/or bearer secrets. */
+  /** The outbox behind the read and admin routes (required when they are on). @default none */
+  outbox?: RelayAppOutbox | undefined;
+  /**
+   * Who may call, per scope: bearer secrets for `drain`, `metrics`, `read` and `admin` (each at least 16 characters,
+   * each in one scope only), and a QStash verifier (drain scope by default). At least one credential.
+   */
   auth: RelayAppAuth;
+  /**
+   * Turns route groups off (404). A group is on by default when a credential grants its scope; turning on a group
+   * that no credential grants is a CONFIG error. @default all groups some credential grants
+   */
+  routes?: RelayAppRoutes | undefined;
   /**
    * Time budget of each drain, ms. A call answers within about `budgetMs` plus the relay's `sendTimeoutMs` (plus
    * `followUpTimeoutMs` when it triggers a follow-up): keep that under your platform's time limit. @default 8000
    */
-  budgetMs?: number;
+  budgetMs?: number | undefined;
   /** Health thresholds of `GET /health`. @default { oldestPendingAgeMs: { degraded: 30000, unhealthy: 300000 } } */
-  thresholds?: HealthThresholds;
+  thresholds?: HealthThresholds | undefined;
   /**
    * Triggers one more drain call when a drain reports `more` (e.g. `qstashFollowUp(client, { url })`
-   * from `edge-outbox/qstash`). Pass `dedupId` on as the deduplication id. A failure is reported in the response,
-   * not thrown. @default none (a backlog then waits for the next scheduled call)
+   * from `edge-outbox/qstash`). Pass `dedupId` on as the deduplication id. A failure is reported in the response
+   * (`followUp.ok: false`) and passed to `onError`, not thrown. @default none (a backlog then waits for the next call)
    */
-  followUp?: (request: FollowUpRequest) => unknown;
+  followUp?: ((request: FollowUpRequest) => unknown) | undefined;
   /** Longest wait for `followUp`, ms; then it is reported as failed. @default 2000 */
-  followUpTimeoutMs?: number;
+  followUpTimeoutMs?: number | undefined;
   /**
    * The app's public base URL as QStash calls it, e.g. `https://app.example/outbox` (where the app is mounted).
    * QStash signs the URL it called; the route path and query are appended to this to verify it. Required with
    * `auth.qstash`. @default none
    */
-  publicUrl?: string;
+  publicUrl?: string | undefined;
   /** Default counter window of `GET /stats`, ms. @default 300000 */
-  statsWindowMs?: number;
+  statsWindowMs?: number | undefined;
+  /**
+   * The counter windows `GET /metrics` reports (`window_seconds` label), ms; one `outbox.stats()` read each.
+   * @default [statsWindowMs]
+   */
+  metricsWindowsMs?: readonly number[] | undefined;
+  /** How often the dashboard page re-reads the counters (one chart point each), ms. @default 5000 */
+  dashboardRefreshMs?: number | undefined;
+  /**
+   * Largest request body accepted, bytes: bigger ones get 413 before they are read (by `Content-Length`, or while
+   * reading a body sent without one). No route needs a body; QStash schedules and nudges send a small one or none.
+   * @default 4096
+   */
+  maxBodyBytes?: number | undefined;
+  /**
+   * Receives every failure the response hides (driver errors behind a 503 or 500, failed follow-ups), with the route.
+   * @default logs with `console.error`
+   */
+  onError?: ((error: unknown, route: string) => void) | undefined;
 }
 
 /** The JSON answer of `POST /drain`: the drain report, plus the follow-up when one was triggered. */
@@ -143,9 +198,19 @@ export interface HealthResponse extends HealthReport {
   readonly stats: OutboxStats;
 }
 
+/** The JSON body of every error answer: a code to branch on and a generic message (never a driver's). */
+export interface ErrorResponse {
+  /** `UNAUTHORIZED`, `FORBIDDEN`, `PAYLOAD_TOO_LARGE`, `VALIDATION`, `NOT_FOUND`, `STORAGE`, `LOCK` or `INTERNAL`. */
+  readonly error: string;
+  /** What happened, in words that carry no driver internals. */
+  readonly message: string;
+  /** Whether calling again later can succeed. */
+  readonly retryable: boolean;
+}
+
 const int = (min: number, max: number) => v.pipe(v.number(), v.integer(), v.minValue(min), v.maxValue(max));
-const secret = v.pipe(v.string(), v.minLength(16, "must be at least 16 characters"));
 const fn = (what: string) => v.custom<(...args: never[]) => unknown>((f) => typeof f === "function", `must be ${what}`);
+const flag = v.optional(v.boolean());
 
 const optionsSchema = v.pipe(
   v.object({
@@ -159,17 +224,8 @@ const optionsSchema = v.pipe(
         typeof (o as { deadLetters?: { list?: unknown } }).deadLetters?.list === "function",
       "must be an outbox made by createOutbox",
     )),
-    auth: v.pipe(
-      v.strictObject({
-        qstash: v.optional(v.strictObject({
-          currentSigningKey: v.pipe(v.string(), v.minLength(1, "must be a non-empty signing key")),
-          nextSigningKey: v.pipe(v.string(), v.minLength(1, "must be a non-empty signing key")),
-          clockToleranceSeconds: v.optional(int(0, 3_600)),
-        })),
-        bearer: v.optional(v.union([secret, v.pipe(v.array(secret), v.minLength(1))], "must be a secret of at least 16 characters, or a non-empty list of them")),
-      }),
-      v.check((a) => a.qstash !== undefined || a.bearer !== undefined, "configure qstash signing keys, a bearer secret, or both"),
-    ),
+    auth: authSchema,
+    routes: v.optional(v.strictObject({ drain: flag, metrics: flag, read: flag, admin: flag, dashboard: flag })),
     budgetMs: v.optional(int(100, 3_600_000), 8_000),
     thresholds: v.optional(v.unknown()),
     followUp: v.optional(fn("a function ({ dedupId, report }) => Promise")),
@@ -186,27 +242,41 @@ const optionsSchema = v.pipe(
       }, "must be an absolute http(s) URL without query or fragment, e.g. https://app.example/outbox"),
     )),
     statsWindowMs: v.optional(int(1, 30 * 86_400_000), 300_000),
+    metricsWindowsMs: v.optional(v.pipe(
+      v.array(int(60_000, 30 * 86_400_000)),
+      v.minLength(1, "must list at least one window"),
+      v.maxLength(8, "must list at most 8 windows (each is one stats read per scrape)"),
+      v.check((w) => new Set(w).size === w.length, "must not list a window twice"),
+    )),
+    maxBodyBytes: v.optional(int(0, 1_048_576), 4_096),
+    dashboardRefreshMs: v.optional(int(1_000, 3_600_000), 5_000),
+    onError: v.optional(fn("a function (error, route) => void")),
   }),
   v.check((o) => o.auth.qstash === undefined || o.publicUrl !== undefined, "publicUrl is required with auth.qstash (QStash signs the URL it called)"),
 );
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const NO_STORE = { "Cache-Control": "no-store" } as const;
+type Group = Exclude<keyof RelayAppRoutes, "dashboard">;
+const GROUP_SCOPE: Record<Group, RelayAppScope> = { drain: "drain", metrics: "metrics", read: "read", admin: "admin" };
 
 /**
- * Creates the relay's Hono app. Every route requires a QStash signature or a bearer secret (401 otherwise, before
- * anything runs).
+ * Creates the relay's Hono app. Every route requires a credential of its scope (401 without one, 403 with one of
+ * another scope), checked before the body is read; bodies over `maxBodyBytes` get 413.
  *
- * @param options relay, outbox, auth, budgetMs (8000), thresholds, followUp, followUpTimeoutMs (2000), publicUrl, statsWindowMs (300000)
- * @returns a Hono app with `POST /drain`, `GET /health`, `GET /stats`, `GET /dead-letters`,
- *   `POST /dead-letters/:id/replay` and `DELETE /dead-letters`
- * @throws {OutboxError} CONFIG naming the bad option (e.g. `auth: configure qstash signing keys, a bearer secret, or both`)
+ * @param options relay, outbox, auth, routes, budgetMs (8000), thresholds, followUp, followUpTimeoutMs (2000),
+ *   publicUrl, statsWindowMs (300000), metricsWindowsMs ([statsWindowMs]), dashboardRefreshMs (5000),
+ *   maxBodyBytes (4096), onError
+ * @returns a Hono app with the route groups some credential grants: `POST /drain`; `GET /metrics`; `GET /health`,
+ *   `GET /stats`, `GET /dead-letters` and the dashboard `GET /`; `POST /dead-letters/:id/replay`, `DELETE /dead-letters`
+ * @throws {OutboxError} CONFIG naming the bad option, e.g. `createRelayApp options: auth.drain: must be at least 16
+ *   characters …`, or a route group turned on that no credential grants
  * @example
  * ```ts
  * import { createRelayApp } from "edge-outbox/hono";
  *
- * const app = createRelayApp({ relay, outbox, auth: { bearer: env.CRON_SECRET }, budgetMs: 8_000 });
- * // Vercel Cron: { "crons": [{ "path": "/drain", "schedule": "* * * * *" }] } calls POST /drain with the secret
+ * // Vercel Cron: { "crons": [{ "path": "/drain", "schedule": "* * * * *" }] } calls POST /drain with CRON_SECRET
+ * const app = createRelayApp({ relay, outbox, auth: { drain: env.CRON_SECRET, read: env.OUTBOX_READ_SECRET } });
  * export default app;
  * ```
  */
@@ -216,144 +286,186 @@ export function createRelayApp(options: RelayAppOptions): Hono {
   const relay = options.relay;
   const outbox = options.outbox;
   const followUp = options.followUp;
-  const { budgetMs, followUpTimeoutMs, statsWindowMs } = o;
+  const onError = options.onError ?? ((e: unknown, route: string) => console.error(`[edge-outbox:hono] ${route}:`, e));
+  const { budgetMs, followUpTimeoutMs, statsWindowMs, maxBodyBytes } = o;
+  const metricsWindowsMs = o.metricsWindowsMs ?? [statsWindowMs];
   const publicUrl = o.publicUrl?.replace(/\/+$/, "");
-  const qstash = o.auth.qstash;
-  const receiver = qstash
-    ? new Receiver({ currentSigningKey: qstash.currentSigningKey, nextSigningKey: qstash.nextSigningKey, devMode: false })
-    : null;
-  const bearers = o.auth.bearer === undefined ? [] : typeof o.auth.bearer === "string" ? [o.auth.bearer] : [...o.auth.bearer];
-  let bearerDigests: Promise<Uint8Array[]> | undefined;
+  const creds = credentials(options.auth);
 
-  /** Verifies the caller; `segments` is the number of path segments of the route (for the signed URL). */
-  async function authorized(c: Context, segments: number): Promise<boolean> {
-    const header = c.req.header("authorization");
-    if (bearers.length > 0 && header !== undefined) {
-      const m = /^Bearer\s+(\S.*)$/i.exec(header);
-      if (m) {
-        bearerDigests ??= Promise.all(bearers.map(sha256));
-        const [given, known] = await Promise.all([sha256(m[1]!.trim()), bearerDigests]);
-        let ok = false;
-        for (const k of known) ok = constantTimeEqual(given, k) || ok; // compare with every secret, no early exit
-        if (ok) return true;
-      }
+  const on = {} as Record<Group, boolean>;
+  for (const group of ["drain", "metrics", "read", "admin"] as const) {
+    const wanted = options.routes?.[group];
+    const granted = creds.granted.has(GROUP_SCOPE[group]);
+    const needsOutbox = group !== "drain";
+    if (wanted === true && !granted) {
+      throw new OutboxError("CONFIG", `createRelayApp options: routes.${group} is on but no credential grants the ${group} scope (set auth.${group})`);
     }
-    const signature = c.req.header("upstash-signature");
-    if (receiver && publicUrl && signature) {
-      try {
-        const body = await c.req.text();
-        return await receiver.verify({
-          signature,
-          body,
-          url: signedUrl(publicUrl, c.req.url, segments),
-          clockTolerance: qstash?.clockToleranceSeconds ?? 0,
-        });
-      } catch {
-        return false;
-      }
+    if ((wanted ?? granted) && needsOutbox && !outbox) {
+      throw new OutboxError("CONFIG", `createRelayApp options: the ${group} routes need an outbox (pass outbox, or set routes.${group}: false)`);
     }
-    return false;
+    on[group] = wanted ?? granted;
   }
+  if (options.routes?.dashboard === true && !on.read) {
+    throw new OutboxError("CONFIG", "createRelayApp options: routes.dashboard needs the read routes (set auth.read or auth.admin)");
+  }
+  const dashboard = on.read && options.routes?.dashboard !== false;
 
-  const guard = (route: string): MiddlewareHandler => {
+  /** The signatures waiting for their body to be verified, per request context. */
+  const pending = new WeakMap<Context, string>();
+
+  /** Header checks: everything that can be decided before reading the body. */
+  const guard = (scope: RelayAppScope, route: string): MiddlewareHandler => {
     const segments = route.split("/").filter(Boolean).length;
     return async (c, next) => {
-      if (!(await authorized(c, segments))) {
-        return c.json(
-          { error: "UNAUTHORIZED", message: "a valid Upstash-Signature or Authorization: Bearer <secret> is required" },
-          401,
-          { ...NO_STORE, "WWW-Authenticate": "Bearer" },
-        );
+      const url = publicUrl ? signedUrl(publicUrl, c.req.url, segments) : "";
+      const result = await creds.check({ authorization: c.req.header("authorization"), signature: c.req.header("upstash-signature") }, scope, url);
+      if (result.kind === "unauthorized") return unauthorized(c);
+      if (result.kind === "forbidden") return error(c, 403, "FORBIDDEN", `this credential does not grant the ${scope} scope`);
+      if (result.kind === "signature") pending.set(c, result.signature);
+      await next();
+    };
+  };
+  const limit = bodyLimit({
+    maxSize: maxBodyBytes,
+    onError: (c) => error(c, 413, "PAYLOAD_TOO_LARGE", `request bodies are limited to ${maxBodyBytes} bytes`),
+  });
+  /** Verifies a pending signature against the (size-checked) body. */
+  const signed = (route: string): MiddlewareHandler => {
+    const segments = route.split("/").filter(Boolean).length;
+    return async (c, next) => {
+      const signature = pending.get(c);
+      if (signature !== undefined) {
+        const url = signedUrl(publicUrl!, c.req.url, segments);
+        if (!(await creds.verify(signature, await c.req.text(), url))) return unauthorized(c);
       }
       await next();
     };
   };
+  const protect = (scope: RelayAppScope, route: string): [MiddlewareHandler, MiddlewareHandler, MiddlewareHandler] => [guard(scope, route), limit, signed(route)];
 
-  const withOutbox = async (c: Context, run: (outbox: RelayAppOutbox) => Promise<Response>): Promise<Response> => {
-    if (!outbox) return c.json({ error: "NOT_CONFIGURED", message: "createRelayApp was given no outbox" }, 501, NO_STORE);
+  const fail = (c: Context, route: string, e: unknown): Response => {
+    if (isOutboxError(e, "VALIDATION")) return error(c, 400, "VALIDATION", e.message);
+    onError(e, route);
+    if (isOutboxError(e, "STORAGE")) return error(c, 503, "STORAGE", "the outbox storage is unavailable; retry later", true);
+    if (isOutboxError(e, "LOCK")) return error(c, 503, "LOCK", "the relay lock is unavailable; retry later", true);
+    return error(c, 500, "INTERNAL", "internal error");
+  };
+  const withOutbox = async (c: Context, route: string, run: (outbox: RelayAppOutbox) => Promise<Response>): Promise<Response> => {
     try {
-      return await run(outbox);
+      return await run(outbox!);
     } catch (e) {
-      return failure(c, e);
+      return fail(c, route, e);
     }
   };
 
   const app = new Hono();
 
-  app.post("/drain", guard("/drain"), async (c) => {
-    let report: DrainReport;
-    try {
-      report = await relay.drain({ budgetMs });
-    } catch (e) {
-      return failure(c, e);
-    }
-    const body: DrainResponse = { ...report };
-    if (report.more && followUp) {
-      const dedupId = await followUpId(c);
+  if (on.drain) {
+    app.post("/drain", ...protect("drain", "/drain"), async (c) => {
+      let report: DrainReport;
       try {
-        await withTimeout(Promise.resolve().then(() => followUp({ dedupId, report })), followUpTimeoutMs);
-        body.followUp = { dedupId, ok: true };
+        report = await relay.drain({ budgetMs });
       } catch (e) {
-        body.followUp = { dedupId, ok: false, error: e instanceof Error ? e.message : String(e) };
+        return fail(c, "POST /drain", e);
       }
-    }
-    return c.json(body, 200, NO_STORE);
-  });
-
-  app.get("/health", guard("/health"), async (c) => {
-    if (!outbox) return c.json({ error: "NOT_CONFIGURED", message: "createRelayApp was given no outbox" }, 501, NO_STORE);
-    let stats: OutboxStats;
-    try {
-      stats = await outbox.stats({ windowMs: statsWindowMs });
-    } catch (e) {
-      const err = describe(e);
-      return c.json({ status: "unhealthy", checks: [], ...err }, 503, NO_STORE);
-    }
-    const report = evaluateHealth(stats, thresholds);
-    const body: HealthResponse = { ...report, stats };
-    return c.json(body, report.status === "unhealthy" ? 503 : 200, NO_STORE);
-  });
-
-  app.get("/stats", guard("/stats"), (c) =>
-    withOutbox(c, async (ob) => {
-      const windowMs = intParam(c.req.query("windowMs"), "windowMs", 1, 30 * 86_400_000, statsWindowMs);
-      if (typeof windowMs === "string") return invalid(c, windowMs);
-      const stats = await ob.stats({ windowMs });
-      const body: StatsResponse = { ...stats, window: { ...stats.window, retryRate: retryRate(stats) } };
+      const body: DrainResponse = { ...report };
+      if (report.more && followUp) {
+        const dedupId = await followUpId(c);
+        try {
+          await withTimeout(Promise.resolve().then(() => followUp({ dedupId, report })), followUpTimeoutMs);
+          body.followUp = { dedupId, ok: true };
+        } catch (e) {
+          onError(e, "POST /drain follow-up");
+          const timedOut = isOutboxError(e, "ABORTED");
+          body.followUp = { dedupId, ok: false, error: timedOut ? `did not finish within ${followUpTimeoutMs} ms` : "the follow-up call failed" };
+        }
+      }
       return c.json(body, 200, NO_STORE);
-    }));
+    });
+  }
 
-  app.get("/dead-letters", guard("/dead-letters"), (c) =>
-    withOutbox(c, async (ob) => {
-      const limit = intParam(c.req.query("limit"), "limit", 1, 1_000, 50);
-      if (typeof limit === "string") return invalid(c, limit);
-      const cursor = c.req.query("cursor");
-      if (cursor !== undefined && (cursor === "" || cursor.length > 512)) return invalid(c, "cursor must be a cursor from a previous page");
-      const page = await ob.deadLetters.list({ limit, cursor: cursor ?? null });
-      return c.json(page, 200, NO_STORE);
-    }));
+  if (on.metrics) {
+    app.get("/metrics", ...protect("metrics", "/metrics"), (c) =>
+      withOutbox(c, "GET /metrics", async (ob) => {
+        const windows = await Promise.all(metricsWindowsMs.map((windowMs) => ob.stats({ windowMs })));
+        return c.body(renderMetrics(windows), 200, { ...NO_STORE, "Content-Type": PROMETHEUS_CONTENT_TYPE });
+      }));
+  }
 
-  app.post("/dead-letters/:id/replay", guard("/dead-letters/:id/replay"), (c) =>
-    withOutbox(c, async (ob) => {
-      const id = c.req.param("id");
-      if (!UUID_RE.test(id)) return invalid(c, "id must be a message id (a UUID)");
-      const replayed = await ob.deadLetters.replay(id.toLowerCase());
-      if (!replayed) return c.json({ error: "NOT_FOUND", message: `no dead letter with id ${id}` }, 404, NO_STORE);
-      return c.json({ replayed: true, id: id.toLowerCase() }, 200, NO_STORE);
-    }));
+  if (on.read) {
+    app.get("/health", ...protect("read", "/health"), async (c) => {
+      let stats: OutboxStats;
+      try {
+        stats = await outbox!.stats({ windowMs: statsWindowMs });
+      } catch (e) {
+        onError(e, "GET /health");
+        return c.json({ status: "unhealthy", checks: [], error: "STORAGE", message: "the outbox stats could not be read", retryable: true }, 503, NO_STORE);
+      }
+      const report = evaluateHealth(stats, thresholds);
+      const body: HealthResponse = { ...report, stats };
+      return c.json(body, report.status === "unhealthy" ? 503 : 200, NO_STORE);
+    });
 
-  app.delete("/dead-letters", guard("/dead-letters"), (c) =>
-    withOutbox(c, async (ob) => {
-      const raw = c.req.query("olderThan");
-      if (raw === undefined || raw === "") return invalid(c, "olderThan is required: epoch milliseconds or an ISO 8601 date");
-      const olderThan = /^\d{1,15}$/.test(raw) ? Number(raw) : Date.parse(raw);
-      if (!Number.isFinite(olderThan)) return invalid(c, "olderThan must be epoch milliseconds or an ISO 8601 date");
-      const limit = intParam(c.req.query("limit"), "limit", 1, 10_000, 1_000);
-      if (typeof limit === "string") return invalid(c, limit);
-      const purged = await ob.deadLetters.purge({ olderThan, limit });
-      return c.json({ purged, more: purged === limit }, 200, NO_STORE);
-    }));
+    app.get("/stats", ...protect("read", "/stats"), (c) =>
+      withOutbox(c, "GET /stats", async (ob) => {
+        const windowMs = intParam(c.req.query("windowMs"), "windowMs", 1, 30 * 86_400_000, statsWindowMs);
+        if (typeof windowMs === "string") return invalid(c, windowMs);
+        const stats = await ob.stats({ windowMs });
+        const body: StatsResponse = { ...stats, window: { ...stats.window, retryRate: retryRate(stats) } };
+        return c.json(body, 200, NO_STORE);
+      }));
 
+    app.get("/dead-letters", ...protect("read", "/dead-letters"), (c) =>
+      withOutbox(c, "GET /dead-letters", async (ob) => {
+        const limit = intParam(c.req.query("limit"), "limit", 1, 1_000, 50);
+        if (typeof limit === "string") return invalid(c, limit);
+        const cursor = c.req.query("cursor");
+        if (cursor !== undefined && (cursor === "" || cursor.length > 512)) return invalid(c, "cursor must be a cursor from a previous page");
+        const page = await ob.deadLetters.list({ limit, cursor: cursor ?? null });
+        return c.json(page, 200, NO_STORE);
+      }));
+  }
+
+  if (dashboard) {
+    app.get("/", (c) => {
+      // Relative asset URLs that work with and without a trailing slash: at /outbox they must start with outbox/.
+      const path = new URL(c.req.url).pathname;
+      const prefix = path.endsWith("/") ? "./" : `./${path.split("/").pop()}/`; // percent-encoded by URL: no quote or <
+      return c.body(dashboardHtml(prefix, o.dashboardRefreshMs, UPLOT_VERSION), 200, DASHBOARD_HEADERS);
+    });
+    const asset = (path: string, body: string, type: string): void => {
+      app.get(path, (c) => c.body(body, 200, { "Content-Type": type, "Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff" }));
+    };
+    asset(`/assets/uplot-${UPLOT_VERSION}.min.js`, UPLOT_JS, "text/javascript; charset=utf-8");
+    asset(`/assets/uplot-${UPLOT_VERSION}.min.css`, UPLOT_CSS, "text/css; charset=utf-8");
+    asset("/assets/dashboard.js", DASHBOARD_JS, "text/javascript; charset=utf-8");
+    asset("/assets/dashboard.css", DASHBOARD_CSS, "text/css; charset=utf-8");
+  }
+
+  if (on.admin) {
+    app.post("/dead-letters/:id/replay", ...protect("admin", "/dead-letters/:id/replay"), (c) =>
+      withOutbox(c, "POST /dead-letters/:id/replay", async (ob) => {
+        const id = c.req.param("id");
+        if (!UUID_RE.test(id)) return invalid(c, "id must be a message id (a UUID)");
+        const replayed = await ob.deadLetters.replay(id.toLowerCase());
+        if (!replayed) return error(c, 404, "NOT_FOUND", `no dead letter with id ${id.toLowerCase()}`);
+        return c.json({ replayed: true, id: id.toLowerCase() }, 200, NO_STORE);
+      }));
+
+    app.delete("/dead-letters", ...protect("admin", "/dead-letters"), (c) =>
+      withOutbox(c, "DELETE /dead-letters", async (ob) => {
+        const raw = c.req.query("olderThan");
+        if (raw === undefined || raw === "") return invalid(c, "olderThan is required: epoch milliseconds or an ISO 8601 date");
+        const olderThan = /^\d{1,15}$/.test(raw) ? Number(raw) : Date.parse(raw);
+        if (!Number.isFinite(olderThan)) return invalid(c, "olderThan must be epoch milliseconds or an ISO 8601 date");
+        const limit = intParam(c.req.query("limit"), "limit", 1, 10_000, 1_000);
+        if (typeof limit === "string") return invalid(c, limit);
+        const purged = await ob.deadLetters.purge({ olderThan, limit });
+        return c.json({ purged, more: purged === limit }, 200, NO_STORE);
+      }));
+  }
+
+  app.onError((e, c) => fail(c, `${c.req.method} ${c.req.path}`, e));
   return app;
 }
 
@@ -370,17 +482,6 @@ async function followUpId(c: Context): Promise<string> {
   if (!source) return `drain-${uuidv7()}`;
   const digest = await sha256(`edge-outbox:follow-up:${source}`);
   return `drain-${[...digest.slice(0, 16)].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
-}
-
-async function sha256(s: string): Promise<Uint8Array> {
-  return new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s)));
-}
-
-function constantTimeEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= a[i]! ^ b[i]!;
-  return diff === 0;
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
@@ -400,19 +501,18 @@ function intParam(raw: string | undefined, name: string, min: number, max: numbe
   return n;
 }
 
+function error(c: Context, status: 400 | 401 | 403 | 404 | 413 | 500 | 503, code: string, message: string, retryable = false): Response {
+  const body: ErrorResponse = { error: code, message, retryable };
+  const headers: Record<string, string> = { ...NO_STORE };
+  if (status === 503) headers["Retry-After"] = "1";
+  if (status === 401) headers["WWW-Authenticate"] = "Bearer";
+  return c.json(body, status, headers);
+}
+
+function unauthorized(c: Context): Response {
+  return error(c, 401, "UNAUTHORIZED", "a credential for this route is required: Authorization: Bearer <secret> or a valid Upstash-Signature");
+}
+
 function invalid(c: Context, message: string): Response {
-  return c.json({ error: "VALIDATION", message }, 400, NO_STORE);
-}
-
-function describe(e: unknown): { error: string; message: string; retryable: boolean } {
-  if (isOutboxError(e)) return { error: e.code, message: e.message, retryable: e.retryable };
-  return { error: "INTERNAL", message: e instanceof Error ? e.message : String(e), retryable: false };
-}
-
-/** Maps a failure to a response: VALIDATION 400, STORAGE/LOCK 503 (retry later), anything else 500. */
-function failure(c: Context, e: unknown): Response {
-  const body = describe(e);
-  if (body.error === "VALIDATION") return c.json(body, 400, NO_STORE);
-  if (body.error === "STORAGE" || body.error === "LOCK") return c.json(body, 503, { ...NO_STORE, "Retry-After": "1" });
-  return c.json(body, 500, NO_STORE);
+  return error(c, 400, "VALIDATION", message);
 }

@@ -37,3 +37,4 @@ export {
   type WebhookSecret,
   webhookSecretBytes,
 } from "./signature.ts";
+export { DEFAULT_MAX_BODY_BYTES, type ReceivedMessage, type Receiver, type ReceiverBaseOptions, type ReceiverContext, type ReceiverHandler, type ReceiverOrderOptions, webhookReceiver, type WebhookReceiverOptions } from "./receiver.ts";

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { isNetworkError } from "../../src/sql/errors.ts";
+
 /** A bound value the adapter sends. */
 export type LibsqlArg = string | number | null;
 
@@ -91,20 +93,42 @@ export function isBusyError(e: unknown): boolean {
 }
 
 /**
- * Tells whether retrying the same call may succeed: a busy database ({@link isBusyError}) or a transient server or
- * connection failure.
+ * Tells whether retrying the same call may succeed: a busy database ({@link isBusyError}), a transient server or
+ * stream failure (`HRANA_WEBSOCKET_ERROR`, `HRANA_CLOSED_ERROR`, `SERVER_ERROR`), or a network failure of `fetch`
+ * (`fetch failed`, workerd's `Network connection lost`, ECONNRESET, ECONNREFUSED, …) on `http(s)://` and `libsql://`.
  *
  * @param e a caught error
  * @returns true when retrying may succeed
  * @example
  * ```ts
  * isRetryableError({ code: "HRANA_WEBSOCKET_ERROR" }); // true
+ * isRetryableError(new TypeError("fetch failed")); // true
  * ```
  */
 export function isRetryableError(e: unknown): boolean {
-  if (isBusyError(e)) return true;
+  if (isBusyError(e) || isNetworkError(e)) return true;
   const code = (e as { code?: unknown } | null)?.code;
   return typeof code === "string" && TRANSIENT_CODES.has(code);
+}
+
+/**
+ * Tells whether a driver error is the outbox's unique `id` refusing an insert (`UNIQUE constraint failed: <table>.id`,
+ * from libSQL and D1 alike).
+ *
+ * @param e a caught error
+ * @returns true for a colliding message id
+ * @example
+ * ```ts
+ * isIdConflictError(new Error("SQLITE_CONSTRAINT: UNIQUE constraint failed: outbox.id")); // true
+ * ```
+ */
+export function isIdConflictError(e: unknown): boolean {
+  for (let x: unknown = e, depth = 0; typeof x === "object" && x !== null && depth < 4; depth++) {
+    const message = (x as { message?: unknown }).message;
+    if (typeof message === "string" && /UNIQUE constraint failed: [A-Za-z0-9_]+\.id\b/.test(message)) return true;
+    x = (x as { cause?: unknown }).cause;
+  }
+  return false;
 }
 
 /**

@@ -38,7 +38,7 @@ export const MIGRATIONS_TABLE_DDL: string =
  * - `status` is `pending` (waiting, leased or backing off), `dead`, or `delivered` (only with a retention window).
  * - `available_at` is when the row is next due; a claim sets it to the lease expiry.
  * - Indexes: `_pending` (seq order, for claims: dead and delivered rows are never walked), `_due` (due rows, for
- *   `hasDue` and stats), `_key` (the per-key ordering check), `_done` (purge), `_dead` (dead-letter pages).
+ *   `hasDue` and stats), `_key` (the per-key ordering check), `_done` (purge; replaced in version 2), `_dead` (dead-letter pages).
  */
 export const SCHEMA_V1: SchemaVersion = {
   version: 1,
@@ -77,8 +77,24 @@ export const SCHEMA_V1: SchemaVersion = {
   ],
 };
 
+/**
+ * Version 2: purge indexes SQLite can use. Version 1's `_done` index is partial on `status <> 'pending'`, which a
+ * purge's `status = ?` cannot prove, so a purge chunk scanned and sorted every row of the table. Version 2 replaces it
+ * with one partial index per purged status, `(done_at, seq)`, matching the purge statements' literal
+ * `status = 'dead'` / `status = 'delivered'` and their `ORDER BY done_at, seq`: a chunk reads only the rows it deletes.
+ * Pending rows are in neither index. Upgrades a populated table in place (two index builds, one drop).
+ */
+export const SCHEMA_V2: SchemaVersion = {
+  version: 2,
+  statements: [
+    `CREATE INDEX IF NOT EXISTS "{{table}}_dead_done" ON "{{table}}" (done_at, seq) WHERE status = 'dead'`,
+    `CREATE INDEX IF NOT EXISTS "{{table}}_delivered_done" ON "{{table}}" (done_at, seq) WHERE status = 'delivered'`,
+    `DROP INDEX IF EXISTS "{{table}}_done"`,
+  ],
+};
+
 /** Every schema version, oldest first. */
-export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1];
+export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1, SCHEMA_V2];
 
 /** The newest schema version. */
 export const LATEST_SCHEMA_VERSION: number = SCHEMA_VERSIONS[SCHEMA_VERSIONS.length - 1]!.version;

@@ -120,6 +120,7 @@ export const STATS_SQL: string = `SELECT ${NOW} AS now,
   (SELECT COUNT(*) FROM "{{table}}" WHERE status = 'pending' AND lease_token IS NOT NULL AND lease_until > ${NOW}) AS leased,
   (SELECT COUNT(*) FROM "{{table}}" WHERE status = 'dead') AS dead,
   (SELECT MIN(created_at) FROM "{{table}}" WHERE status = 'pending') AS oldest,
+  (SELECT MIN(available_at) FROM "{{table}}" WHERE status = 'pending' AND available_at <= ${NOW}) AS oldest_due,
   w.delivered, w.retried, w.dead_window, w.latency_sum, w.latency_max
 FROM (SELECT COALESCE(SUM(delivered), 0) AS delivered, COALESCE(SUM(retried), 0) AS retried,
         COALESCE(SUM(dead), 0) AS dead_window, COALESCE(SUM(latency_sum_ms), 0) AS latency_sum,
@@ -130,15 +131,54 @@ FROM (SELECT COALESCE(SUM(delivered), 0) AS delivered, COALESCE(SUM(retried), 0)
 export const LIST_DEAD_SQL: string = `SELECT seq, id, topic, key, payload, headers, created_at, done_at, attempts, last_error
 FROM "{{table}}" WHERE status = 'dead' AND seq > CAST(?1 AS INTEGER) ORDER BY seq LIMIT CAST(?2 AS INTEGER)`;
 
-/** Back to pending, due now, attempts reset; keeps id and seq. `?1` id. */
+/**
+ * The next `seq` at the tail of the table: above every row there is and every value AUTOINCREMENT has handed out.
+ * The table name also stands in a string literal here (`sqlite_sequence.name`): it is a validated identifier.
+ */
+const NEXT_SEQ = `(SELECT MAX(n) FROM (SELECT MAX(seq) AS n FROM "{{table}}"
+  UNION ALL SELECT seq FROM sqlite_sequence WHERE name = '{{table}}' UNION ALL SELECT 0)) + 1`;
+
+/**
+ * Back to pending at the TAIL of its key (DECISIONS.md 1): a new `seq` after every row, due now, attempts reset;
+ * keeps id, headers and payload. Claimable only when no earlier row of its key is pending and not due, so it never
+ * runs beside a later message of its key. `?1` id. Run with {@link REPLAY_SEQUENCE_SQL} in the same transaction.
+ */
 export const REPLAY_DEAD_SQL: string = `UPDATE "{{table}}"
-SET status = 'pending', attempts = 0, available_at = ${NOW}, lease_token = NULL, lease_until = NULL, done_at = NULL
+SET seq = ${NEXT_SEQ}, status = 'pending', attempts = 0, available_at = ${NOW}, lease_token = NULL, lease_until = NULL,
+  done_at = NULL
 WHERE id = ?1 AND status = 'dead' RETURNING id`;
 
-/** Deletes at most `?3` rows of status `?1` done before `?2`. */
-export const PURGE_SQL: string = `DELETE FROM "{{table}}" WHERE seq IN (
-  SELECT seq FROM "{{table}}" WHERE status = ?1 AND done_at < CAST(?2 AS INTEGER) ORDER BY done_at, seq LIMIT CAST(?3 AS INTEGER)
+/**
+ * Records a replayed row's new `seq` in `sqlite_sequence` (an UPDATE of the rowid does not), so AUTOINCREMENT never
+ * hands that value out again after the row is deleted.
+ */
+export const REPLAY_SEQUENCE_SQL: string = `UPDATE sqlite_sequence SET seq = (SELECT MAX(seq) FROM "{{table}}")
+WHERE name = '{{table}}' AND seq < (SELECT MAX(seq) FROM "{{table}}")`;
+
+/**
+ * The highest `seq` ever handed out (AUTOINCREMENT's `sqlite_sequence` row, a one-row lookup): it grows whenever a
+ * transaction that enqueued or replayed commits, on any connection, and never moves when rows are deleted.
+ */
+export const HEAD_SEQ_SQL: string = `SELECT seq AS head FROM sqlite_sequence WHERE name = '{{table}}'`;
+
+/** The ids of `?1` (a JSON array) that a row of the table already has. */
+export const EXISTING_IDS_SQL: string = `SELECT id FROM "{{table}}" WHERE id IN (SELECT value FROM json_each(?1))`;
+
+/**
+ * Deletes at most `?2` rows of status `status` done before `?1`, oldest first. The status is a literal (not a bound
+ * parameter) so SQLite can use the status's partial `(done_at, seq)` index (schema version 2): a chunk reads the rows
+ * it deletes, whatever the table holds.
+ */
+const purgeSql = (status: "dead" | "delivered"): string => `DELETE FROM "{{table}}" WHERE seq IN (
+  SELECT seq FROM "{{table}}" WHERE status = '${status}' AND done_at < CAST(?1 AS INTEGER)
+  ORDER BY done_at, seq LIMIT CAST(?2 AS INTEGER)
 ) RETURNING seq`;
+
+/** Deletes at most `?2` dead letters that died before `?1` (epoch ms), oldest first. */
+export const PURGE_DEAD_SQL: string = purgeSql("dead");
+
+/** Deletes at most `?2` kept delivered rows delivered before `?1` (epoch ms), oldest first. */
+export const PURGE_DELIVERED_SQL: string = purgeSql("delivered");
 
 /** Drops counter buckets older than 7 days. */
 export const PURGE_COUNTERS_SQL: string = `DELETE FROM "{{table}}_counters" WHERE bucket < ${NOW} - 604800000`;
@@ -188,8 +228,16 @@ export interface LibsqlSql {
   readonly listDead: string;
   /** See {@link REPLAY_DEAD_SQL}. */
   readonly replayDead: string;
-  /** See {@link PURGE_SQL}. */
-  readonly purge: string;
+  /** See {@link REPLAY_SEQUENCE_SQL}. */
+  readonly replaySequence: string;
+  /** See {@link HEAD_SEQ_SQL}. */
+  readonly headSeq: string;
+  /** See {@link EXISTING_IDS_SQL}. */
+  readonly existingIds: string;
+  /** See {@link PURGE_DEAD_SQL}. */
+  readonly purgeDead: string;
+  /** See {@link PURGE_DELIVERED_SQL}. */
+  readonly purgeDelivered: string;
   /** See {@link PURGE_COUNTERS_SQL}. */
   readonly purgeCounters: string;
   /** See {@link LOCK_SQL}. */
@@ -231,7 +279,11 @@ export function libsqlSql(table: string): LibsqlSql {
     stats: r(STATS_SQL),
     listDead: r(LIST_DEAD_SQL),
     replayDead: r(REPLAY_DEAD_SQL),
-    purge: r(PURGE_SQL),
+    replaySequence: r(REPLAY_SEQUENCE_SQL),
+    headSeq: r(HEAD_SEQ_SQL),
+    existingIds: r(EXISTING_IDS_SQL),
+    purgeDead: r(PURGE_DEAD_SQL),
+    purgeDelivered: r(PURGE_DELIVERED_SQL),
     purgeCounters: r(PURGE_COUNTERS_SQL),
     lock: r(LOCK_SQL),
     readLock: r(READ_LOCK_SQL),

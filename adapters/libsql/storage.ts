@@ -10,10 +10,11 @@ import type { NewMessage } from "../../src/message.ts";
 import { parseOptions } from "../../src/options.ts";
 import { claimArgs, listDeadArgs, purgeArgs, settleToken, statsWindow } from "../../src/sql/args.ts";
 import { hasMethod, num, text } from "../../src/sql/coerce.ts";
-import { sqlErrors } from "../../src/sql/errors.ts";
+import { conflictError, sqlErrors } from "../../src/sql/errors.ts";
 import { busyRetrier } from "../../src/sql/retry.ts";
 import { claimedMessage, deadLetter, outboxStats } from "../../src/sql/rows.ts";
 import { partitionSettlements, settleResult } from "../../src/sql/settle.ts";
+import { wakeChannel, watchChanges } from "../../src/sql/wake.ts";
 import type {
   Claim,
   DeadLetterPage,
@@ -26,6 +27,7 @@ import type {
 import {
   closeQuietly,
   isBusyError,
+  isIdConflictError,
   isMissingTableError,
   isRetryableError,
   type LibsqlClient,
@@ -51,10 +53,20 @@ export interface LibsqlStorageOptions {
   retainDeliveredMs?: number | undefined;
   /** How long relay-side calls retry a busy database (async backoff) before throwing. 0 disables. @default 2000 */
   busyRetryMs?: number | undefined;
+  /**
+   * How often `subscribe()` reads the table's sequence head to notice commits it cannot see in-process (another
+   * connection, another process, your own `client.batch([... statement()])`), ms; 0 turns the watch off (in-process
+   * wake-ups only). One read of one `sqlite_sequence` row per interval.
+   * @default 50 on local databases (`file:`, `:memory:`); 0 on servers (`libsql://`, `http(s)://`, `ws(s)://`), where
+   *   each read would be a billed request
+   */
+  watchIntervalMs?: number | undefined;
 }
 
 /** The libSQL storage: the full {@link OutboxStorage} contract plus atomic-batch statements and safe transactions. */
 export interface LibsqlStorage extends OutboxStorage<LibsqlExecutor, LibsqlStatement> {
+  /** `"libsql:<table>"`: storages on the same table share it (the relay's default lock key derives from it). */
+  readonly scope: string;
   /** The validated table name. */
   readonly table: string;
   /** The delivered-row retention, ms (0: delivered rows are deleted). */
@@ -70,13 +82,26 @@ export interface LibsqlStorage extends OutboxStorage<LibsqlExecutor, LibsqlState
    * @throws {OutboxError} STORAGE (retryable) when the database stays busy
    */
   begin(): Promise<LibsqlTransaction>;
+  /**
+   * Wakes `onWake` soon after messages commit, until `signal` aborts: at once (in-process) when a {@link begin}
+   * handle that an enqueue wrote to commits, a standalone `enqueue(client, …)` returns, or a dead letter is replayed
+   * through any storage on the same client and table; and, with `watchIntervalMs` > 0, within that interval for
+   * commits it cannot see (other connections or processes, your own `client.batch([... statement()])` or
+   * `client.transaction()`). Resolves once listening. Spurious wake-ups are harmless.
+   * @throws {OutboxError} VALIDATION when `onWake` is not a function
+   */
+  subscribe(onWake: () => void, signal: AbortSignal): Promise<void>;
 }
 
 const optionsSchema = v.strictObject({
   table: v.optional(v.string(), "outbox"),
   retainDeliveredMs: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(31_536_000_000)), 0),
   busyRetryMs: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(600_000)), 2_000),
+  watchIntervalMs: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(3_600_000))),
 });
+
+/** Transactions an enqueue wrote to: their commit through a `begin()` handle wakes subscribed relays. */
+const ENQUEUED = new WeakSet<object>();
 
 /**
  * Creates the libSQL storage over your `@libsql/client` client. It never opens connections itself. Call
@@ -125,6 +150,41 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
     keyPrefixClaims: true,
   };
   const relaySide = busyRetrier({ budgetMs: opts.busyRetryMs, isBusy: isBusyError, fail: errors.storage });
+  const scope = `libsql:${table}`;
+  const wake = wakeChannel(client, scope);
+  const watchIntervalMs = opts.watchIntervalMs ?? (client.protocol === "file" ? 50 : 0);
+
+  /** A begin() handle: COMMIT wakes subscribed relays when an enqueue wrote to it. */
+  function wakingTransaction(tx: LibsqlTransaction, commit: () => Promise<void>): LibsqlTransaction {
+    const handle: LibsqlTransaction = {
+      execute: (s) => tx.execute(s),
+      batch: (s) => tx.batch(s),
+      executeMultiple: (s) => tx.executeMultiple(s),
+      async commit(): Promise<void> {
+        await commit();
+        if (ENQUEUED.has(handle)) wake.notify();
+      },
+      rollback: () => tx.rollback(),
+      close: () => tx.close(),
+    };
+    return handle;
+  }
+
+  /** The CONFLICT error of an enqueue, naming the ids that exist (looked up with `lookup`; unnamed if that fails). */
+  async function conflict(
+    messages: readonly NewMessage[],
+    lookup: (stmt: LibsqlStatement) => Promise<{ rows: readonly { readonly [c: string]: unknown }[] }>,
+    cause: unknown,
+  ): Promise<OutboxError> {
+    let ids: string[] = [];
+    try {
+      const rs = await lookup({ sql: sql.existingIds, args: [JSON.stringify(messages.map((m) => m.id))] });
+      ids = rs.rows.map((r) => text(r["id"]));
+    } catch {
+      // unnamed: the error still says what happened
+    }
+    return conflictError("libsql", table, ids, cause);
+  }
 
   function statement(messages: readonly NewMessage[]): LibsqlStatement {
     if (!Array.isArray(messages)) throw invalid("messages must be an array");
@@ -135,6 +195,7 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
   const storage: LibsqlStorage = {
     name: "libsql",
     capabilities,
+    scope,
     table,
     retainDeliveredMs: retain,
 
@@ -165,15 +226,26 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
       if (messages.length === 0) return;
       if (!hasMethod(tx, "execute")) throw invalid("enqueue needs a libSQL transaction (or client) with execute()");
       const stmt = statement(messages);
+      const standalone = hasMethod(tx, "transaction") && hasMethod(tx, "batch");
       try {
-        if (hasMethod(tx, "transaction") && hasMethod(tx, "batch")) {
+        if (standalone) {
           // A client, not a transaction: a standalone atomic insert (no retry: the caller decides).
           await runWrite(tx as unknown as LibsqlClient, [stmt], sql.lock);
+          wake.notify();
         } else {
           await tx.execute(stmt);
+          ENQUEUED.add(tx);
         }
       } catch (e) {
-        throw errors.storage("enqueue", e);
+        if (!isIdConflictError(e)) throw errors.storage("enqueue", e);
+        // SQLite undoes only the failed statement: nothing was written and the caller's transaction stays usable.
+        throw await conflict(
+          messages,
+          standalone
+            ? (s) => runRead(tx as unknown as LibsqlClient, s, readLock)
+            : (s) => tx.execute(s) as Promise<{ rows: readonly { readonly [c: string]: unknown }[] }>,
+          e,
+        );
       }
     },
 
@@ -181,25 +253,33 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
 
     begin(): Promise<LibsqlTransaction> {
       return relaySide("begin", async () => {
-        if ((await modeOf(client)) === "batch") return await client.transaction("write");
+        if ((await modeOf(client)) === "batch") {
+          const tx = await client.transaction("write");
+          return wakingTransaction(tx, () => tx.commit());
+        }
         const tx = await lockedTransaction(client, sql.lock);
         // COMMIT through executeMultiple, so a busy commit cannot leave a statement behind either.
-        const wrapped: LibsqlTransaction = {
-          execute: (s) => tx.execute(s),
-          batch: (s) => tx.batch(s),
-          executeMultiple: (s) => tx.executeMultiple(s),
-          async commit(): Promise<void> {
-            try {
-              await tx.executeMultiple("COMMIT");
-            } finally {
-              closeQuietly(tx);
-            }
-          },
-          rollback: () => tx.rollback(),
-          close: () => tx.close(),
-        };
-        return wrapped;
+        return wakingTransaction(tx, async () => {
+          try {
+            await tx.executeMultiple("COMMIT");
+          } finally {
+            closeQuietly(tx);
+          }
+        });
       });
+    },
+
+    async subscribe(onWake: () => void, signal: AbortSignal): Promise<void> {
+      if (typeof onWake !== "function") throw invalid("subscribe needs an onWake function");
+      if (signal?.aborted) return;
+      wake.listen(onWake, signal);
+      if (watchIntervalMs > 0) {
+        const head = async (): Promise<unknown> => {
+          const rs = await runRead(client, { sql: sql.headSeq, args: [] }, readLock);
+          return rs.rows[0]?.["head"] ?? null;
+        };
+        await watchChanges(head, watchIntervalMs, onWake, signal);
+      }
     },
 
     async claim(options: { limit: number; leaseMs: number }): Promise<Claim> {
@@ -274,6 +354,7 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
           leased: r["leased"],
           dead: r["dead"],
           oldest: r["oldest"],
+          oldestDue: r["oldest_due"],
           delivered: r["delivered"],
           retried: r["retried"],
           deadWindow: r["dead_window"],
@@ -309,8 +390,13 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
     async replayDead(id: string): Promise<boolean> {
       if (typeof id !== "string") throw invalid("replayDead needs a message id");
       return await relaySide("replayDead", async () => {
-        const [rs] = await runWrite(client, [{ sql: sql.replayDead, args: [id] }], sql.lock);
-        return rs!.rows.length > 0;
+        const [rs] = await runWrite(client, [
+          { sql: sql.replayDead, args: [id] },
+          { sql: sql.replaySequence, args: [] },
+        ], sql.lock);
+        const replayed = rs!.rows.length > 0;
+        if (replayed) wake.notify();
+        return replayed;
       });
     },
 
@@ -318,7 +404,7 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
       const { status, olderThan, limit } = purgeArgs(options, invalid);
       return await relaySide("purge", async () => {
         const [rs] = await runWrite(client, [
-          { sql: sql.purge, args: [status, Math.ceil(olderThan), limit] },
+          { sql: status === "dead" ? sql.purgeDead : sql.purgeDelivered, args: [Math.ceil(olderThan), limit] },
           { sql: sql.purgeCounters, args: [] },
         ], sql.lock);
         return rs!.rows.length;

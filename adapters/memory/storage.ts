@@ -38,8 +38,14 @@ export interface MemoryStorageOptions {
   shareWith?: MemoryStorage;
 }
 
-/** The in-memory storage: real transactions, the full contract, nothing persisted. */
+/**
+ * The in-memory storage: real transactions, the full contract, nothing persisted. An `id` given at enqueue that a
+ * row already has is refused with CONFLICT (at `enqueue`, or at `commit` when another transaction committed it
+ * meanwhile); `subscribe` wakes its callbacks after every commit that enqueued messages and after every replay.
+ */
 export interface MemoryStorage extends OutboxStorage<MemoryTransaction, never> {
+  /** `memory:<store id>`: shared by every storage made with `shareWith` this one. */
+  readonly scope: string;
   /** Opens a transaction. */
   begin(): MemoryTransactionHandle;
   /** Number of rows of each status (for tests). */
@@ -72,18 +78,25 @@ interface Bucket {
 }
 
 interface Store {
+  /** Identifies the store: every storage sharing it has the scope `memory:<id>`. */
+  id: string;
   seq: number;
   rows: Map<string, Row>;
   buckets: Map<number, Bucket>;
+  /** Wake-up callbacks of `subscribe`, called after a commit that enqueued messages and after a replay. */
+  listeners: Set<() => void>;
 }
 
 const closedError = (): OutboxError => new OutboxError("STORAGE", "[edge-outbox:memory] the transaction is already closed");
+const conflict = (id: string): OutboxError =>
+  new OutboxError("CONFLICT", `[edge-outbox:memory] a message with id ${id} is already in the outbox: nothing was written`);
 const STORE = new WeakMap<MemoryStorage, Store>();
 const MINUTE = 60_000;
 
 interface Tx extends MemoryTransaction {
   closed: boolean;
   staged: NewMessage[];
+  stagedIds: Set<string>;
   store: Store;
 }
 
@@ -119,7 +132,7 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
     if (!shared) throw new OutboxError("CONFIG", "memoryStorage options: shareWith must be a memory storage");
     store = shared;
   } else {
-    store = { seq: 0, rows: new Map(), buckets: new Map() };
+    store = { id: crypto.randomUUID(), seq: 0, rows: new Map(), buckets: new Map(), listeners: new Set() };
   }
   const capabilities: StorageCapabilities = {
     batchStatement: false,
@@ -167,9 +180,6 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
     seq: r.seq,
   });
   const insert = (m: NewMessage, t: number): void => {
-    if (store.rows.has(m.id)) {
-      throw new OutboxError("STORAGE", `[edge-outbox:memory] enqueue failed: a message with id ${m.id} already exists`);
-    }
     store.rows.set(m.id, {
       seq: ++store.seq,
       id: m.id,
@@ -188,34 +198,44 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
     });
   };
 
+  /** Calls every subscriber after the current call returns (a throwing callback cannot break the caller). */
+  const wake = (): void => {
+    for (const fn of [...store.listeners]) {
+      queueMicrotask(() => {
+        try {
+          fn();
+        } catch { /* a subscriber's failure is its own */ }
+      });
+    }
+  };
+
   const storage: MemoryStorage = {
     name: "memory",
+    scope: `memory:${store.id}`,
     capabilities,
     migrate(): Promise<void> {
       return Promise.resolve();
     },
     begin(): MemoryTransactionHandle {
-      const tx: Tx = { closed: false, staged: [], store };
+      const tx: Tx = { closed: false, staged: [], stagedIds: new Set(), store };
       return {
         tx,
         commit(): Promise<void> {
           if (tx.closed) return Promise.reject(closedError());
           tx.closed = true;
+          // Another transaction may have committed one of the staged ids since it was enqueued: refuse the commit.
+          const taken = tx.staged.find((m) => store.rows.has(m.id));
+          if (taken) return Promise.reject(conflict(taken.id));
           const t = clock();
-          const ids = new Set<string>();
-          for (const m of tx.staged) {
-            if (store.rows.has(m.id) || ids.has(m.id)) {
-              return Promise.reject(new OutboxError("STORAGE", `[edge-outbox:memory] commit failed: duplicate message id ${m.id}`));
-            }
-            ids.add(m.id);
-          }
           for (const m of tx.staged) insert(m, t); // seq assigned at commit: commit order, as the contract requires
+          if (tx.staged.length > 0) wake();
           return Promise.resolve();
         },
         rollback(): Promise<void> {
           if (tx.closed) return Promise.reject(closedError());
           tx.closed = true;
           tx.staged.length = 0;
+          tx.stagedIds.clear();
           return Promise.resolve();
         },
       };
@@ -226,7 +246,17 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
         return Promise.reject(new OutboxError("STORAGE", "[edge-outbox:memory] enqueue needs a transaction from this storage's begin()"));
       }
       if (t.closed) return Promise.reject(new OutboxError("STORAGE", "[edge-outbox:memory] enqueue on a closed transaction"));
-      t.staged.push(...messages);
+      // Nothing of this call is staged when one id is taken (by a row in the store, this transaction or this call);
+      // the transaction stays usable.
+      const mine = new Set<string>();
+      for (const m of messages) {
+        if (store.rows.has(m.id) || t.stagedIds.has(m.id) || mine.has(m.id)) return Promise.reject(conflict(m.id));
+        mine.add(m.id);
+      }
+      for (const m of messages) {
+        t.staged.push(m);
+        t.stagedIds.add(m.id);
+      }
       return Promise.resolve();
     },
     claim({ limit, leaseMs }): Promise<Claim> {
@@ -295,11 +325,15 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
       const t = clock();
       let pending = 0, due = 0, leased = 0, dead = 0;
       let oldest: number | null = null;
+      let oldestDue: number | null = null;
       for (const r of store.rows.values()) {
         if (r.status === "dead") dead++;
         if (r.status !== "pending") continue;
         pending++;
-        if (r.availableAt <= t) due++;
+        if (r.availableAt <= t) {
+          due++;
+          if (oldestDue === null || r.availableAt < oldestDue) oldestDue = r.availableAt;
+        }
         if (r.leaseToken !== null && r.leaseUntil !== null && r.leaseUntil > t) leased++;
         if (oldest === null || r.createdAt < oldest) oldest = r.createdAt;
       }
@@ -319,6 +353,7 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
         leased,
         dead,
         oldestPendingAgeMs: oldest === null ? null : Math.max(0, t - oldest),
+        oldestDueAgeMs: oldestDue === null ? null : Math.max(0, t - oldestDue),
         window: {
           windowMs,
           delivered,
@@ -355,12 +390,17 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
     replayDead(id: string): Promise<boolean> {
       const r = store.rows.get(id);
       if (!r || r.status !== "dead") return Promise.resolve(false);
+      // Re-enters at the tail of its key: a new seq (and a new place in the Map's insertion order).
+      store.rows.delete(id);
+      r.seq = ++store.seq;
       r.status = "pending";
       r.attempts = 0;
       r.availableAt = clock();
       r.leaseToken = null;
       r.leaseUntil = null;
       r.doneAt = null;
+      store.rows.set(id, r);
+      wake();
       return Promise.resolve(true);
     },
     purge({ status, olderThan, limit }): Promise<number> {
@@ -375,6 +415,15 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
       const horizon = clock() - 7 * 86_400_000;
       for (const k of store.buckets.keys()) if (k < horizon) store.buckets.delete(k);
       return Promise.resolve(n);
+    },
+    subscribe(onWake: () => void, signal: AbortSignal): Promise<void> {
+      if (signal.aborted) return Promise.resolve();
+      const fn = (): void => {
+        if (!signal.aborted) onWake();
+      };
+      store.listeners.add(fn);
+      signal.addEventListener("abort", () => store.listeners.delete(fn), { once: true });
+      return Promise.resolve();
     },
     count(): { pending: number; dead: number; delivered: number } {
       const c = { pending: 0, dead: 0, delivered: 0 };

@@ -54,6 +54,73 @@ export function missingTableError(adapter: string, table: string, cause: unknown
 }
 
 /**
+ * The CONFLICT error for an enqueue whose given id a row of the table already has (DECISIONS.md 2). Nothing was
+ * written, and the caller's transaction is still usable.
+ *
+ * @param adapter adapter name, e.g. "libsql"
+ * @param table the table as the user knows it
+ * @param ids the colliding ids, when known (at most a few are named)
+ * @param cause the driver error, if any
+ * @returns `OutboxError("CONFLICT", "[edge-outbox:libsql] enqueue: id … is already used by a row of table outbox …")`
+ * @example
+ * ```ts
+ * throw conflictError("libsql", "outbox", ["0190…"], undefined);
+ * ```
+ */
+export function conflictError(adapter: string, table: string, ids: readonly string[], cause: unknown): OutboxError {
+  const named = ids.length === 0
+    ? "a given id is"
+    : `${ids.length === 1 ? "id" : "ids"} ${ids.slice(0, 5).join(", ")}${ids.length > 5 ? ", …" : ""} ${ids.length === 1 ? "is" : "are"}`;
+  return new OutboxError(
+    "CONFLICT",
+    `[edge-outbox:${adapter}] enqueue: ${named} already used by a row of table ${table} (pending, dead or kept ` +
+      `delivered); nothing was written`,
+    cause === undefined ? {} : { cause },
+  );
+}
+
+const NETWORK_CODES = new Set([
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "ECONNABORTED",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENETDOWN",
+  "EAI_AGAIN",
+  "UND_ERR_SOCKET",
+  "UND_ERR_CONNECT_TIMEOUT",
+  "UND_ERR_HEADERS_TIMEOUT",
+  "UND_ERR_BODY_TIMEOUT",
+  "UND_ERR_CLOSED",
+]);
+/** fetch's network failures across runtimes: Node/undici, workerd, Chromium, Firefox, Safari. */
+const NETWORK_MESSAGES = /(?:^|: )(fetch failed|network connection lost\.?|failed to fetch|networkerror when attempting to fetch resource\.?|load failed|connection reset by peer|socket hang up)$/i;
+
+/**
+ * Tells whether an error (or one of its causes) is a network failure of the runtime's `fetch` or socket layer: a
+ * dropped, reset or refused connection, a timeout, a DNS hiccup. Such a call may succeed when retried.
+ *
+ * @param e a caught error
+ * @returns true for a network failure
+ * @example
+ * ```ts
+ * isNetworkError(new TypeError("fetch failed", { cause: { code: "ECONNRESET" } })); // true
+ * isNetworkError(new Error("Network connection lost.")); // true (workerd)
+ * ```
+ */
+export function isNetworkError(e: unknown): boolean {
+  for (let x: unknown = e, depth = 0; typeof x === "object" && x !== null && depth < 5; depth++) {
+    const { code, message } = x as { code?: unknown; message?: unknown };
+    if (typeof code === "string" && NETWORK_CODES.has(code)) return true;
+    if (typeof message === "string" && NETWORK_MESSAGES.test(message.trim())) return true;
+    x = (x as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
+/**
  * Makes the error makers of one storage.
  *
  * @param options adapter name, table, and the driver's error tests

@@ -57,6 +57,8 @@ const payloadN = (m: { payload: unknown }): number => (m.payload as { n: number 
 export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: ConformanceOptions<Tx, Stmt>): void {
   const { describe, it, expect } = t;
   const scale = options.scale ?? 1;
+  const semantics = options.semantics ?? 1;
+  const interactive = options.interactiveTransactions ?? true;
 
   /** Runs a test body on a fresh fixture, closing it afterwards. */
   const withFixture = (fn: (f: ConformanceFixture<Tx, Stmt>) => Promise<void>) => async (): Promise<void> => {
@@ -131,21 +133,138 @@ export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: Con
         expect(got!.body).toBe(m.payload);
       });
 
-      test("a duplicate message id is a STORAGE error", async (f) => {
-        const m = message(1);
-        await enqueueCommitted(f, [m]);
-        const h = await f.begin();
-        let caught: unknown;
-        try {
-          await f.storage.enqueue(h.tx, [{ ...m }]);
-          await h.commit();
-        } catch (e) {
-          caught = e;
-          await h.rollback().catch(() => {});
-        }
-        expect(isOutboxError(caught, "STORAGE")).toBe(true);
-        expect((await f.storage.stats()).pending).toBe(1);
-      });
+      if (semantics === 1) {
+        test("a duplicate message id is a STORAGE error", async (f) => {
+          const m = message(1);
+          await enqueueCommitted(f, [m]);
+          const h = await f.begin();
+          let caught: unknown;
+          try {
+            await f.storage.enqueue(h.tx, [{ ...m }]);
+            await h.commit();
+          } catch (e) {
+            caught = e;
+            await h.rollback().catch(() => {});
+          }
+          expect(isOutboxError(caught, "STORAGE")).toBe(true);
+          expect((await f.storage.stats()).pending).toBe(1);
+        });
+      } else {
+        // Decision 2 (issue 9 item 9): ids are unique among the rows in the table.
+        test("an id a pending row already has is a CONFLICT: nothing of the call written, the first row unchanged, the transaction usable", async (f) => {
+          const m = message(1, { key: "k", headers: JSON.stringify({ "x-first": "1" }) });
+          await enqueueCommitted(f, [m]);
+          const fresh = message(2);
+          const after = message(3);
+          const h = await f.begin();
+          let caught: unknown;
+          try {
+            await f.storage.enqueue(h.tx, [fresh, { ...m, key: null, payload: JSON.stringify({ n: 99 }), headers: "{}" }]);
+          } catch (e) {
+            caught = e;
+          }
+          if (interactive) {
+            expect(isOutboxError(caught, "CONFLICT")).toBe(true);
+            // The caller's transaction is still usable: a later enqueue in it commits.
+            await f.storage.enqueue(h.tx, [after]);
+            await h.commit();
+          } else {
+            if (caught === undefined) await h.commit().catch((e: unknown) => (caught = e));
+            else await h.rollback().catch(() => {});
+            expect(isOutboxError(caught, "CONFLICT")).toBe(true);
+          }
+          const claim = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+          expect(ids(claim.messages)).toEqual(interactive ? [m.id, after.id] : [m.id]);
+          const first = claim.messages[0]!;
+          expect(first.key).toBe("k");
+          expect(first.payload).toEqual({ n: 1 });
+          expect(first.headers).toEqual({ "x-first": "1" });
+          expect(first.attempts).toBe(1);
+        });
+
+        test("an id a dead letter has is a CONFLICT and the dead letter stays as it was", async (f) => {
+          const m = message(1);
+          await enqueueCommitted(f, [m]);
+          const c = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+          await f.storage.settle(c.token, [{ id: m.id, outcome: "dead", error: "poison" }]);
+          const h = await f.begin();
+          let caught: unknown;
+          try {
+            await f.storage.enqueue(h.tx, [{ ...m, payload: JSON.stringify({ n: 2 }) }]);
+            await h.commit();
+          } catch (e) {
+            caught = e;
+            await h.rollback().catch(() => {});
+          }
+          expect(isOutboxError(caught, "CONFLICT")).toBe(true);
+          const s = await f.storage.stats();
+          expect(s.pending).toBe(0);
+          expect(s.dead).toBe(1);
+          const page = await f.storage.listDead({ limit: 10 });
+          expect(ids(page.items)).toEqual([m.id]);
+          expect(page.items[0]!.payload).toEqual({ n: 1 });
+          expect(page.items[0]!.lastError).toBe("poison");
+        });
+
+        test("an id whose row was delivered and deleted is accepted again", async (f) => {
+          const m = message(1);
+          await enqueueCommitted(f, [m]);
+          const c = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+          await f.storage.settle(c.token, [{ id: m.id, outcome: "delivered" }]);
+          await enqueueCommitted(f, [{ ...m, payload: JSON.stringify({ n: 2 }) }]);
+          const again = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+          expect(ids(again.messages)).toEqual([m.id]);
+          expect(again.messages[0]!.payload).toEqual({ n: 2 });
+          expect(again.messages[0]!.attempts).toBe(1);
+        });
+
+        it("a colliding id fails an atomic batch as a whole (when supported)", withFixture(async (f) => {
+          if (!f.storage.capabilities.batchStatement) return;
+          const m = message(1);
+          await enqueueCommitted(f, [m]);
+          const fresh = message(2);
+          let caught: unknown;
+          try {
+            await f.runBatch!([f.storage.statement!([fresh]), f.storage.statement!([{ ...m, payload: JSON.stringify({ n: 3 }) }])]);
+          } catch (e) {
+            caught = e;
+          }
+          expect(caught === undefined).toBe(false);
+          const claim = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+          expect(ids(claim.messages)).toEqual([m.id]);
+          expect(claim.messages[0]!.payload).toEqual({ n: 1 });
+        }));
+
+        test("scope names the data: another storage on the same table has the same scope", async (f) => {
+          expect(typeof f.storage.scope).toBe("string");
+          expect(f.storage.scope!.length).toBeGreaterThan(0);
+          expect((await f.another()).scope).toBe(f.storage.scope);
+        });
+
+        test("subscribe wakes after a commit that enqueued, not before, and stops when its signal aborts (when present)", async (f) => {
+          if (typeof f.storage.subscribe !== "function") return;
+          let wakes = 0;
+          const ac = new AbortController();
+          await f.storage.subscribe(() => wakes++, ac.signal);
+          try {
+            const h = await f.begin();
+            await f.storage.enqueue(h.tx, [message(1)]);
+            await sleep(100);
+            expect(wakes).toBe(0);
+            await h.commit();
+            const end = Date.now() + 10_000;
+            while (wakes === 0 && Date.now() < end) await sleep(10);
+            expect(wakes).toBeGreaterThan(0);
+          } finally {
+            ac.abort();
+          }
+          await sleep(100);
+          const seen = wakes;
+          await enqueueCommitted(f, [message(2)]);
+          await sleep(300);
+          expect(wakes).toBe(seen);
+        });
+      }
 
       test("migrate is idempotent and keeps the data", async (f) => {
         await enqueueCommitted(f, [message(1)]);
@@ -397,19 +516,87 @@ export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: Con
         expect(ids(next.messages)).toEqual(prefix(f, ids(rest)));
       });
 
-      test("a replayed dead letter keeps its id and regains its place in its key's order", async (f) => {
-        const ms = [message(1, { key: "k" }), message(2, { key: "k" }), message(3, { key: "k" })];
-        await enqueueCommitted(f, ms);
-        const c = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
-        await f.storage.settle(c.token, [{ id: ms[0]!.id, outcome: "dead", error: "poison" }]);
-        expect(await f.storage.replayDead(ms[0]!.id)).toBe(true);
-        expect(await f.storage.replayDead(ms[0]!.id)).toBe(false);
-        expect(await f.storage.replayDead(uuidv7())).toBe(false);
-        const again = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
-        expect(ids(again.messages)).toEqual(prefix(f, ids(ms)));
-        expect(again.messages[0]!.attempts).toBe(1);
-        expect((await f.storage.stats()).dead).toBe(0);
-      });
+      if (semantics === 1) {
+        test("a replayed dead letter keeps its id and regains its place in its key's order", async (f) => {
+          const ms = [message(1, { key: "k" }), message(2, { key: "k" }), message(3, { key: "k" })];
+          await enqueueCommitted(f, ms);
+          const c = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+          await f.storage.settle(c.token, [{ id: ms[0]!.id, outcome: "dead", error: "poison" }]);
+          expect(await f.storage.replayDead(ms[0]!.id)).toBe(true);
+          expect(await f.storage.replayDead(ms[0]!.id)).toBe(false);
+          expect(await f.storage.replayDead(uuidv7())).toBe(false);
+          const again = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+          expect(ids(again.messages)).toEqual(prefix(f, ids(ms)));
+          expect(again.messages[0]!.attempts).toBe(1);
+          expect((await f.storage.stats()).dead).toBe(0);
+        });
+      } else {
+        // Decision 1 (issue 9 item 4): a replay re-enters at the tail of its key.
+        test("a replayed dead letter keeps its id, payload and headers and re-enters at the tail of its key", async (f) => {
+          const ms = [
+            message(1, { key: "k", headers: JSON.stringify({ "x-trace": "t1" }) }),
+            message(2, { key: "k" }),
+            message(3, { key: "k" }),
+          ];
+          await enqueueCommitted(f, ms);
+          const c = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+          expect(ids(c.messages)).toEqual([ms[0]!.id]);
+          await f.storage.settle(c.token, [{ id: ms[0]!.id, outcome: "dead", error: "poison" }]);
+          expect(await f.storage.replayDead(ms[0]!.id)).toBe(true);
+          expect(await f.storage.replayDead(ms[0]!.id)).toBe(false);
+          expect(await f.storage.replayDead(uuidv7())).toBe(false);
+          expect((await f.storage.stats()).dead).toBe(0);
+          const later = message(4, { key: "k" });
+          await enqueueCommitted(f, [later]);
+          const order = [ms[1]!.id, ms[2]!.id, ms[0]!.id, later.id];
+          const got: ClaimedMessage[] = [];
+          for (let i = 0; i < 8 && got.length < order.length; i++) {
+            const claim = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+            expect(ids(claim.messages)).toEqual(prefix(f, order.slice(got.length)));
+            got.push(...claim.messages);
+            await f.storage.settle(claim.token, claim.messages.map((m) => ({ id: m.id, outcome: "delivered" as const })));
+          }
+          expect(ids(got)).toEqual(order);
+          const replayed = got[2]!;
+          expect(replayed.attempts).toBe(1);
+          expect(replayed.payload).toEqual({ n: 1 });
+          expect(replayed.headers).toEqual({ "x-trace": "t1" });
+          expect(replayed.seq).toBeGreaterThan(got[1]!.seq);
+          expect(replayed.seq).toBeLessThan(got[3]!.seq);
+        });
+
+        test("a replayed row is not claimable while a later message of its key is leased by another claimer, and comes after it", async (f) => {
+          const k1 = message(1, { key: "k" });
+          const k2 = message(2, { key: "k" });
+          await enqueueCommitted(f, [k1, k2]);
+          const c1 = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+          expect(ids(c1.messages)).toEqual([k1.id]);
+          await f.storage.settle(c1.token, [{ id: k1.id, outcome: "dead", error: "poison" }]);
+          const other = await f.another();
+          const c2 = await other.claim({ limit: 10, leaseMs: 10_000 });
+          expect(ids(c2.messages)).toEqual([k2.id]);
+          // k2 is in flight at the other claimer: the replayed k1 must wait behind it.
+          expect(await f.storage.replayDead(k1.id)).toBe(true);
+          expect((await f.storage.claim({ limit: 10, leaseMs: 10_000 })).messages).toHaveLength(0);
+          expect((await other.claim({ limit: 10, leaseMs: 10_000 })).messages).toHaveLength(0);
+          expect(await f.storage.hasDue()).toBe(false);
+          // k2 backs off: still ahead of k1, so k1 stays blocked.
+          await other.settle(c2.token, [{ id: k2.id, outcome: "retry", delayMs: 300, error: "HTTP 503" }]);
+          expect((await f.storage.claim({ limit: 10, leaseMs: 10_000 })).messages).toHaveLength(0);
+          await sleep(400);
+          const c3 = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+          expect(ids(c3.messages)).toEqual(prefix(f, [k2.id, k1.id]));
+          expect(c3.messages[0]!.attempts).toBe(2);
+          await f.storage.settle(c3.token, [{ id: k2.id, outcome: "delivered" }]);
+          if (c3.messages.length === 1) {
+            const c4 = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+            expect(ids(c4.messages)).toEqual([k1.id]);
+            expect(c4.messages[0]!.attempts).toBe(1);
+          } else {
+            expect(c3.messages[1]!.attempts).toBe(1);
+          }
+        });
+      }
     });
 
     describe("dead letters and purge", () => {
@@ -496,10 +683,39 @@ export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: Con
         expect(s.leased).toBe(0);
         expect(s.dead).toBe(0);
         expect(s.oldestPendingAgeMs).toBeNull();
+        if (semantics === 2) expect(s.oldestDueAgeMs).toBeNull();
         expect(s.window.delivered).toBe(0);
         expect(s.window.avgLatencyMs).toBeNull();
         expect(s.window.maxLatencyMs).toBeNull();
       });
+
+      if (semantics === 2) {
+        // Decision 3: oldestDueAgeMs = now − min(available_at) over pending rows that are due.
+        test("oldestDueAgeMs counts a delayed or backing-off row only from when it is due, and a leased row not at all", async (f) => {
+          const delayed = message(1, { delayMs: 60_000 });
+          const r = message(2);
+          await enqueueCommitted(f, [delayed]);
+          let s = await f.storage.stats();
+          expect(s.pending).toBe(1);
+          expect(s.oldestPendingAgeMs === null).toBe(false);
+          expect(s.oldestDueAgeMs).toBeNull();
+          await enqueueCommitted(f, [r]);
+          await sleep(300);
+          s = await f.storage.stats();
+          expect(s.oldestDueAgeMs!).toBeGreaterThanOrEqual(250);
+          const c = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+          expect(ids(c.messages)).toEqual([r.id]);
+          expect((await f.storage.stats()).oldestDueAgeMs).toBeNull(); // leased
+          await f.storage.settle(c.token, [{ id: r.id, outcome: "retry", delayMs: 100, error: "HTTP 503" }]);
+          expect((await f.storage.stats()).oldestDueAgeMs).toBeNull(); // backing off
+          await sleep(250);
+          s = await f.storage.stats();
+          expect(s.due).toBe(1);
+          // Due since settle + 100 ms, which is at least 400 ms after the delayed row's enqueue.
+          expect(s.oldestDueAgeMs!).toBeGreaterThanOrEqual(100);
+          expect(s.oldestPendingAgeMs! - s.oldestDueAgeMs!).toBeGreaterThanOrEqual(350);
+        });
+      }
     });
 
     describe("relay on this storage", () => {

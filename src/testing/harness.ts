@@ -71,5 +71,20 @@ export interface ConformanceOptions<Tx, Stmt> {
   /** Makes a fresh fixture; called once per test. */
   create(): Promise<ConformanceFixture<Tx, Stmt>>;
   /** Scales the row counts of the heavier cases (1 = the full suite). @default 1 */
-  scale?: number;
+  scale?: number | undefined;
+  /**
+   * Which revision of the shared semantics the storage implements. `2` runs the cases of the decisions of issue 9:
+   * a replayed dead letter re-enters at the tail of its key, an `id` given at enqueue that a row already has is a
+   * CONFLICT (nothing written, the transaction still usable), and `stats().oldestDueAgeMs` counts only due rows.
+   * `1` runs the earlier cases instead (replay keeps its place, a duplicate id is STORAGE). Transitional: `2` becomes
+   * the only behaviour once every adapter of this project implements it.
+   * @default 1
+   */
+  semantics?: 1 | 2 | undefined;
+  /**
+   * Whether `begin()` gives a real interactive transaction that stays usable after a refused enqueue (false for a
+   * batch-only database such as D1, whose fixture emulates `begin()`).
+   * @default true
+   */
+  interactiveTransactions?: boolean | undefined;
 }

@@ -1,0 +1,71 @@
+// A bearer-only relay worker, bundled as a user would (esbuild, the workerd conditions): importing
+// edge-outbox/hono must pull in no QStash SDK and no JWT library. The QStash verifier is the user's object.
+import { build } from "esbuild";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+
+const ROOT = resolve(import.meta.dirname, "..");
+const dirs: string[] = [];
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+async function bundle(source: string): Promise<{ text: string; inputs: string[] }> {
+  const dir = mkdtempSync(join(tmpdir(), "edge-outbox-hono-bundle-"));
+  dirs.push(dir);
+  const entry = join(dir, "worker.ts");
+  writeFileSync(entry, source.replaceAll("@root/", `${ROOT}/`));
+  const result = await build({
+    entryPoints: [entry],
+    bundle: true,
+    write: false,
+    format: "esm",
+    platform: "neutral",
+    target: "es2022",
+    conditions: ["workerd", "worker", "browser"],
+    mainFields: ["module", "main"],
+    nodePaths: [join(ROOT, "node_modules")],
+    metafile: true,
+    minify: false,
+    logLevel: "silent",
+  });
+  return { text: result.outputFiles[0]!.text, inputs: Object.keys(result.metafile.inputs) };
+}
+
+/** Strings only the QStash SDK or jose contain (class names, error codes), never edge-outbox itself. */
+const QSTASH_MARKERS = [/SignatureError/, /JWSSignatureVerificationFailed/, /jwtVerify/, /QstashError/, /ERR_JWS_INVALID/];
+
+describe("edge-outbox/hono pulls in no QStash code", () => {
+  it("a bearer-only worker bundles without @upstash/qstash or jose", async () => {
+    const { text, inputs } = await bundle(`
+      import { createOutbox, createRelay } from "@root/mod.ts";
+      import { memoryStorage, recordingTransport } from "@root/adapters/memory/mod.ts";
+      import { createRelayApp } from "@root/adapters/hono/mod.ts";
+      const outbox = createOutbox({ storage: memoryStorage(), topics: [] });
+      const relay = createRelay({ outbox, transport: recordingTransport() });
+      export default createRelayApp({ relay, outbox, auth: { drain: "cron-secret-0123456789abcdef", read: "read-secret-0123456789abcdef" } });
+    `);
+    const foreign = inputs.filter((p) => /node_modules\/(@upstash\/qstash|jose|neverthrow|uncrypto)\//.test(p));
+    expect(foreign, "bundled inputs from the QStash SDK or its dependencies").toEqual([]);
+    for (const marker of QSTASH_MARKERS) expect(text, String(marker)).not.toMatch(marker);
+    expect(inputs.some((p) => p.includes("node_modules/hono/"))).toBe(true); // the bundle did resolve packages
+    console.log(`[hono-bundle] bearer-only worker: ${(text.length / 1024).toFixed(1)} kB unminified, ${inputs.length} inputs`);
+  });
+
+  it("the markers are real: a worker that builds its own Receiver does carry QStash code", async () => {
+    const { text, inputs } = await bundle(`
+      import { Receiver } from "@upstash/qstash";
+      import { createOutbox, createRelay } from "@root/mod.ts";
+      import { memoryStorage, recordingTransport } from "@root/adapters/memory/mod.ts";
+      import { createRelayApp } from "@root/adapters/hono/mod.ts";
+      const outbox = createOutbox({ storage: memoryStorage(), topics: [] });
+      const relay = createRelay({ outbox, transport: recordingTransport() });
+      const verifier = new Receiver({ currentSigningKey: "a", nextSigningKey: "b" });
+      export default createRelayApp({ relay, auth: { qstash: { verifier } }, publicUrl: "https://app.example" });
+    `);
+    expect(inputs.some((p) => /node_modules\/@upstash\/qstash\//.test(p))).toBe(true);
+    expect(QSTASH_MARKERS.some((m) => m.test(text))).toBe(true);
+  });
+});
