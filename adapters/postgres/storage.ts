@@ -5,7 +5,7 @@
  * @module
  */
 import * as v from "valibot";
-import { OutboxError } from "../../src/errors.ts";
+import { OutboxError, toOutboxError } from "../../src/errors.ts";
 import { parseOptions } from "../../src/options.ts";
 import type { NewMessage } from "../../src/message.ts";
 import type { Claim, DeadLetterPage, OutboxStats, OutboxStorage, SettleResult, Settlement, StorageCapabilities } from "../../src/storage.ts";
@@ -336,6 +336,8 @@ export function createPostgresStorage(
       }
       return relaySide("stats", async () => {
         const [r] = await query(client, sql.stats, [windowMs]);
+        // A connection killed while idle can answer its next query with no row before the error arrives.
+        if (r === undefined) throw toOutboxError("STORAGE", `${errors.prefix} stats failed`, new Error("no row returned"), true);
         return outboxStats(windowMs, {
           now: r!["now"],
           pending: r!["pending"],
