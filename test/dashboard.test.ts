@@ -11,7 +11,7 @@ import { type BrowserContext, chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createOutbox, createRelay } from "../mod.ts";
 import { memoryStorage, recordingTransport } from "../adapters/memory/mod.ts";
-import { createRelayApp } from "../adapters/hono/mod.ts";
+import { createRelayApp, relayDashboard } from "../adapters/hono/mod.ts";
 import { event, fill } from "./helpers.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
@@ -31,7 +31,7 @@ describe("the dashboard's embedded uPlot", () => {
     const outbox = createOutbox({ storage, topics: [event] });
     await fill(storage, outbox, 3);
     const parent = new Hono();
-    parent.route("/outbox", createRelayApp({ relay: createRelay({ outbox, transport: recordingTransport() }), outbox, auth: { read: READ } }));
+    parent.route("/outbox", createRelayApp({ relay: createRelay({ outbox, transport: recordingTransport() }), outbox, auth: { read: READ }, dashboard: relayDashboard() }));
     const page = await parent.request("/outbox");
     expect(page.status).toBe(200);
     expect(page.headers.get("content-security-policy")).toMatch(/script-src 'self'/);
@@ -47,9 +47,11 @@ describe("the dashboard's embedded uPlot", () => {
     }
     expect(html).not.toMatch(/<script>|\bon[a-z]+="/); // no inline script (the CSP forbids it anyway)
     expect(html).not.toMatch(/"pending":|test\.event/); // no data in the shell
-    const dead = createRelayApp({ relay: createRelay({ outbox, transport: recordingTransport() }), outbox, auth: { read: READ }, routes: { dashboard: false } });
-    expect((await dead.request("/")).status).toBe(404);
-    expect(() => createRelayApp({ relay: createRelay({ outbox, transport: recordingTransport() }), outbox, auth: { drain: ADMIN }, routes: { dashboard: true } })).toThrow(/routes\.dashboard needs the read routes/);
+    const relay = createRelay({ outbox, transport: recordingTransport() });
+    expect((await createRelayApp({ relay, outbox, auth: { read: READ } }).request("/")).status).toBe(404); // opt-in
+    expect(() => createRelayApp({ relay, outbox, auth: { drain: ADMIN }, dashboard: relayDashboard() })).toThrow(/dashboard needs the read routes/);
+    expect(() => createRelayApp({ relay, outbox, auth: { read: READ }, dashboard: {} as never })).toThrow(/dashboard: must be made by relayDashboard/);
+    expect(() => relayDashboard({ refreshMs: 10 })).toThrow(/relayDashboard options: refreshMs/);
   });
 });
 
@@ -81,7 +83,7 @@ describe("the dashboard in headless Chromium", () => {
       relay: createRelay({ outbox, transport: recordingTransport() }),
       outbox,
       auth: { read: READ, admin: ADMIN },
-      dashboardRefreshMs: 1_000,
+      dashboard: relayDashboard({ refreshMs: 1_000 }),
       thresholds: { dead: { degraded: 0, unhealthy: 10 } },
     }));
     server = serve({ fetch: parent.fetch, hostname: "127.0.0.1", port: 0 });

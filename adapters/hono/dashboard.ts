@@ -4,13 +4,84 @@
  * data: the script asks for a read or admin secret, keeps it in `sessionStorage` (this tab only, gone when it
  * closes) and sends it as `Authorization: Bearer` to the JSON routes (`health`, `dead-letters`, and the admin-only
  * replay). Charts use uPlot (embedded, see `uplot.ts`). Every value from the server reaches the page as text
- * (`textContent`), never as HTML: dead-letter errors and payloads are attacker-influenced. Internal.
+ * (`textContent`), never as HTML: dead-letter errors and payloads are attacker-influenced.
+ *
+ * Opt-in through {@link relayDashboard} (re-exported by `edge-outbox/hono`): an app that does not call it carries
+ * none of this module or of uPlot in its bundle.
  *
  * @module
  */
+import * as v from "valibot";
+import { parseOptions } from "../../src/options.ts";
+import { UPLOT_CSS, UPLOT_JS, UPLOT_VERSION } from "./uplot.ts";
+
+/** Options of {@link relayDashboard}. */
+export interface RelayDashboardOptions {
+  /** How often the page re-reads the counters (one chart point each), ms. @default 5000 */
+  refreshMs?: number | undefined;
+}
+
+/** One file the dashboard serves. */
+export interface DashboardAsset {
+  /** The file's text. */
+  readonly body: string;
+  /** Its `Content-Type`. */
+  readonly type: string;
+}
+
+/** The dashboard, ready for `createRelayApp({ dashboard })`: the page and its assets. */
+export interface RelayDashboard {
+  /** Marks a value made by {@link relayDashboard}. */
+  readonly kind: "edge-outbox:dashboard";
+  /** The page, with asset URLs led by `prefix` (`./`, or `./outbox/` for a page at `/outbox`). */
+  page(prefix: string): string;
+  /** Response headers of the page (a strict Content-Security-Policy, no caching, no referrer). */
+  readonly pageHeaders: Readonly<Record<string, string>>;
+  /** The assets by path below the app (`/assets/…`). */
+  readonly assets: Readonly<Record<string, DashboardAsset>>;
+}
+
+const JS = "text/javascript; charset=utf-8";
+const CSS = "text/css; charset=utf-8";
+
+/**
+ * Makes the dashboard page for `createRelayApp`'s `dashboard` option: `GET /` shows the health status and checks,
+ * the counts, charts (uPlot, served by the app: no CDN) of pending/due/dead and of delivery latency sampled while the
+ * page is open, and the dead letters with their errors and a Replay button. The page and its assets hold no data and
+ * are served without a secret; the page asks for a read or admin secret, keeps it in `sessionStorage` and sends it as
+ * `Authorization: Bearer` to `/health` and `/dead-letters` (replaying needs the admin secret).
+ *
+ * @param options refreshMs (5000)
+ * @returns the dashboard to pass as `dashboard`
+ * @throws {OutboxError} CONFIG for a bad option, e.g. `relayDashboard options: refreshMs: …`
+ * @example
+ * ```ts
+ * import { createRelayApp, relayDashboard } from "edge-outbox/hono";
+ *
+ * const app = createRelayApp({ relay, outbox, auth: { read: env.OUTBOX_READ_SECRET }, dashboard: relayDashboard() });
+ * ```
+ */
+export function relayDashboard(options: RelayDashboardOptions = {}): RelayDashboard {
+  const { refreshMs } = parseOptions(
+    "relayDashboard options",
+    v.strictObject({ refreshMs: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1_000), v.maxValue(3_600_000)), 5_000) }),
+    options ?? {},
+  );
+  return {
+    kind: "edge-outbox:dashboard",
+    page: (prefix) => dashboardHtml(prefix, refreshMs, UPLOT_VERSION),
+    pageHeaders: DASHBOARD_HEADERS,
+    assets: {
+      [`/assets/uplot-${UPLOT_VERSION}.min.js`]: { body: UPLOT_JS, type: JS },
+      [`/assets/uplot-${UPLOT_VERSION}.min.css`]: { body: UPLOT_CSS, type: CSS },
+      "/assets/dashboard.js": { body: DASHBOARD_JS, type: JS },
+      "/assets/dashboard.css": { body: DASHBOARD_CSS, type: CSS },
+    },
+  };
+}
 
 /** Response headers of the shell. */
-export const DASHBOARD_HEADERS: Readonly<Record<string, string>> = Object.freeze({
+const DASHBOARD_HEADERS: Readonly<Record<string, string>> = Object.freeze({
   "Content-Type": "text/html; charset=utf-8",
   "Cache-Control": "no-store",
   "Content-Security-Policy":
@@ -24,7 +95,7 @@ export const DASHBOARD_HEADERS: Readonly<Record<string, string>> = Object.freeze
  * The shell. `prefix` leads from the page's URL to the app's mount point (`./`, or `./outbox/` for a page at
  * `/outbox` without a trailing slash); the script finds the API from its own URL.
  */
-export function dashboardHtml(prefix: string, refreshMs: number, uplotVersion: string): string {
+function dashboardHtml(prefix: string, refreshMs: number, uplotVersion: string): string {
   return `<!doctype html>
 <html lang="en" data-refresh-ms="${refreshMs}">
 <head>
@@ -89,7 +160,7 @@ export function dashboardHtml(prefix: string, refreshMs: number, uplotVersion: s
 }
 
 /** The page's stylesheet. */
-export const DASHBOARD_CSS: string = `
+const DASHBOARD_CSS: string = `
 [hidden] { display: none !important; }
 :root { color-scheme: light; --fg: #1f2937; --muted: #6b7280; --line: #e5e7eb; --bg: #f9fafb; --card: #fff; }
 * { box-sizing: border-box; }
@@ -129,7 +200,7 @@ td.error-text { color: #b91c1c; max-width: 320px; word-break: break-word; }
 `;
 
 /** The page's script (plain ES2020 for current browsers; no template literals so it can live in this string). */
-export const DASHBOARD_JS: string = String.raw`(function () {
+const DASHBOARD_JS: string = String.raw`(function () {
   "use strict";
   var TOKEN_KEY = "edge-outbox:dashboard:token";
   var SERIES_KEY = "edge-outbox:dashboard:series";

@@ -19,10 +19,11 @@
  *   `outbox.stats()` (database counters: right when every call runs in a new serverless process);
  *   `GET /dead-letters?limit=&cursor=`.
  * - admin — `POST /dead-letters/:id/replay` (404 when not found), `DELETE /dead-letters?olderThan=&limit=` (bounded purge).
- * - dashboard (with read) — `GET /` and `/assets/…`: a page with the health status, the counts, charts (uPlot, served
- *   by the app) of pending/due/dead and delivery latency sampled while it is open, and the dead letters with a replay
- *   button. The page holds no data and needs no secret; it asks for a read or admin secret, keeps it in
- *   `sessionStorage` and sends it as `Authorization: Bearer` to the JSON routes (replay needs the admin secret).
+ * - dashboard (opt-in, `dashboard: relayDashboard()`, with read) — `GET /` and `/assets/…`: a page with the health
+ *   status, the counts, charts (uPlot, served by the app) of pending/due/dead and delivery latency sampled while it is
+ *   open, and the dead letters with a replay button. The page holds no data and needs no secret; it asks for a read or
+ *   admin secret, keeps it in `sessionStorage` and sends it as `Authorization: Bearer` to the JSON routes (replay
+ *   needs the admin secret).
  *
  * Credentials (`auth`): bearer secrets per scope (`drain`, `metrics`, `read`, `admin`; an admin secret also reads), each at least
  * 16 characters, compared in constant time; and QStash signatures, valid for the drain scope unless
@@ -75,9 +76,8 @@ import type { Outbox } from "../../src/outbox.ts";
 import type { DrainReport, Relay } from "../../src/relay.ts";
 import { evaluateHealth, type HealthReport, type HealthThresholds, parseHealthThresholds, retryRate } from "../../src/stats.ts";
 import type { OutboxStats } from "../../src/storage.ts";
-import { DASHBOARD_CSS, DASHBOARD_HEADERS, DASHBOARD_JS, dashboardHtml } from "./dashboard.ts";
+import type { RelayDashboard } from "./dashboard.ts";
 import { PROMETHEUS_CONTENT_TYPE, renderMetrics } from "./metrics.ts";
-import { UPLOT_CSS, UPLOT_JS, UPLOT_VERSION } from "./uplot.ts";
 import { authSchema, credentials, type RelayAppAuth, type RelayAppScope, sha256 } from "./auth.ts";
 
 export type {
@@ -89,6 +89,7 @@ export type {
   RelayAppQstash,
   RelayAppScope,
 } from "./auth.ts";
+export { type DashboardAsset, type RelayDashboard, relayDashboard, type RelayDashboardOptions } from "./dashboard.ts";
 
 /** What a follow-up function receives. */
 export interface FollowUpRequest {
@@ -114,11 +115,6 @@ export interface RelayAppRoutes {
   read?: boolean | undefined;
   /** `POST /dead-letters/:id/replay`, `DELETE /dead-letters`. @default on when a credential grants admin and an outbox is given */
   admin?: boolean | undefined;
-  /**
-   * The dashboard page `GET /` and its assets (`/assets/…`). The page and assets hold no data and are served without
-   * a credential; the page asks for a read or admin secret and sends it to the JSON routes. @default on with `read`
-   */
-  dashboard?: boolean | undefined;
 }
 
 /** Options of {@link createRelayApp}. */
@@ -165,8 +161,11 @@ export interface RelayAppOptions {
    * @default [statsWindowMs]
    */
   metricsWindowsMs?: readonly number[] | undefined;
-  /** How often the dashboard page re-reads the counters (one chart point each), ms. @default 5000 */
-  dashboardRefreshMs?: number | undefined;
+  /**
+   * The dashboard page at `GET /` (with its assets under `/assets/`): pass `relayDashboard()`. It needs the read
+   * routes. Opt-in, so an app without it carries no uPlot in its bundle. @default none (no page)
+   */
+  dashboard?: RelayDashboard | undefined;
   /**
    * Largest request body accepted, bytes: bigger ones get 413 before they are read (by `Content-Length`, or while
    * reading a body sent without one). No route needs a body; QStash schedules and nudges send a small one or none.
@@ -225,7 +224,7 @@ const optionsSchema = v.pipe(
       "must be an outbox made by createOutbox",
     )),
     auth: authSchema,
-    routes: v.optional(v.strictObject({ drain: flag, metrics: flag, read: flag, admin: flag, dashboard: flag })),
+    routes: v.optional(v.strictObject({ drain: flag, metrics: flag, read: flag, admin: flag })),
     budgetMs: v.optional(int(100, 3_600_000), 8_000),
     thresholds: v.optional(v.unknown()),
     followUp: v.optional(fn("a function ({ dedupId, report }) => Promise")),
@@ -249,7 +248,10 @@ const optionsSchema = v.pipe(
       v.check((w) => new Set(w).size === w.length, "must not list a window twice"),
     )),
     maxBodyBytes: v.optional(int(0, 1_048_576), 4_096),
-    dashboardRefreshMs: v.optional(int(1_000, 3_600_000), 5_000),
+    dashboard: v.optional(v.custom<RelayDashboard>(
+      (d) => typeof d === "object" && d !== null && (d as { kind?: unknown }).kind === "edge-outbox:dashboard",
+      "must be made by relayDashboard()",
+    )),
     onError: v.optional(fn("a function (error, route) => void")),
   }),
   v.check((o) => o.auth.qstash === undefined || o.publicUrl !== undefined, "publicUrl is required with auth.qstash (QStash signs the URL it called)"),
@@ -257,7 +259,7 @@ const optionsSchema = v.pipe(
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const NO_STORE = { "Cache-Control": "no-store" } as const;
-type Group = Exclude<keyof RelayAppRoutes, "dashboard">;
+type Group = keyof RelayAppRoutes;
 const GROUP_SCOPE: Record<Group, RelayAppScope> = { drain: "drain", metrics: "metrics", read: "read", admin: "admin" };
 
 /**
@@ -265,10 +267,10 @@ const GROUP_SCOPE: Record<Group, RelayAppScope> = { drain: "drain", metrics: "me
  * another scope), checked before the body is read; bodies over `maxBodyBytes` get 413.
  *
  * @param options relay, outbox, auth, routes, budgetMs (8000), thresholds, followUp, followUpTimeoutMs (2000),
- *   publicUrl, statsWindowMs (300000), metricsWindowsMs ([statsWindowMs]), dashboardRefreshMs (5000),
- *   maxBodyBytes (4096), onError
+ *   publicUrl, statsWindowMs (300000), metricsWindowsMs ([statsWindowMs]), dashboard, maxBodyBytes (4096), onError
  * @returns a Hono app with the route groups some credential grants: `POST /drain`; `GET /metrics`; `GET /health`,
- *   `GET /stats`, `GET /dead-letters` and the dashboard `GET /`; `POST /dead-letters/:id/replay`, `DELETE /dead-letters`
+ *   `GET /stats`, `GET /dead-letters` (and the dashboard `GET /` when given); `POST /dead-letters/:id/replay`,
+ *   `DELETE /dead-letters`
  * @throws {OutboxError} CONFIG naming the bad option, e.g. `createRelayApp options: auth.drain: must be at least 16
  *   characters …`, or a route group turned on that no credential grants
  * @example
@@ -305,10 +307,10 @@ export function createRelayApp(options: RelayAppOptions): Hono {
     }
     on[group] = wanted ?? granted;
   }
-  if (options.routes?.dashboard === true && !on.read) {
-    throw new OutboxError("CONFIG", "createRelayApp options: routes.dashboard needs the read routes (set auth.read or auth.admin)");
+  const dashboard = options.dashboard;
+  if (dashboard && !on.read) {
+    throw new OutboxError("CONFIG", "createRelayApp options: dashboard needs the read routes (set auth.read or auth.admin, with an outbox)");
   }
-  const dashboard = on.read && options.routes?.dashboard !== false;
 
   /** The signatures waiting for their body to be verified, per request context. */
   const pending = new WeakMap<Context, string>();
@@ -431,15 +433,11 @@ export function createRelayApp(options: RelayAppOptions): Hono {
       // Relative asset URLs that work with and without a trailing slash: at /outbox they must start with outbox/.
       const path = new URL(c.req.url).pathname;
       const prefix = path.endsWith("/") ? "./" : `./${path.split("/").pop()}/`; // percent-encoded by URL: no quote or <
-      return c.body(dashboardHtml(prefix, o.dashboardRefreshMs, UPLOT_VERSION), 200, DASHBOARD_HEADERS);
+      return c.body(dashboard.page(prefix), 200, { ...dashboard.pageHeaders });
     });
-    const asset = (path: string, body: string, type: string): void => {
+    for (const [path, { body, type }] of Object.entries(dashboard.assets)) {
       app.get(path, (c) => c.body(body, 200, { "Content-Type": type, "Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff" }));
-    };
-    asset(`/assets/uplot-${UPLOT_VERSION}.min.js`, UPLOT_JS, "text/javascript; charset=utf-8");
-    asset(`/assets/uplot-${UPLOT_VERSION}.min.css`, UPLOT_CSS, "text/css; charset=utf-8");
-    asset("/assets/dashboard.js", DASHBOARD_JS, "text/javascript; charset=utf-8");
-    asset("/assets/dashboard.css", DASHBOARD_CSS, "text/css; charset=utf-8");
+    }
   }
 
   if (on.admin) {
