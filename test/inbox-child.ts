@@ -1,7 +1,7 @@
 // A consumer process for the SIGKILL test (test/inbox-kill.test.ts): a webhookReceiver on a Postgres inbox, served on
 // 127.0.0.1. It announces each phase of a delivery on stdout and pauses there, so the parent can kill it with
 // SIGKILL exactly between the effect and the commit ("effect <id>"), or between the commit and the HTTP answer
-// ("committed <id>"). Configured by environment: INBOX_PG_URL, INBOX_SCHEMA, INBOX_SECRET, INBOX_PAUSE_MS. Only a delivery with `x-test-pause: 1` pauses.
+// ("committed <id>"). Configured by environment: INBOX_PG_URL, INBOX_SCHEMA, INBOX_SECRET, INBOX_PAUSE_MS. Only a delivery with `x-test-pause: effect|committed` pauses, there.
 import postgres from "postgres";
 import * as v from "valibot";
 import { createInbox, defineTopic } from "../mod.ts";
@@ -27,7 +27,7 @@ const storage = {
   async transaction<T>(fn: Parameters<typeof base.transaction<T>>[0]): Promise<T> {
     let id = "";
     current = "";
-    pausing = false;
+    pausing = null;
     const result = await base.transaction(async (tx) => {
       const r = await fn(tx);
       id = current;
@@ -35,13 +35,13 @@ const storage = {
     });
     if (id) {
       say(`committed ${id}`);
-      if (pausing) await pause();
+      if (pausing === "committed") await pause();
     }
     return result;
   },
 };
 let current = "";
-let pausing = false;
+let pausing: string | null = null;
 const event = defineTopic("kill.event", v.object({ n: v.number() }));
 const inbox = createInbox({ storage, consumer: "killable" });
 const receiver = webhookReceiver({
@@ -51,9 +51,9 @@ const receiver = webhookReceiver({
   handler: async (m, { tx }) => {
     await tx.unsafe(`INSERT INTO "${schema}".effects (message_id) VALUES ($1)`, [m.id]);
     current = m.id;
-    pausing = m.headers.get("x-test-pause") === "1"; // only the delivery the parent means to kill waits
+    pausing = m.headers.get("x-test-pause"); // only the delivery the parent means to kill waits, at the phase it names
     say(`effect ${m.id}`);
-    if (pausing) await pause(); // the effect is written, not committed
+    if (pausing === "effect") await pause(); // the effect is written, not committed
   },
 });
 const server = await serveFetch((r) => receiver.fetch(r));

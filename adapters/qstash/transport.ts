@@ -154,8 +154,9 @@ export function qstashTransport(client: QstashTransportClient, options: QstashTr
     forward(MESSAGE_HEADERS.id, m.id);
     forward(MESSAGE_HEADERS.topic, m.topic);
     if (m.key !== null) forward(MESSAGE_HEADERS.key, encodeURIComponent(m.key));
-    const seq = (m as { seq?: unknown }).seq; // the relay passes claimed messages: their commit-ordered seq (qstashReceiver)
+    const { seq, prevSeq } = m as { seq?: unknown; prevSeq?: unknown }; // claimed messages' order (qstashReceiver)
     if (m.key !== null && typeof seq === "number") forward("Outbox-Seq", String(seq));
+    if (m.key !== null && typeof prevSeq === "number") forward("Outbox-Prev-Seq", String(prevSeq));
     const fields: QstashMessageFields = { body: m.body, headers, deduplicationId: m.id, method: "POST" };
     if (retries !== undefined) fields.retries = retries;
     const queue = m.key !== null && queues !== false ? { queueName: `${queuePrefix}${fnv1a(m.key) % queues}` } : {};
