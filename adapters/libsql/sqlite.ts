@@ -15,7 +15,15 @@ import { claimedMessage, deadLetter, outboxStats } from "../../src/sql/rows.ts";
 import { partitionSettlements, settleResult } from "../../src/sql/settle.ts";
 import { type WakeChannel, wakeChannel, watchChanges } from "../../src/sql/wake.ts";
 import type { OutboxError } from "../../src/errors.ts";
-import type { Claim, DeadLetterPage, OutboxStats, OutboxStorage, SettleResult, Settlement } from "../../src/storage.ts";
+import type {
+  Claim,
+  DeadLetterPage,
+  OutboxStats,
+  OutboxStorage,
+  SettleResult,
+  Settlement,
+  StorageCapabilities,
+} from "../../src/storage.ts";
 import { isIdConflictError, isMissingTableError, type LibsqlRow, type LibsqlStatement } from "./client.ts";
 import { type LibsqlSql, libsqlSql } from "./sql.ts";
 
@@ -65,13 +73,21 @@ export interface SqliteStorage {
    * Maps an enqueue failure: a colliding id → CONFLICT naming the ids that exist (looked up with `lookup`), anything
    * else → the adapter's STORAGE/CONFIG error.
    */
-  enqueueError(messages: readonly NewMessage[], e: unknown, lookup: SqliteDriver["read"]): Promise<OutboxError>;
-  /** The contract's relay-side calls. */
-  readonly calls: Pick<
-    Required<OutboxStorage<unknown, unknown>>,
-    "claim" | "settle" | "hasDue" | "stats" | "listDead" | "replayDead" | "purge" | "subscribe"
-  >;
+  enqueueError(ids: readonly string[], e: unknown, lookup: SqliteDriver["read"]): Promise<OutboxError>;
+  /** The members every SQLite storage has: name, capabilities, scope, table, retention and the relay-side calls. */
+  readonly common: SqliteCommon;
 }
+
+/** See {@link SqliteStorage.common}. */
+export type SqliteCommon =
+  & Pick<
+    Required<OutboxStorage<unknown, unknown>>,
+    "name" | "capabilities" | "scope" | "claim" | "settle" | "hasDue" | "stats" | "listDead" | "replayDead" | "purge" | "subscribe"
+  >
+  & { readonly table: string; readonly retainDeliveredMs: number };
+
+/** SQLite: one writer at a time, which also makes a claim's view current, so a key may deliver a prefix per claim. */
+const CAPABILITIES: StorageCapabilities = { batchStatement: true, skipLocked: false, serialWrites: true, keyPrefixClaims: true };
 
 /**
  * Builds the shared SQLite storage over a driver.
@@ -84,7 +100,7 @@ export interface SqliteStorage {
  * ```ts
  * const core = sqliteStorage(driver, { adapter: "d1", table: "outbox", retainDeliveredMs: 0, busyRetryMs: 2_000,
  *   isBusy: () => false, isRetryable: () => false, wakeOwner: db, watchIntervalMs: 0 });
- * const claim = await core.calls.claim({ limit: 10, leaseMs: 30_000 });
+ * const claim = await core.common.claim({ limit: 10, leaseMs: 30_000 });
  * ```
  */
 export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOptions): SqliteStorage {
@@ -102,11 +118,11 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
     return { sql: sql.enqueue, args: [JSON.stringify(rows)] };
   }
 
-  async function enqueueError(messages: readonly NewMessage[], e: unknown, lookup: SqliteDriver["read"]): Promise<OutboxError> {
+  async function enqueueError(given: readonly string[], e: unknown, lookup: SqliteDriver["read"]): Promise<OutboxError> {
     if (!isIdConflictError(e)) return errors.storage("enqueue", e);
     let ids: string[] = [];
     try {
-      const rows = await lookup({ sql: sql.existingIds, args: [JSON.stringify(messages.map((m) => m.id))] });
+      const rows = await lookup({ sql: sql.existingIds, args: [JSON.stringify(given)] });
       ids = rows.map((r) => text(r["id"]));
     } catch {
       // unnamed: the error still says what happened
@@ -114,7 +130,13 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
     return conflictError(adapter, table, ids, e);
   }
 
-  const calls: SqliteStorage["calls"] = {
+  const common: SqliteCommon = {
+    name: adapter,
+    capabilities: CAPABILITIES,
+    scope,
+    table,
+    retainDeliveredMs: retain,
+
     async claim(options: { limit: number; leaseMs: number }): Promise<Claim> {
       const { limit, leaseMs } = claimArgs(options, invalid);
       return await relaySide("claim", async () => {
@@ -251,5 +273,5 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
     },
   };
 
-  return { sql, scope, errors, relaySide, wake, enqueueStatement, enqueueError, calls };
+  return { sql, scope, errors, relaySide, wake, enqueueStatement, enqueueError, common };
 }

@@ -9,7 +9,7 @@ import { OutboxError } from "../../src/errors.ts";
 import type { NewMessage } from "../../src/message.ts";
 import { parseOptions } from "../../src/options.ts";
 import { hasMethod, num } from "../../src/sql/coerce.ts";
-import type { OutboxStorage, StorageCapabilities } from "../../src/storage.ts";
+import type { OutboxStorage } from "../../src/storage.ts";
 import {
   closeQuietly,
   isBusyError,
@@ -135,12 +135,6 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
   const { sql, errors, relaySide, wake } = core;
   const { invalid } = errors;
   const migrationsDdl = renderSql(MIGRATIONS_TABLE_DDL, table);
-  const capabilities: StorageCapabilities = {
-    batchStatement: true,
-    skipLocked: false,
-    serialWrites: true,
-    keyPrefixClaims: true,
-  };
 
   /** A begin() handle: COMMIT wakes subscribed relays when an enqueue wrote to it. */
   function wakingTransaction(tx: LibsqlTransaction, commit: () => Promise<void>): LibsqlTransaction {
@@ -159,12 +153,7 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
   }
 
   const storage: LibsqlStorage = {
-    name: "libsql",
-    capabilities,
-    scope: core.scope,
-    table,
-    retainDeliveredMs: opts.retainDeliveredMs,
-    ...core.calls,
+    ...core.common,
 
     migrate(): Promise<void> {
       return relaySide("migrate", async () => {
@@ -206,7 +195,7 @@ export function libsqlStorage(client: LibsqlClient, options: LibsqlStorageOption
       } catch (e) {
         // On a colliding id SQLite undoes only the failed statement: nothing was written, the transaction stays usable.
         throw await core.enqueueError(
-          messages,
+          messages.map((m) => m.id),
           e,
           standalone
             ? async (s) => (await runRead(tx as unknown as LibsqlClient, s, sql.readLock)).rows
