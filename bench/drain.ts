@@ -99,6 +99,31 @@ export interface DrainFigures {
 }
 
 const SECTION = "1 drain";
+
+/**
+ * Postgres: a fresh schema filled with `n` keyless rows (then a CHECKPOINT), `fn` measures on it (through `view` of
+ * it when given, e.g. the same schema on another client), then checks that it is empty and drops it; so every
+ * measured row starts from the same table state.
+ */
+export async function pgMeasured(
+  sql: PgOutbox["sql"],
+  label: string,
+  n: number,
+  fn: (o: PgOutbox) => Promise<number>,
+  view: (o: PgOutbox) => PgOutbox = (o) => o,
+): Promise<number> {
+  const o = await pgOutbox(sql, label);
+  try {
+    await pgFill(o, n);
+    await settleDisk();
+    const v = await fn(view(o));
+    const left = await pgCount(sql, o.table);
+    if (left !== 0) throw new Error(`${left} rows left after the drain`);
+    return v;
+  } finally {
+    await o.drop();
+  }
+}
 /** One floor-versus-edge comparison: the pair of runs with the median ratio, and every pair's ratio. */
 export interface Paired {
   readonly floor: number;
@@ -139,20 +164,7 @@ export async function drainSection(cfg: BenchConfig, results: Results): Promise<
   const pgEdge = new Map<number, number>();
   const sql = connect({ max: 4 });
 
-  // Postgres: a fresh schema per measured row, filled the same way, so every row starts from the same table state.
-  const pgRow = async (fn: (o: PgOutbox) => Promise<number>): Promise<number> => {
-    const o = await pgOutbox(sql, "drain");
-    try {
-      await pgFill(o, N);
-      await settleDisk();
-      const v = await fn(o);
-      const left = await pgCount(sql, o.table);
-      if (left !== 0) throw new Error(`${left} rows left after the drain`);
-      return v;
-    } finally {
-      await o.drop();
-    }
-  };
+  const pgRow = (fn: (o: PgOutbox) => Promise<number>): Promise<number> => pgMeasured(sql, "drain", N, fn);
   for (const batch of [100, 500]) {
     const p = await pairedMedian(cfg.drainRepeats, () => pgRow((o) => pgFloorDrain(o, batch, N)), () => pgRow((o) => edgeDrain(o, batch, N)));
     pgEdge.set(batch, p.edge);

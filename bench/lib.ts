@@ -234,6 +234,13 @@ export function newMessages(start: number, count: number): NewMessage[] {
   return out;
 }
 
+/** Messages as {@link newMessages}, with message i keyed `c-<i % keys>` (keyless when keys is 0). */
+export function keyedMessages(start: number, count: number, keys: number): NewMessage[] {
+  const out = newMessages(start, count);
+  if (keys === 0) return out;
+  return out.map((m, i) => ({ ...m, key: `c-${(start + i) % keys}` }));
+}
+
 /** A transport that accepts everything at once (transport cost ~0). */
 export function noopTransport(onSend?: (messages: readonly OutboxMessage[]) => void): Transport & { count: number } {
   const t = {
@@ -353,9 +360,9 @@ export async function pgOutbox(sql: Sql, label: string): Promise<PgOutbox> {
 }
 
 /** Pre-inserts `count` keyless messages through the storage's own bulk enqueue, in committed chunks, then VACUUM ANALYZE. */
-export async function pgFill(o: PgOutbox, count: number, chunk = 10_000): Promise<void> {
+export async function pgFill(o: PgOutbox, count: number, chunk = 10_000, keys = 0): Promise<void> {
   for (let i = 0; i < count; i += chunk) {
-    const batch = newMessages(i, Math.min(chunk, count - i));
+    const batch = keyedMessages(i, Math.min(chunk, count - i), keys);
     await o.sql.begin((tx) => o.storage.enqueue(tx as never, batch));
   }
   await o.sql.unsafe(`VACUUM ANALYZE ${o.table}`);
@@ -385,9 +392,9 @@ export async function libsqlOutbox(): Promise<LibsqlOutbox> {
 }
 
 /** Pre-inserts `count` keyless messages through the storage's batch statement, in committed chunks. */
-export async function libsqlFill(o: LibsqlOutbox, count: number, chunk = 10_000): Promise<void> {
+export async function libsqlFill(o: LibsqlOutbox, count: number, chunk = 10_000, keys = 0): Promise<void> {
   for (let i = 0; i < count; i += chunk) {
-    await o.client.batch([o.storage.statement(newMessages(i, Math.min(chunk, count - i)))], "write");
+    await o.client.batch([o.storage.statement(keyedMessages(i, Math.min(chunk, count - i), keys))], "write");
   }
   await o.client.execute("ANALYZE");
 }

@@ -9,7 +9,8 @@ import { peersSection } from "./peers.ts";
 import { enqueueSection } from "./enqueue.ts";
 import { latencySection } from "./latency.ts";
 import { scalingSection } from "./scaling.ts";
-import { cleanupAll, environment, markdownTable, parseArgs, Results, RUN_ID } from "./lib.ts";
+import { keysSection, remoteSection, tailSection } from "./pipeline.ts";
+import { cleanupAll, connect, environment, markdownTable, parseArgs, Results, RUN_ID } from "./lib.ts";
 
 const cfg = parseArgs(process.argv.slice(2));
 const results = new Results();
@@ -54,6 +55,9 @@ try {
   await section("enqueue", () => enqueueSection(cfg, results));
   await section("latency", () => latencySection(cfg, results));
   await section("scaling", () => scalingSection(cfg, results));
+  await section("tail", () => tailSection(cfg, results, connect({ max: 4 })));
+  await section("keys", () => keysSection(cfg, results, connect({ max: 4 })));
+  await section("remote", () => remoteSection(cfg, results, connect({ max: 4 })));
 } catch (e) {
   failed = e;
   console.error(e);

@@ -49,14 +49,19 @@ export async function pgBossDrain(n: number, batchSize: number, priority = false
  * complete/fail batch delays, unbatched = the defaults (one job per fetch, one completion per job). The clock runs
  * from `run()` until the jobs table is empty (every completion committed).
  */
-export async function graphileDrain(n: number, localQueueSize: number | null): Promise<number> {
+export async function graphileDrain(n: number, localQueueSize: number | null, queues = 0): Promise<number> {
   const schema = schemaName("graphile");
   try {
     await runMigrations({ connectionString: PG_URL, schema, logger: quietLogger() });
     const utils = await makeWorkerUtils({ connectionString: PG_URL, schema, logger: quietLogger() });
     try {
       for (let i = 0; i < n; i += 5_000) {
-        await utils.addJobs(Array.from({ length: Math.min(5_000, n - i) }, (_, j) => ({ identifier: QUEUE, payload: payloadOf(i + j) })));
+        // `queues` > 0: job i goes to the named queue q<i % queues> (graphile-worker runs a named queue's jobs one at a time, in order).
+        await utils.addJobs(Array.from({ length: Math.min(5_000, n - i) }, (_, j) => ({
+          identifier: QUEUE,
+          payload: payloadOf(i + j),
+          ...(queues > 0 ? { queueName: `q${(i + j) % queues}` } : {}),
+        })));
       }
     } finally {
       await utils.release();

@@ -47,6 +47,8 @@ typecheck() {
   "$BIN/tsc" -p tsconfig.json || code=1
   echo "--- tsc -p tsconfig.test.json (tests, bench, demo: with Node types)"
   "$BIN/tsc" -p tsconfig.test.json || code=1
+  echo "--- tsc -p tsconfig.exact.json (a user's strict + exactOptionalPropertyTypes: undefined accepted by optional options)"
+  "$BIN/tsc" -p tsconfig.exact.json || code=1
   echo "--- tsc -p tsconfig.build.json (the npm build into dist/)"
   rm -rf dist
   "$BIN/tsc" -p tsconfig.build.json || code=1

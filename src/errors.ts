@@ -31,7 +31,7 @@ export interface OutboxErrorOptions {
   /** The underlying error (driver error, schema issues…). */
   cause?: unknown;
   /** Whether retrying the same call can succeed. @default false */
-  retryable?: boolean;
+  retryable?: boolean | undefined;
 }
 
 /**

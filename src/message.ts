@@ -53,13 +53,13 @@ export interface NewMessage {
 /** Options for one enqueued message. */
 export interface EnqueueOptions {
   /** Ordering key: same-key messages are delivered one at a time, in commit order. @default null (unordered) */
-  key?: string | null;
+  key?: string | null | undefined;
   /** Delay before the first delivery attempt, in ms (by the database clock). @default 0 */
-  delayMs?: number;
+  delayMs?: number | undefined;
   /** String headers, forwarded by transports. @default {} */
-  headers?: Record<string, string>;
+  headers?: Record<string, string> | undefined;
   /** Use this id instead of a fresh UUIDv7 (it must be a UUID). Lets a caller make enqueue idempotent. @default a new UUIDv7 */
-  id?: string;
+  id?: string | undefined;
 }
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;

@@ -27,9 +27,9 @@ export interface OutboxOptions<Tx, Stmt, T extends AnyTopic> {
    * The topics this outbox accepts. When given, enqueueing any other topic is a VALIDATION error and payloads are
    * validated by the registered topic's schema. @default undefined (any topic)
    */
-  topics?: readonly T[];
+  topics?: readonly T[] | undefined;
   /** Largest encoded payload in UTF-8 bytes. @default 262144 (256 KiB) */
-  maxPayloadBytes?: number;
+  maxPayloadBytes?: number | undefined;
   /**
    * Tracing hooks (e.g. `otelTracing()` from `edge-outbox/otel`): at enqueue, the active trace context is written into
    * the message headers (`traceparent`), unless the caller set one. A relay on this outbox traces with them too.
@@ -70,14 +70,14 @@ export type EnqueueItem<T extends AnyTopic> = T extends AnyTopic ? {
 /** Dead-letter operations. */
 export interface DeadLetters {
   /** Pages through dead letters, oldest first. @param options.limit page size @default 50 */
-  list(options?: { limit?: number; cursor?: string | null }): Promise<DeadLetterPage>;
+  list(options?: { limit?: number | undefined; cursor?: string | null | undefined }): Promise<DeadLetterPage>;
   /** Makes a dead letter pending again: same id, attempts reset, same place in its key's order. False if not found. */
   replay(id: string): Promise<boolean>;
   /**
    * Deletes at most `limit` dead letters dead-lettered before `olderThan`. Returns how many; call again while it
    * returns `limit`. @param options.limit @default 1000
    */
-  purge(options: { olderThan: Date | number; limit?: number }): Promise<number>;
+  purge(options: { olderThan: Date | number; limit?: number | undefined }): Promise<number>;
 }
 
 /** The outbox: typed enqueue and administration over one storage. */
@@ -171,19 +171,19 @@ export interface Outbox<Tx, Stmt, T extends AnyTopic = AnyTopic> {
    */
   statementMany(items: readonly EnqueueItem<T>[]): Stmt;
   /** Counts and windowed counters from the database. @param options.windowMs @default 300000 */
-  stats(options?: { windowMs?: number }): Promise<OutboxStats>;
+  stats(options?: { windowMs?: number | undefined }): Promise<OutboxStats>;
   /** Dead-letter operations. */
   readonly deadLetters: DeadLetters;
   /**
    * Deletes at most `limit` delivered rows kept by a retention window and delivered before `olderThan`.
    * @param options.limit @default 1000
    */
-  purgeDelivered(options: { olderThan: Date | number; limit?: number }): Promise<number>;
+  purgeDelivered(options: { olderThan: Date | number; limit?: number | undefined }): Promise<number>;
   /** The tracing hooks given to {@link createOutbox}, if any (a relay on this outbox uses them by default). */
   readonly tracing?: Tracing | undefined;
 }
 
-const outboxOptionsSchema = v.object({
+const outboxOptionsSchema = v.strictObject({
   storage: v.custom<object>((s) => typeof s === "object" && s !== null && typeof (s as { claim?: unknown }).claim === "function", "must be an OutboxStorage"),
   topics: v.optional(v.array(v.custom<AnyTopic>((t) => typeof t === "object" && t !== null && typeof (t as { name?: unknown }).name === "string" && typeof (t as { schema?: unknown }).schema === "object", "must be topics made by defineTopic"))),
   maxPayloadBytes: v.optional(v.pipe(v.number(), v.integer(), v.minValue(2), v.maxValue(64 * 1024 * 1024)), DEFAULT_MAX_PAYLOAD_BYTES),
@@ -323,18 +323,18 @@ export function createOutbox<Tx, Stmt, const T extends AnyTopic = AnyTopic>(
       assertBatch("statement");
       return storage.statement!([prepare(topic, payload, opts)]);
     },
-    async enqueueMany(tx: Tx, items: readonly { topic: AnyTopic | string; payload: unknown; options?: EnqueueOptions }[]): Promise<string[]> {
+    async enqueueMany(tx: Tx, items: readonly { topic: AnyTopic | string; payload: unknown; options?: EnqueueOptions | undefined }[]): Promise<string[]> {
       const messages = prepareMany(items, "enqueueMany");
       if (messages.length > 0) await storage.enqueue(tx, messages);
       return messages.map((m) => m.id);
     },
-    statementMany(items: readonly { topic: AnyTopic | string; payload: unknown; options?: EnqueueOptions }[]): Stmt {
+    statementMany(items: readonly { topic: AnyTopic | string; payload: unknown; options?: EnqueueOptions | undefined }[]): Stmt {
       assertBatch("statementMany");
       const messages = prepareMany(items, "statementMany");
       if (messages.length === 0) throw new OutboxError("VALIDATION", "statementMany: items must hold at least one message");
       return storage.statement!(messages);
     },
-    stats(opts?: { windowMs?: number }): Promise<OutboxStats> {
+    stats(opts?: { windowMs?: number | undefined }): Promise<OutboxStats> {
       const windowMs = opts?.windowMs ?? 300_000;
       if (!Number.isInteger(windowMs) || windowMs < 1 || windowMs > 30 * 86_400_000) {
         throw new OutboxError("VALIDATION", "windowMs must be an integer between 1 and 30 days in ms");
@@ -342,18 +342,18 @@ export function createOutbox<Tx, Stmt, const T extends AnyTopic = AnyTopic>(
       return storage.stats({ windowMs });
     },
     deadLetters: {
-      list(opts?: { limit?: number; cursor?: string | null }): Promise<DeadLetterPage> {
+      list(opts?: { limit?: number | undefined; cursor?: string | null | undefined }): Promise<DeadLetterPage> {
         return storage.listDead({ limit: toLimit(opts?.limit, 50, "limit"), cursor: opts?.cursor ?? null });
       },
       replay(id: string): Promise<boolean> {
         if (typeof id !== "string" || id.length === 0) throw new OutboxError("VALIDATION", "replay(id): id must be a message id");
         return storage.replayDead(id);
       },
-      purge(opts: { olderThan: Date | number; limit?: number }): Promise<number> {
+      purge(opts: { olderThan: Date | number; limit?: number | undefined }): Promise<number> {
         return storage.purge({ status: "dead", olderThan: toEpoch(opts?.olderThan, "olderThan"), limit: toLimit(opts?.limit, 1000, "limit") });
       },
     },
-    purgeDelivered(opts: { olderThan: Date | number; limit?: number }): Promise<number> {
+    purgeDelivered(opts: { olderThan: Date | number; limit?: number | undefined }): Promise<number> {
       return storage.purge({ status: "delivered", olderThan: toEpoch(opts?.olderThan, "olderThan"), limit: toLimit(opts?.limit, 1000, "limit") });
     },
     tracing,

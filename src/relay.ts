@@ -290,12 +290,15 @@ export function createRelay(options: RelayOptions): Relay {
    *
    * - Up to `concurrency` sends are in flight. A slot that frees takes the next startable unit, lowest `seq` first:
    *   up to `maxBatchSize` keyless messages, or the head of a key whose previous message has a final outcome.
-   * - When fewer than `lowWater` claimed rows wait to be sent, the next claim runs while sends (and settles) go on.
-   *   A claim that returned fewer rows than asked is repeated only after a settle has landed since it started
-   *   (a settle can unblock a key); this also ends the drain when nothing more is claimable.
+   * - Claims are costly (a write transaction: an fsync on SQLite, a round trip on a remote database), so a claim runs
+   *   only when it can pay. Ahead of need, while sends go on, when fewer than `lowWater` claimed rows wait: after a
+   *   full claim whose rows were mostly not repeats of held keys (a keyless or many-keyed backlog), or once half of
+   *   the keys held at the last claim are free again (all their rows settled: their next rows became claimable).
+   *   When everything is idle: if the last claim was full, or a settle has landed since it started. Otherwise the
+   *   drain ends (nothing more is claimable).
    * - Outcomes are buffered per claim token and settled in groups: at once when no send is in flight, when a group
-   *   reaches `groupSize`, or `settleDelayMs` after its first outcome. One settle round at a time, so a slow database
-   *   makes the groups bigger, not the queue of settles longer.
+   *   reaches `groupSize`, or `settleDelayMs` after its first outcome (2 ms, or as long as the last settle took). One
+   *   settle round at a time, so a slow database makes the groups bigger, not the queue of settles longer.
    * - A send starts only when its whole timeout fits in its claim's lease; otherwise its rows (for a key: the key's
    *   remaining rows) are released. A retrying key head releases the key's remaining rows.
    * - On stop (budget, signal, lost lock) or a storage failure nothing new is claimed or started; queued rows are
@@ -329,8 +332,12 @@ export function createRelay(options: RelayOptions): Relay {
       readonly claim: ClaimState;
     }
     const lowWater = Math.max(concurrency * maxBatch, Math.ceil(batchSize / 2));
-    const groupSize = Math.max(16, concurrency * maxBatch);
-    const settleDelayMs = 2;
+    const groupSize = Math.max(batchSize, concurrency * maxBatch);
+    // How long an outcome may wait for others to join its settle: at least 2 ms, and as long as the last settle took
+    // (a database that takes 30 ms per write transaction, e.g. SQLite's fsync on a busy disk, then settles about
+    // every 30 ms, not after every send), never more than half the lease reserve.
+    let settleDelayMs = 2;
+    const maxSettleDelayMs = Math.max(2, Math.min(50, leaseReserveMs / 2));
 
     const keyless = new Fifo<Held>();
     /** Queued rows per key; an entry exists while the key has queued rows or a send in flight. */
@@ -342,11 +349,16 @@ export function createRelay(options: RelayOptions): Relay {
     let inFlight = 0;
 
     let claiming = false;
-    /** Settle rounds completed so far; a short claim waits for the next one (see above). */
+    /** Settle rounds completed so far. */
     let settleEpoch = 0;
-    let dryAtEpoch = -1;
+    /** The last claim: whether it was full, whether its rows were mostly new keys, the epoch it started in. */
+    let last = { full: true, spread: true, epoch: -1 };
+    /** Claimed, not yet settled rows per key; a key whose count drops to 0 is free (its next row is claimable). */
+    const heldPerKey = new Map<string, number>();
+    let keysAtClaim = 0;
+    let freedSinceClaim = 0;
 
-    let buffer = new Map<string, Settlement[]>();
+    let buffer = new Map<string, { settlements: Settlement[]; keys: (string | null)[] }>();
     let buffered = 0;
     let bufferedSince = 0;
     let settling = false;
@@ -374,8 +386,9 @@ export function createRelay(options: RelayOptions): Relay {
 
     function settleLater(h: Held, s: Settlement): void {
       let group = buffer.get(h.claim.token);
-      if (!group) buffer.set(h.claim.token, group = []);
-      group.push(s);
+      if (!group) buffer.set(h.claim.token, group = { settlements: [], keys: [] });
+      group.settlements.push(s);
+      group.keys.push(h.m.key);
       if (buffered++ === 0) bufferedSince = now();
     }
 
@@ -383,6 +396,7 @@ export function createRelay(options: RelayOptions): Relay {
       const h: Held = { m, claim };
       queued++;
       if (m.key === null) return keyless.push(h);
+      heldPerKey.set(m.key, (heldPerKey.get(m.key) ?? 0) + 1);
       let q = keyQueues.get(m.key);
       if (!q) {
         keyQueues.set(m.key, q = new Fifo());
@@ -494,15 +508,28 @@ export function createRelay(options: RelayOptions): Relay {
       try {
         const claim = await storage.claim({ limit: batchSize, leaseMs });
         report.claimed += claim.messages.length;
-        if (claim.messages.length < batchSize) dryAtEpoch = epoch;
+        let repeats = 0;
         const state: ClaimState = { token: claim.token, deadline: claimStarted + leaseMs - leaseReserveMs };
-        for (const m of claim.messages) hold(m, state);
+        for (const m of claim.messages) {
+          if (m.key !== null && heldPerKey.has(m.key)) repeats++;
+          hold(m, state);
+        }
+        last = { full: claim.messages.length >= batchSize, spread: repeats * 2 <= claim.messages.length, epoch };
+        keysAtClaim = heldPerKey.size;
+        freedSinceClaim = 0;
       } catch (e) {
         failure ??= { error: e };
       } finally {
         claiming = false;
         pump();
       }
+    }
+
+    /** Whether a claim pays now (see the policy above). */
+    function claimPays(idle: boolean): boolean {
+      if (idle) return last.full || settleEpoch > last.epoch;
+      if (queued >= lowWater) return false;
+      return (last.full && last.spread) || (keysAtClaim > 0 && freedSinceClaim * 2 >= keysAtClaim);
     }
 
     async function settleRound(): Promise<void> {
@@ -512,24 +539,43 @@ export function createRelay(options: RelayOptions): Relay {
       const groups = buffer;
       buffer = new Map();
       buffered = 0;
+      const roundStarted = now();
       const results = await Promise.allSettled(
-        [...groups].map(async ([token, settlements]) => {
-          const result = await storage.settle(token, settlements);
-          const lost = new Set(result.lost);
-          report.leaseLost += lost.size;
-          for (const s of settlements) {
-            if (lost.has(s.id)) continue;
-            if (s.outcome === "delivered") report.delivered++;
-            else if (s.outcome === "retry") report.retried++;
-            else if (s.outcome === "dead") report.dead++;
-            else report.released++;
+        [...groups].map(async ([token, { settlements, keys }]) => {
+          try {
+            return await settleGroup(token, settlements);
+          } finally {
+            // Settled or not, these rows are no longer held here (a failed settle leaves them to lease expiry).
+            for (const key of keys) {
+              if (key === null) continue;
+              const left = heldPerKey.get(key)! - 1;
+              if (left > 0) heldPerKey.set(key, left);
+              else {
+                heldPerKey.delete(key);
+                freedSinceClaim++;
+              }
+            }
           }
         }),
       );
       for (const r of results) if (r.status === "rejected") failure ??= { error: r.reason };
+      settleDelayMs = Math.min(maxSettleDelayMs, Math.max(2, now() - roundStarted));
       settling = false;
       settleEpoch++;
       pump();
+    }
+
+    async function settleGroup(token: string, settlements: readonly Settlement[]): Promise<void> {
+      const result = await storage.settle(token, settlements);
+      const lost = new Set(result.lost);
+      report.leaseLost += lost.size;
+      for (const s of settlements) {
+        if (lost.has(s.id)) continue;
+        if (s.outcome === "delivered") report.delivered++;
+        else if (s.outcome === "retry") report.retried++;
+        else if (s.outcome === "dead") report.dead++;
+        else report.released++;
+      }
     }
 
     function pump(): void {
@@ -545,8 +591,7 @@ export function createRelay(options: RelayOptions): Relay {
           inFlight++;
           void sendUnit(unit.items, unit.key);
         }
-        const mayClaim = dryAtEpoch < 0 || settleEpoch > dryAtEpoch;
-        if (!claiming && queued < lowWater && mayClaim) void claimMore();
+        if (!claiming && claimPays(false)) void claimMore();
       }
       if (!settling && buffered > 0) {
         const age = now() - bufferedSince;
@@ -557,8 +602,8 @@ export function createRelay(options: RelayOptions): Relay {
         }, settleDelayMs - age);
       }
       if (inFlight === 0 && !claiming && !settling && buffered === 0 && queued === 0) {
-        const mayClaim = dryAtEpoch < 0 || settleEpoch > dryAtEpoch;
-        if (stop || !mayClaim) {
+        if (!stop && claimPays(true)) void claimMore();
+        else {
           done = true;
           clearTimeout(settleTimer);
           if (failure) rejectDone(failure.error);

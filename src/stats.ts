@@ -17,9 +17,9 @@ export type HealthStatus = "healthy" | "degraded" | "unhealthy";
  */
 export interface HealthLevels {
   /** Above this, the check is degraded. @default none */
-  degraded?: number;
+  degraded?: number | undefined;
   /** Above this, the check is unhealthy. @default none */
-  unhealthy?: number;
+  unhealthy?: number | undefined;
 }
 
 /**
@@ -28,16 +28,16 @@ export interface HealthLevels {
  */
 export interface HealthThresholds {
   /** Pending rows (waiting, leased, backing off or delayed). @default none */
-  pending?: HealthLevels;
+  pending?: HealthLevels | undefined;
   /**
    * How long the longest-waiting message has been waiting *while due*, ms: `stats.oldestDueAgeMs` (a delayed or
    * backing-off message counts only from when it became due, a leased one not at all), or `stats.oldestPendingAgeMs`
    * (from enqueue) for a storage that does not report `oldestDueAgeMs`. The name is kept from the first release.
    * @default { degraded: 30000, unhealthy: 300000 }
    */
-  oldestPendingAgeMs?: HealthLevels;
+  oldestPendingAgeMs?: HealthLevels | undefined;
   /** Dead letters waiting for replay or purge. @default none */
-  dead?: HealthLevels;
+  dead?: HealthLevels | undefined;
 }
 
 /** The outcome of one measure. */

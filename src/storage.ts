@@ -220,10 +220,10 @@ export interface OutboxStorage<Tx = unknown, Stmt = never> {
   hasDue(): Promise<boolean>;
 
   /** Counts and windowed counters. @param options.windowMs counter window @default 300000 */
-  stats(options?: { windowMs?: number }): Promise<OutboxStats>;
+  stats(options?: { windowMs?: number | undefined }): Promise<OutboxStats>;
 
   /** Pages through dead letters, oldest first. `cursor` comes from the previous page. */
-  listDead(options: { limit: number; cursor?: string | null }): Promise<DeadLetterPage>;
+  listDead(options: { limit: number; cursor?: string | null | undefined }): Promise<DeadLetterPage>;
 
   /**
    * Moves a dead letter back to pending and re-enters it at the **tail of its key**: a new commit-ordered `seq`

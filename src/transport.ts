@@ -15,7 +15,7 @@ export type DeliveryOutcome =
    * (`MAX_RETRY_AFTER_MS`); `error` is cut to 2,000 characters, NUL and lone surrogates replaced by U+FFFD. No
    * outcome can make the relay's settle fail.
    */
-  | { readonly status: "retry"; readonly error: string; readonly retryAfterMs?: number }
+  | { readonly status: "retry"; readonly error: string; readonly retryAfterMs?: number | undefined }
   /** A permanent failure (e.g. HTTP 400): dead-letter it now, whatever attempts remain. */
   | { readonly status: "dead"; readonly error: string };
 
@@ -51,7 +51,7 @@ export interface Transport {
   /** Name for reports and error messages. */
   readonly name: string;
   /** The most messages one `send` call takes. @default 1 */
-  readonly maxBatchSize?: number;
+  readonly maxBatchSize?: number | undefined;
   /**
    * Delivers `messages` and returns exactly one outcome per message, in the same order. Throwing (or returning
    * the wrong number of outcomes) counts as `retry` for every message of the call.

@@ -31,7 +31,10 @@ async function bundle(source: string): Promise<{ text: string; inputs: string[] 
     minify: false,
     logLevel: "silent",
   });
-  return { text: result.outputFiles[0]!.text, inputs: Object.keys(result.metafile.inputs) };
+  // the inputs that put bytes into the output (a module imported but entirely tree-shaken away puts none)
+  const output = Object.values(result.metafile.outputs)[0]!;
+  const inputs = Object.entries(output.inputs).filter(([, i]) => i.bytesInOutput > 0).map(([path]) => path);
+  return { text: result.outputFiles[0]!.text, inputs };
 }
 
 /** Strings only the QStash SDK or jose contain (class names, error codes), never edge-outbox itself. */
@@ -51,7 +54,24 @@ describe("edge-outbox/hono pulls in no QStash code", () => {
     expect(foreign, "bundled inputs from the QStash SDK or its dependencies").toEqual([]);
     for (const marker of QSTASH_MARKERS) expect(text, String(marker)).not.toMatch(marker);
     expect(inputs.some((p) => p.includes("node_modules/hono/"))).toBe(true); // the bundle did resolve packages
+    // and no dashboard: uPlot is carried only by apps that pass relayDashboard()
+    expect(inputs.filter((p) => /adapters\/hono\/(dashboard|uplot)\.ts$/.test(p))).toEqual([]);
+    expect(text).not.toMatch(/leeoniya\/uPlot/);
     console.log(`[hono-bundle] bearer-only worker: ${(text.length / 1024).toFixed(1)} kB unminified, ${inputs.length} inputs`);
+  });
+
+  it("a worker with the dashboard carries uPlot (the check above can fail)", async () => {
+    const { text, inputs } = await bundle(`
+      import { createOutbox, createRelay } from "@root/mod.ts";
+      import { memoryStorage, recordingTransport } from "@root/adapters/memory/mod.ts";
+      import { createRelayApp, relayDashboard } from "@root/adapters/hono/mod.ts";
+      const outbox = createOutbox({ storage: memoryStorage(), topics: [] });
+      const relay = createRelay({ outbox, transport: recordingTransport() });
+      export default createRelayApp({ relay, outbox, auth: { read: "read-secret-0123456789abcdef" }, dashboard: relayDashboard() });
+    `);
+    expect(text).toMatch(/leeoniya\/uPlot/);
+    expect(inputs.filter((p) => /adapters\/hono\/(dashboard|uplot)\.ts$/.test(p))).toHaveLength(2);
+    console.log(`[hono-bundle] with the dashboard: ${(text.length / 1024).toFixed(1)} kB unminified`);
   });
 
   it("the markers are real: a worker that builds its own Receiver does carry QStash code", async () => {

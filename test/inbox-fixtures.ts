@@ -1,6 +1,7 @@
 // Inbox conformance fixtures (memory, Postgres, libSQL :memory: and file), shared by the inbox tests. Each fixture
 // has a business table `effects(message_id)` WITHOUT a unique key: counting its rows per id proves exactly-once.
 import { type Client, createClient } from "@libsql/client";
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -36,13 +37,13 @@ export type PgInboxFixture = InboxConformanceFixture<PostgresExecutor, never> & 
   allEffects(): Promise<string[]>;
 };
 
-export async function postgresInboxFixture(options: { max?: number } = {}): Promise<PgInboxFixture> {
+export async function postgresInboxFixture(options: { max?: number; connection?: Record<string, string> } = {}): Promise<PgInboxFixture> {
   const suffix = randomSuffix();
   const schema = `eo_inbox_${suffix}`;
   const appName = `eo-inbox-${suffix}`;
   const clients: Sql[] = [];
   const open = (max = options.max ?? 4): Sql => {
-    const c = connect(appName, { max });
+    const c = connect(appName, { max, ...(options.connection ? { connection: options.connection } : {}) });
     clients.push(c);
     return c;
   };
@@ -132,6 +133,73 @@ export async function libsqlInboxFixture(kind: "memory" | "file"): Promise<Libsq
       for (const c of clients) c.close();
       if (dir) rmSync(dir, { recursive: true, force: true });
       return Promise.resolve();
+    },
+  };
+}
+
+/** Bundles a child-process entry (dependencies included) into `dir`, so each spawn starts without compiling. */
+export async function bundleChild(entry: string, dir: string): Promise<string> {
+  const { build } = await import("esbuild");
+  const outfile = join(dir, `${entry.replace(/\W+/g, "_")}.mjs`);
+  await build({
+    entryPoints: [join(import.meta.dirname, entry)],
+    bundle: true,
+    platform: "node",
+    format: "esm",
+    outfile,
+    logLevel: "error",
+    banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
+  });
+  return outfile;
+}
+
+/** A spawned child whose stdout lines can be awaited. */
+export interface SpawnedChild {
+  readonly proc: ChildProcess;
+  readonly lines: string[];
+  /** Resolves with the first line starting with `prefix` (already printed or to come). */
+  waitFor(prefix: string, timeoutMs?: number): Promise<string>;
+  /** Resolves when the process has exited. */
+  readonly exited: Promise<void>;
+  /** SIGKILL, then wait for the exit. */
+  kill(): Promise<void>;
+}
+
+/** Spawns `node <bundle>` with extra environment. */
+export function spawnChild(bundle: string, env: Record<string, string>): SpawnedChild {
+  const proc = spawn(process.execPath, [bundle], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] });
+  const lines: string[] = [];
+  const waiters: { prefix: string; resolve: (line: string) => void }[] = [];
+  let buffer = "";
+  proc.stdout!.on("data", (chunk: Buffer) => {
+    buffer += chunk.toString();
+    let nl: number;
+    while ((nl = buffer.indexOf("\n")) >= 0) {
+      const line = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 1);
+      lines.push(line);
+      for (const w of waiters.filter((w) => line.startsWith(w.prefix))) w.resolve(line);
+    }
+  });
+  const exited = new Promise<void>((r) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) r();
+    else proc.once("exit", () => r());
+  });
+  return {
+    proc,
+    lines,
+    exited,
+    waitFor: (prefix, timeoutMs = 30_000) => {
+      const seen = lines.find((l) => l.startsWith(prefix));
+      if (seen !== undefined) return Promise.resolve(seen);
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`child did not print ${prefix} (got ${lines.slice(-5).join(" | ")})`)), timeoutMs);
+        waiters.push({ prefix, resolve: (line) => (clearTimeout(timer), resolve(line)) });
+      });
+    },
+    kill: async () => {
+      proc.kill("SIGKILL");
+      await exited;
     },
   };
 }

@@ -1,7 +1,7 @@
 import * as v from "valibot";
 import { describe, expect, it } from "vitest";
-import { createOutbox, defineTopic, type EnqueueOptions, evaluateHealth, isOutboxError, type StandardSchemaV1 } from "../mod.ts";
-import { memoryStorage } from "../adapters/memory/mod.ts";
+import { createOutbox, createRelay, defineTopic, type EnqueueOptions, evaluateHealth, isOutboxError, type StandardSchemaV1 } from "../mod.ts";
+import { memoryStorage, recordingTransport } from "../adapters/memory/mod.ts";
 import { caught, codeOf, event, memoryOutbox } from "./helpers.ts";
 
 describe("enqueue: bad input gets a typed error and changes nothing", () => {
@@ -136,6 +136,40 @@ describe("createOutbox", () => {
     expect((e as Error).message).toMatch(/maxPayloadBytes/);
     expect(await codeOf(() => createOutbox({ storage: {} as never }))).toBe("CONFIG");
     expect(await codeOf(() => createOutbox({ storage, topics: [event, defineTopic("test.event", v.any())] }))).toBe("CONFIG");
+  });
+
+  it("option errors say what to do, and their cause never carries the options object", async () => {
+    const storage = memoryStorage();
+    const outbox = createOutbox({ storage, topics: [event] });
+    const transport = recordingTransport();
+    const message = async (f: () => unknown): Promise<string> => {
+      const e = await caught(f);
+      expect(isOutboxError(e, "CONFIG"), String(e)).toBe(true);
+      // The cause is plain data: no reference to the options, the storage, the transport or a client.
+      const seen = new Set<unknown>();
+      const walk = (x: unknown): void => {
+        if (typeof x !== "object" || x === null || seen.has(x)) return;
+        seen.add(x);
+        expect(x === storage || x === outbox || x === transport).toBe(false);
+        for (const value of Object.values(x)) walk(value);
+      };
+      walk((e as Error).cause);
+      expect(JSON.stringify((e as Error).cause).length).toBeLessThan(2_000);
+      return (e as Error).message;
+    };
+    expect(await message(() => createRelay({ outbox, transport, backoff: { base: 5 } as never }))).toBe(
+      "createRelay options: unknown option backoff.base (did you mean baseMs?)",
+    );
+    expect(await message(() => createRelay({ outbox } as never))).toBe("createRelay options: transport is required");
+    expect(await message(() => createRelay({ outbox, transport: undefined } as never))).toBe("createRelay options: transport is required");
+    expect(await message(() => createOutbox({ storage, maxpayloadbytes: 5 } as never))).toBe(
+      "createOutbox options: unknown option maxpayloadbytes (did you mean maxPayloadBytes?)",
+    );
+    expect(await message(() => createOutbox({ storage, zzz: 1 } as never))).toBe(
+      "createOutbox options: unknown option zzz (known: storage, topics, maxPayloadBytes, tracing)",
+    );
+    expect(await message(() => createOutbox(undefined as never))).toBe("createOutbox options: options are required");
+    expect(await message(() => createOutbox({ storage, maxPayloadBytes: 1.5 }))).toMatch(/^createOutbox options: maxPayloadBytes: Invalid integer/);
   });
 
   it("statement() is a CONFIG error on a storage that cannot join a batch", async () => {

@@ -266,6 +266,58 @@ describe("webhookReceiver", () => {
     expect((await receiver.fetch(await hook(JSON.stringify({ id: "o", total: 1 }), { id: "v5" }))).status).toBe(200);
   });
 
+  it("webhookTransport sends Outbox-Seq / Outbox-Prev-Seq of claimed keyed messages; strict order holds a gap (503), then processes", async () => {
+    const c = consumer();
+    const receiver = webhookReceiver({
+      secret,
+      inbox: c.inbox,
+      topics: [orderPaid],
+      handler: c.handler,
+      order: { strict: { maxHolds: 1, retryAfterSeconds: 2 } },
+    });
+    const sent: Headers[] = [];
+    const transport = webhookTransport({
+      url: "https://consumer.example/hooks",
+      secret,
+      fetch: (url, init) => {
+        sent.push(new Headers(init.headers));
+        return receiver.fetch(new Request(url, init));
+      },
+    });
+    const claimed = (id: string, key: string | null, seq: number, prevSeq: number | null, attempts = 1) => ({
+      id,
+      topic: "order.paid",
+      key,
+      payload: { id },
+      body: JSON.stringify({ id }),
+      headers: {},
+      createdAt: Date.now(),
+      attempts,
+      lastError: null,
+      seq,
+      ...(prevSeq === null ? {} : { prevSeq }),
+    });
+    const signal = new AbortController().signal;
+    expect(await transport.send([claimed("m1", "k", 10, null)], { signal })).toEqual([{ status: "delivered" }]);
+    expect(sent[0]!.get("outbox-seq")).toBe("10");
+    expect(sent[0]!.get("outbox-prev-seq")).toBeNull();
+    // m3 declares predecessor 20, which this consumer has not processed (its position is 10): held, retried later.
+    const [held] = await transport.send([claimed("m3", "k", 30, 20)], { signal });
+    expect(held).toMatchObject({ status: "retry", retryAfterMs: 2_000 });
+    expect(sent[1]!.get("outbox-prev-seq")).toBe("20");
+    expect(await c.inbox.isProcessed("m3")).toBe(false);
+    // The predecessor arrives: m3 goes through on its next attempt.
+    expect(await transport.send([claimed("m2", "k", 20, 10)], { signal })).toEqual([{ status: "delivered" }]);
+    expect(await transport.send([claimed("m3", "k", 30, 20, 2)], { signal })).toEqual([{ status: "delivered" }]);
+    // A predecessor that never comes (dead-lettered) blocks at most maxHolds attempts.
+    expect((await transport.send([claimed("m5", "k", 50, 40)], { signal }))[0]!.status).toBe("retry");
+    expect(await transport.send([claimed("m5", "k", 50, 40, 2)], { signal })).toEqual([{ status: "delivered" }]);
+    expect(c.seen.map((x) => [x.id, x.gap])).toEqual([["m1", false], ["m2", false], ["m3", false], ["m5", true]]);
+    // Keyless messages carry no sequence headers.
+    await transport.send([claimed("m9", null, 90, 80)], { signal });
+    expect(sent.at(-1)!.get("outbox-seq")).toBeNull();
+  });
+
   it("end to end with webhookTransport: statuses drive the relay (processed → delivered, 422 → dead)", async () => {
     const c = consumer();
     const receiver = webhookReceiver({ secret, inbox: c.inbox, topics: [orderCreated], handler: c.handler });

@@ -70,7 +70,11 @@ describe("drain: time budget", () => {
     // when its whole sendTimeoutMs (200) fits: at 0 and ~150 ms, not at ~300 ms.
     const relay = createRelay({ outbox, transport, leaseMs: 400, sendTimeoutMs: 200, batchSize: 10 });
     const report = await relay.drain({ budgetMs: 280 }); // no second claim after the first batch (~300 ms)
-    expect(report).toMatchObject({ claimed: 6, delivered: 2, released: 4, retried: 0, leaseLost: 0 });
+    // (On a loaded machine the second send may start too late for the lease: then its rows are released and claimed
+    // again under a fresh lease, so `claimed` can exceed 6; what never happens is a send past the lease.)
+    expect(report).toMatchObject({ delivered: 2, retried: 0, leaseLost: 0 });
+    expect(report.claimed).toBe(report.delivered + report.released);
+    expect(report.released).toBeGreaterThanOrEqual(4);
     expect(transport.delivered.map(n)).toEqual([0, 1]);
     expect(transport.attempts).toHaveLength(2);
   });

@@ -19,6 +19,11 @@
  *   `outbox.stats()` (database counters: right when every call runs in a new serverless process);
  *   `GET /dead-letters?limit=&cursor=`.
  * - admin — `POST /dead-letters/:id/replay` (404 when not found), `DELETE /dead-letters?olderThan=&limit=` (bounded purge).
+ * - dashboard (opt-in, `dashboard: relayDashboard()`, with read) — `GET /` and `/assets/…`: a page with the health
+ *   status, the counts, charts (uPlot, served by the app) of pending/due/dead and delivery latency sampled while it is
+ *   open, and the dead letters with a replay button. The page holds no data and needs no secret; it asks for a read or
+ *   admin secret, keeps it in `sessionStorage` and sends it as `Authorization: Bearer` to the JSON routes (replay
+ *   needs the admin secret).
  *
  * Credentials (`auth`): bearer secrets per scope (`drain`, `metrics`, `read`, `admin`; an admin secret also reads), each at least
  * 16 characters, compared in constant time; and QStash signatures, valid for the drain scope unless
@@ -71,6 +76,7 @@ import type { Outbox } from "../../src/outbox.ts";
 import type { DrainReport, Relay } from "../../src/relay.ts";
 import { evaluateHealth, type HealthReport, type HealthThresholds, parseHealthThresholds, retryRate } from "../../src/stats.ts";
 import type { OutboxStats } from "../../src/storage.ts";
+import type { RelayDashboard } from "./dashboard.ts";
 import { PROMETHEUS_CONTENT_TYPE, renderMetrics } from "./metrics.ts";
 import { authSchema, credentials, type RelayAppAuth, type RelayAppScope, sha256 } from "./auth.ts";
 
@@ -83,6 +89,7 @@ export type {
   RelayAppQstash,
   RelayAppScope,
 } from "./auth.ts";
+export { type DashboardAsset, type RelayDashboard, relayDashboard, type RelayDashboardOptions } from "./dashboard.ts";
 
 /** What a follow-up function receives. */
 export interface FollowUpRequest {
@@ -154,6 +161,11 @@ export interface RelayAppOptions {
    * @default [statsWindowMs]
    */
   metricsWindowsMs?: readonly number[] | undefined;
+  /**
+   * The dashboard page at `GET /` (with its assets under `/assets/`): pass `relayDashboard()`. It needs the read
+   * routes. Opt-in, so an app without it carries no uPlot in its bundle. @default none (no page)
+   */
+  dashboard?: RelayDashboard | undefined;
   /**
    * Largest request body accepted, bytes: bigger ones get 413 before they are read (by `Content-Length`, or while
    * reading a body sent without one). No route needs a body; QStash schedules and nudges send a small one or none.
@@ -236,6 +248,10 @@ const optionsSchema = v.pipe(
       v.check((w) => new Set(w).size === w.length, "must not list a window twice"),
     )),
     maxBodyBytes: v.optional(int(0, 1_048_576), 4_096),
+    dashboard: v.optional(v.custom<RelayDashboard>(
+      (d) => typeof d === "object" && d !== null && (d as { kind?: unknown }).kind === "edge-outbox:dashboard",
+      "must be made by relayDashboard()",
+    )),
     onError: v.optional(fn("a function (error, route) => void")),
   }),
   v.check((o) => o.auth.qstash === undefined || o.publicUrl !== undefined, "publicUrl is required with auth.qstash (QStash signs the URL it called)"),
@@ -251,9 +267,10 @@ const GROUP_SCOPE: Record<Group, RelayAppScope> = { drain: "drain", metrics: "me
  * another scope), checked before the body is read; bodies over `maxBodyBytes` get 413.
  *
  * @param options relay, outbox, auth, routes, budgetMs (8000), thresholds, followUp, followUpTimeoutMs (2000),
- *   publicUrl, statsWindowMs (300000), metricsWindowsMs ([statsWindowMs]), maxBodyBytes (4096), onError
+ *   publicUrl, statsWindowMs (300000), metricsWindowsMs ([statsWindowMs]), dashboard, maxBodyBytes (4096), onError
  * @returns a Hono app with the route groups some credential grants: `POST /drain`; `GET /metrics`; `GET /health`,
- *   `GET /stats`, `GET /dead-letters`; `POST /dead-letters/:id/replay`, `DELETE /dead-letters`
+ *   `GET /stats`, `GET /dead-letters` (and the dashboard `GET /` when given); `POST /dead-letters/:id/replay`,
+ *   `DELETE /dead-letters`
  * @throws {OutboxError} CONFIG naming the bad option, e.g. `createRelayApp options: auth.drain: must be at least 16
  *   characters …`, or a route group turned on that no credential grants
  * @example
@@ -289,6 +306,10 @@ export function createRelayApp(options: RelayAppOptions): Hono {
       throw new OutboxError("CONFIG", `createRelayApp options: the ${group} routes need an outbox (pass outbox, or set routes.${group}: false)`);
     }
     on[group] = wanted ?? granted;
+  }
+  const dashboard = options.dashboard;
+  if (dashboard && !on.read) {
+    throw new OutboxError("CONFIG", "createRelayApp options: dashboard needs the read routes (set auth.read or auth.admin, with an outbox)");
   }
 
   /** The signatures waiting for their body to be verified, per request context. */
@@ -405,6 +426,18 @@ export function createRelayApp(options: RelayAppOptions): Hono {
         const page = await ob.deadLetters.list({ limit, cursor: cursor ?? null });
         return c.json(page, 200, NO_STORE);
       }));
+  }
+
+  if (dashboard) {
+    app.get("/", (c) => {
+      // Relative asset URLs that work with and without a trailing slash: at /outbox they must start with outbox/.
+      const path = new URL(c.req.url).pathname;
+      const prefix = path.endsWith("/") ? "./" : `./${path.split("/").pop()}/`; // percent-encoded by URL: no quote or <
+      return c.body(dashboard.page(prefix), 200, { ...dashboard.pageHeaders });
+    });
+    for (const [path, { body, type }] of Object.entries(dashboard.assets)) {
+      app.get(path, (c) => c.body(body, 200, { "Content-Type": type, "Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff" }));
+    }
   }
 
   if (on.admin) {

@@ -141,9 +141,11 @@ export function webhookTransport(options: WebhookTransportOptions): Transport {
       headers.set("outbox-topic", m.topic);
       if (m.key !== null) headers.set("outbox-key", encodeURIComponent(m.key));
       else headers.delete("outbox-key");
-      const seq = (m as { seq?: unknown }).seq; // claimed messages carry their commit-ordered seq (webhookReceiver)
-      if (m.key !== null && typeof seq === "number") headers.set("outbox-seq", String(seq));
-      else headers.delete("outbox-seq");
+      const { seq, prevSeq } = m as { seq?: unknown; prevSeq?: unknown }; // claimed messages' order (webhookReceiver)
+      for (const [name, value] of [["outbox-seq", seq], ["outbox-prev-seq", prevSeq]] as const) {
+        if (m.key !== null && typeof value === "number") headers.set(name, String(value));
+        else headers.delete(name);
+      }
       headers.set("outbox-attempt", String(m.attempts));
     } catch (e) {
       return { status: "dead", error: `${name}: the message's headers cannot be sent over HTTP: ${errorText(e)}` };

@@ -182,7 +182,7 @@ export function sqliteInboxError(adapter: string, table: string, what: string, e
   if (new RegExp(`no such table: (main\\.)?${table}(_keys|_migrations)?\\b`, "i").test(message)) {
     return new OutboxError(
       "CONFIG",
-      `[edge-outbox:${adapter}] table ${table} does not exist: call storage.migrate() or install the DDL from ${adapter}InboxSchema()`,
+      `[edge-outbox:${adapter}] table ${table} does not exist: call storage.migrate() or install the DDL from libsqlInboxSchema()`,
       { cause: e },
     );
   }

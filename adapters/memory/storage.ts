@@ -31,11 +31,11 @@ export interface MemoryTransactionHandle {
 /** Options of {@link memoryStorage}. */
 export interface MemoryStorageOptions {
   /** The clock, epoch ms (the "database clock" of this storage). @default Date.now */
-  now?: () => number;
+  now?: (() => number) | undefined;
   /** Keep delivered rows this long (ms) instead of deleting them. @default 0 */
-  retainDeliveredMs?: number;
+  retainDeliveredMs?: number | undefined;
   /** Share the data of another memory storage (a second "connection" to the same database). @default a new store */
-  shareWith?: MemoryStorage;
+  shareWith?: MemoryStorage | undefined;
 }
 
 /**
@@ -320,7 +320,7 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
     hasDue(): Promise<boolean> {
       return Promise.resolve(eligible(clock()).length > 0);
     },
-    stats(opts?: { windowMs?: number }): Promise<OutboxStats> {
+    stats(opts?: { windowMs?: number | undefined }): Promise<OutboxStats> {
       const windowMs = opts?.windowMs ?? 300_000;
       const t = clock();
       let pending = 0, due = 0, leased = 0, dead = 0;

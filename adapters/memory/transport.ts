@@ -4,11 +4,11 @@ import type { DeliveryOutcome, SendContext, Transport } from "../../src/transpor
 /** Options of {@link recordingTransport}. */
 export interface RecordingTransportOptions {
   /** Messages per `send` call. @default 1 */
-  maxBatchSize?: number;
+  maxBatchSize?: number | undefined;
   /** Time each `send` call takes, ms (honours the abort signal). @default 0 */
-  delayMs?: number;
+  delayMs?: number | undefined;
   /** Decides each message's outcome. @default always delivered */
-  outcome?: (message: OutboxMessage) => DeliveryOutcome | Promise<DeliveryOutcome>;
+  outcome?: ((message: OutboxMessage) => DeliveryOutcome | Promise<DeliveryOutcome>) | undefined;
 }
 
 /** A transport that records what it was given. */
@@ -85,7 +85,7 @@ export function recordingTransport(options: RecordingTransportOptions = {}): Rec
 /** Options of {@link functionTransport}. */
 export interface FunctionTransportOptions {
   /** Name in reports. @default "function" */
-  name?: string;
+  name?: string | undefined;
 }
 
 /**

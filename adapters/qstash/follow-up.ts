@@ -14,9 +14,9 @@ export interface QstashFollowUpOptions {
   /** The relay's drain URL, as QStash should call it. */
   url: string;
   /** Delivery retries of the follow-up call. @default QStash's default */
-  retries?: number;
+  retries?: number | undefined;
   /** Longest wait for QStash's answer, ms. @default 3000 */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
 }
 
 const followUpOptionsSchema = v.object({

@@ -16,11 +16,11 @@ export interface EnsureScheduleOptions {
   /** Cron expression (5 fields, optionally `CRON_TZ=<zone> ` first), e.g. `* * * * *`. */
   cron: string;
   /** The schedule id. @default `edge-outbox-<hash(url)>` (deterministic: one schedule per URL) */
-  scheduleId?: string;
+  scheduleId?: string | undefined;
   /** HTTP method. @default "POST" */
-  method?: QstashMethod;
+  method?: QstashMethod | undefined;
   /** Delivery retries of each call. @default QStash's default */
-  retries?: number;
+  retries?: number | undefined;
 }
 
 /** What {@link ensureSchedule} did. */

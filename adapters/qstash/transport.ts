@@ -20,16 +20,18 @@ export interface QstashTransportOptions {
   /** A URL, a function of the message returning a URL, or `{ urlGroup }`. */
   destination: QstashDestination;
   /** Messages per `batch` call. @default 100 */
-  maxBatchSize?: number;
+  maxBatchSize?: number | undefined;
   /** Delivery retries QStash makes for each message. @default QStash's (your plan's) default */
-  retries?: number;
+  retries?: number | undefined;
   /** Static headers added to every message (forwarded to the destination). @default {} */
-  headers?: Record<string, string>;
+  headers?: Record<string, string> | undefined;
   /**
    * How many QStash queues (FIFO, parallelism 1) carry keyed messages: a key always maps to queue
    * `<queuePrefix><fnv1a(key) % queues>`, so its messages reach the destination one at a time in commit order.
    * Keys sharing a queue wait for each other; more queues, more keyed deliveries in parallel (each queue counts
-   * against your plan's queue limit). `false` publishes keyed messages like keyless ones: no order past QStash.
+   * against your plan's queue limit). Each queue is upserted (parallelism 1, which also resumes it if paused) once
+   * per transport instance, before its first message. `false` publishes keyed messages like keyless ones: no order
+   * past QStash.
    * Changing it (or `queuePrefix`) moves keys to other queues: let the old queues drain first. @default 8
    */
   queues?: number | false | undefined;
@@ -39,7 +41,7 @@ export interface QstashTransportOptions {
    */
   queuePrefix?: string | undefined;
   /** Transport name in reports. @default "qstash" */
-  name?: string;
+  name?: string | undefined;
 }
 
 /** Headers every published message carries (forwarded to the destination). */
@@ -152,8 +154,9 @@ export function qstashTransport(client: QstashTransportClient, options: QstashTr
     forward(MESSAGE_HEADERS.id, m.id);
     forward(MESSAGE_HEADERS.topic, m.topic);
     if (m.key !== null) forward(MESSAGE_HEADERS.key, encodeURIComponent(m.key));
-    const seq = (m as { seq?: unknown }).seq; // the relay passes claimed messages: their commit-ordered seq (qstashReceiver)
+    const { seq, prevSeq } = m as { seq?: unknown; prevSeq?: unknown }; // claimed messages' order (qstashReceiver)
     if (m.key !== null && typeof seq === "number") forward("Outbox-Seq", String(seq));
+    if (m.key !== null && typeof prevSeq === "number") forward("Outbox-Prev-Seq", String(prevSeq));
     const fields: QstashMessageFields = { body: m.body, headers, deduplicationId: m.id, method: "POST" };
     if (retries !== undefined) fields.retries = retries;
     const queue = m.key !== null && queues !== false ? { queueName: `${queuePrefix}${fnv1a(m.key) % queues}` } : {};

@@ -1,0 +1,216 @@
+// Sections 6–8: the streaming drain where users meet it (issue 11).
+// 6 tail:   sends of 20 ms, 1 in 100 taking 1 s, concurrency 8, against the ideal C / mean(L) of the latencies the
+//           transport really took (timer overshoot included), on Postgres and a libSQL file; and 20 ms without the tail.
+// 7 keys:   N messages over 10, 100 and 1,000 keys against the same N keyless, both databases; and 10 keys against
+//           graphile-worker with the same keys as named queues.
+// 8 remote: Postgres behind a TCP proxy adding 10 ms each way (test/fixtures/delay-proxy.ts): relay.drain against the
+//           raw-SQL floor through the same proxy.
+import postgres from "postgres";
+import { postgresStorage } from "../adapters/postgres/mod.ts";
+import { createOutbox, createRelay, type OutboxMessage, type Transport } from "../mod.ts";
+import { startDelayProxy } from "../test/fixtures/delay-proxy.ts";
+import { pairedMedian, pgFloorDrain, pgMeasured } from "./drain.ts";
+import { graphileDrain } from "./peers.ts";
+import {
+  type BenchConfig,
+  gc,
+  libsqlFill,
+  libsqlOutbox,
+  noopTransport,
+  onCleanup,
+  PG_URL,
+  pgCount,
+  pgFill,
+  pgOutbox,
+  type PgOutbox,
+  type Results,
+  settleDisk,
+  sleep,
+  type Sql,
+} from "./lib.ts";
+
+const LEASE_MS = 30_000;
+
+/** One database the rows run on: a fresh, filled outbox per measurement. */
+interface Db {
+  readonly label: string;
+  /** A fresh outbox filled with `count` messages over `keys` keys (0: keyless); `use` runs on it, then it is dropped. */
+  with<T>(count: number, keys: number, use: (o: { outbox: PgOutbox["outbox"]; left(): Promise<number> }) => Promise<T>): Promise<T>;
+}
+
+function pgDb(sql: Sql): Db {
+  return {
+    label: "Postgres",
+    async with(count, keys, use) {
+      const o = await pgOutbox(sql, "pipeline");
+      try {
+        await pgFill(o, count, 10_000, keys);
+        await settleDisk();
+        return await use({ outbox: o.outbox, left: () => pgCount(sql, o.table) });
+      } finally {
+        await o.drop();
+      }
+    },
+  };
+}
+
+const libsqlDb: Db = {
+  label: "libSQL file",
+  async with(count, keys, use) {
+    const o = await libsqlOutbox();
+    try {
+      await libsqlFill(o, count, 10_000, keys);
+      await settleDisk();
+      return await use({
+        outbox: o.outbox,
+        left: async () => Number((await o.client.execute("SELECT count(*) AS n FROM outbox")).rows[0]!["n"]),
+      });
+    } finally {
+      await o.close();
+    }
+  },
+};
+
+/**
+ * Drains with one relay until the outbox is empty or `capMs` has passed (a drain stops at its budget); returns the
+ * delivered count and the wall time. Throws on retries, dead letters or lost leases (none are expected).
+ */
+async function drainFor(
+  outbox: PgOutbox["outbox"],
+  transport: Transport & { count: number },
+  capMs: number,
+  options: { batchSize?: number; concurrency?: number } = {},
+): Promise<{ delivered: number; ms: number }> {
+  const relay = createRelay({
+    outbox,
+    transport,
+    batchSize: options.batchSize ?? 100,
+    concurrency: options.concurrency ?? 8,
+    leaseMs: LEASE_MS,
+    sendTimeoutMs: 10_000,
+  });
+  gc();
+  const t0 = performance.now();
+  for (;;) {
+    const left = capMs - (performance.now() - t0);
+    if (left < 50) break;
+    const r = await relay.drain({ budgetMs: Math.round(left), safetyMarginMs: 0 });
+    if (r.retried || r.dead || r.leaseLost) throw new Error(`unexpected drain report ${JSON.stringify(r)}`);
+    if (!r.more) break;
+  }
+  return { delivered: transport.count, ms: performance.now() - t0 };
+}
+
+/** A transport whose every send sleeps `latency(n)` ms for message n; records the latencies it really took. */
+function sleepingTransport(latency: (i: number) => number): Transport & { count: number; took: number[] } {
+  const t = {
+    name: "sleeping",
+    count: 0,
+    took: [] as number[],
+    async send(messages: readonly OutboxMessage[]) {
+      const t0 = performance.now();
+      const i = Number((messages[0]!.payload as { orderId: string }).orderId.slice(2));
+      await sleep(latency(i));
+      t.took.push(performance.now() - t0);
+      t.count += messages.length;
+      return messages.map(() => ({ status: "delivered" as const }));
+    },
+  };
+  return t;
+}
+
+const mean = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+// ---- 6 tail ---------------------------------------------------------------------------------------------------------
+
+export async function tailSection(cfg: BenchConfig, results: Results, sql: Sql): Promise<void> {
+  const SECTION = "6 slow sends";
+  const C = 8;
+  const cases = [
+    { name: "20 ms, 1 in 100 at 1 s", n: cfg.quick ? 3_000 : 6_000, latency: (i: number) => (i % 100 === 50 ? 1_000 : 20), target: 0.85 },
+    { name: "20 ms, no tail", n: cfg.quick ? 1_500 : 3_000, latency: () => 20, target: 0.95 },
+  ];
+  for (const db of [pgDb(sql), libsqlDb]) {
+    for (const c of cases) {
+      await db.with(c.n, 0, async ({ outbox, left }) => {
+        const transport = sleepingTransport(c.latency);
+        const { delivered, ms } = await drainFor(outbox, transport, 120_000, { concurrency: C });
+        if (delivered !== c.n || (await left()) !== 0) throw new Error(`${db.label} ${c.name}: delivered ${delivered} of ${c.n}`);
+        const rate = delivered / (ms / 1000);
+        const measuredL = mean(transport.took);
+        const nominalL = mean(Array.from({ length: c.n }, (_, i) => c.latency(i)));
+        // The ideal uses the nominal latencies (20 ms, 1 s), as the issue states it; the detail gives the ratio to the
+        // ideal of the latencies as the transport measured them (timer overshoot and event-loop stalls included).
+        results.compare(SECTION, `${db.label}: sends of ${c.name}, concurrency ${C}, ${c.n.toLocaleString("en-US")} msgs`, rate, "msg/s", {
+          name: "ideal C / mean(L)",
+          value: C / (nominalL / 1000),
+        }, { kind: "min", value: c.target }, `mean L as taken ${measuredL.toFixed(1)} ms: ${(rate / (C / (measuredL / 1000))).toFixed(2)}× of that ideal`);
+      });
+    }
+  }
+}
+
+// ---- 7 keys ---------------------------------------------------------------------------------------------------------
+
+export async function keysSection(cfg: BenchConfig, results: Results, sql: Sql): Promise<void> {
+  const SECTION = "7 keys";
+  const N = 20_000;
+  const capMs = cfg.quick ? 10_000 : 20_000;
+  let pg10 = Number.NaN;
+  for (const db of [pgDb(sql), libsqlDb]) {
+    const keyless = await db.with(N, 0, ({ outbox }) => drainFor(outbox, noopTransport(), capMs));
+    const keylessRate = keyless.delivered / (keyless.ms / 1000);
+    for (const keys of [10, 100, 1_000]) {
+      const r = await db.with(N, keys, ({ outbox }) => drainFor(outbox, noopTransport(), capMs));
+      const rate = r.delivered / (r.ms / 1000);
+      if (db.label === "Postgres" && keys === 10) pg10 = rate;
+      results.compare(SECTION, `${db.label}: ${N.toLocaleString("en-US")} msgs over ${keys.toLocaleString("en-US")} keys`, rate, "msg/s", {
+        name: "keyless",
+        value: keylessRate,
+      }, keys === 10 ? { kind: "min", value: 0.8 } : undefined, r.delivered < N ? `${r.delivered.toLocaleString("en-US")} delivered in the ${capMs / 1000} s cap` : undefined);
+    }
+  }
+  const gN = cfg.quick ? 5_000 : N;
+  const graphile = await graphileDrain(gN, null, 10);
+  results.compare(SECTION, `Postgres, 10 keys: edge-outbox vs graphile-worker, 10 named queues (${gN.toLocaleString("en-US")} jobs)`, pg10, "msg/s", {
+    name: "graphile-worker named queues",
+    value: graphile,
+  }, { kind: "min", value: 10 });
+}
+
+// ---- 8 remote -------------------------------------------------------------------------------------------------------
+
+export async function remoteSection(cfg: BenchConfig, results: Results, sql: Sql): Promise<void> {
+  const SECTION = "8 remote database";
+  const N = cfg.quick ? 5_000 : 20_000;
+  const target = new URL(PG_URL);
+  const proxy = await startDelayProxy({ target: { port: Number(target.port || 5432), host: target.hostname }, delayMs: 10 });
+  onCleanup(() => proxy.close());
+  const proxied = new URL(PG_URL);
+  proxied.hostname = "127.0.0.1";
+  proxied.port = String(proxy.port);
+  // Both loops use this client (through the proxy); the fill uses the direct one.
+  const remote = postgres(proxied.toString(), { max: 4, onnotice: () => {}, connection: { application_name: "eo-bench-remote" } }) as unknown as Sql;
+  onCleanup(() => remote.end({ timeout: 2 }).catch(() => {}));
+  const row = (fn: (o: PgOutbox) => Promise<number>): Promise<number> =>
+    pgMeasured(sql, "remote", N, fn, (o) => {
+      const storage = postgresStorage(remote, { schema: o.schema });
+      return { ...o, sql: remote, storage, outbox: createOutbox({ storage }) as PgOutbox["outbox"] };
+    });
+  for (const batch of [100, 500]) {
+    const p = await pairedMedian(
+      cfg.quick ? 3 : 5,
+      () => row((o) => pgFloorDrain(o, batch, N)),
+      () => row(async (o) => {
+        const r = await drainFor(o.outbox, noopTransport(), 600_000, { batchSize: batch });
+        if (r.delivered !== N) throw new Error(`remote drain delivered ${r.delivered} of ${N}`);
+        return N / (r.ms / 1000);
+      }),
+    );
+    results.compare(SECTION, `Postgres via a 10 ms-each-way proxy, batch ${batch}: relay.drain`, p.edge, "msg/s", {
+      name: "raw-SQL floor via the proxy",
+      value: p.floor,
+    }, { kind: "min", value: 0.9 }, `median of ${p.ratios.length} pairs, ratios ${Math.min(...p.ratios).toFixed(2)}–${Math.max(...p.ratios).toFixed(2)}`);
+  }
+  await proxy.close();
+}
