@@ -170,7 +170,7 @@ export async function drainSection(cfg: BenchConfig, results: Results): Promise<
     pgEdge.set(batch, p.edge);
     results.compare(SECTION, `Postgres, batch ${batch}: relay.drain, 1 relay`, p.edge, "msg/s", { name: "raw-SQL floor", value: p.floor }, {
       kind: "min",
-      value: 0.7,
+      value: 0.9,
     }, pairDetail(p));
   }
   {
@@ -199,7 +199,7 @@ export async function drainSection(cfg: BenchConfig, results: Results): Promise<
     const p = await pairedMedian(cfg.drainRepeats, () => libsqlRow((o) => libsqlFloorDrain(o, batch, N)), () => libsqlRow((o) => edgeDrain(o, batch, N)));
     results.compare(SECTION, `libSQL file, batch ${batch}: relay.drain, 1 relay`, p.edge, "msg/s", { name: "raw-SQL floor", value: p.floor }, {
       kind: "min",
-      value: 0.7,
+      value: 0.9,
     }, pairDetail(p));
   }
   return { pgEdge };

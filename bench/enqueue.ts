@@ -96,7 +96,7 @@ export async function enqueueSection(cfg: BenchConfig, results: Results): Promis
       results.compare(SECTION, `Postgres: INSERT order + outbox.enqueue, ${N.toLocaleString("en-US")} sequential tx`, o1.edge, "ms", {
         name: "INSERT order + bare INSERT",
         value: o1.raw,
-      }, { kind: "max", value: 1.15 }, detail(o1));
+      }, { kind: "max", value: 1.1 }, detail(o1));
     } finally {
       await o.drop();
     }
@@ -138,7 +138,7 @@ export async function enqueueSection(cfg: BenchConfig, results: Results): Promis
       results.compare(SECTION, `libSQL file: transaction, INSERT order + outbox.enqueue, ${N.toLocaleString("en-US")} tx`, o2.edge, "ms", {
         name: "INSERT order + bare INSERT",
         value: o2.raw,
-      }, { kind: "max", value: 1.15 }, detail(o2));
+      }, { kind: "max", value: 1.1 }, detail(o2));
 
       const o3 = await alternate(
         N,
@@ -154,7 +154,7 @@ export async function enqueueSection(cfg: BenchConfig, results: Results): Promis
       results.compare(SECTION, `libSQL file: batch [INSERT order, outbox.statement], ${N.toLocaleString("en-US")} batches`, o3.edge, "ms", {
         name: "batch [INSERT order, bare INSERT]",
         value: o3.raw,
-      }, { kind: "max", value: 1.15 }, detail(o3));
+      }, { kind: "max", value: 1.1 }, detail(o3));
     } finally {
       await o.close();
     }

@@ -10,6 +10,8 @@ import { enqueueSection } from "./enqueue.ts";
 import { latencySection } from "./latency.ts";
 import { scalingSection } from "./scaling.ts";
 import { keysSection, remoteSection, tailSection } from "./pipeline.ts";
+import { purgeSection } from "./purge.ts";
+import { benchNudgeLatency } from "./nudge-latency.ts";
 import { cleanupAll, connect, environment, markdownTable, parseArgs, Results, RUN_ID } from "./lib.ts";
 
 const cfg = parseArgs(process.argv.slice(2));
@@ -58,6 +60,18 @@ try {
   await section("tail", () => tailSection(cfg, results, connect({ max: 4 })));
   await section("keys", () => keysSection(cfg, results, connect({ max: 4 })));
   await section("remote", () => remoteSection(cfg, results, connect({ max: 4 })));
+  await section("purge", () => purgeSection(cfg, results));
+  await section("nudge", async () => {
+    // bench/nudge-latency.ts (the qstash helper's): commit → qstashNudge (leading + trailing edge) → emulator → /drain.
+    const r = await benchNudgeLatency({ quick: cfg.quick });
+    const S = "9 nudge latency";
+    const detail = (f: typeof r.floor): string => `p99 ${Math.round(f.p99)} ms, max ${Math.round(f.max)} ms, ${f.n} commits, ${f.drains} drains over ${f.windows} windows`;
+    results.compare(S, `qstashNudge (window ${r.windowMs} ms), commits ~25 ms apart, p50`, r.continuous.p50, "ms", { name: "target 150 ms", value: 150 }, {
+      kind: "max",
+      value: 1,
+    }, detail(r.continuous));
+    results.compare(S, "qstashNudge, one commit per window (leading edge), p50", r.sparse.p50, "ms", { name: "no nudge hop (drain after commit)", value: r.floor.p50 }, undefined, detail(r.sparse));
+  });
 } catch (e) {
   failed = e;
   console.error(e);

@@ -170,7 +170,7 @@ export async function keysSection(cfg: BenchConfig, results: Results, sql: Sql):
       }, keys === 10 ? { kind: "min", value: 0.8 } : undefined, r.delivered < N ? `${r.delivered.toLocaleString("en-US")} delivered in the ${capMs / 1000} s cap` : undefined);
     }
   }
-  const gN = cfg.quick ? 5_000 : N;
+  const gN = cfg.quick ? 2_000 : N;
   const graphile = await graphileDrain(gN, null, 10);
   results.compare(SECTION, `Postgres, 10 keys: edge-outbox vs graphile-worker, 10 named queues (${gN.toLocaleString("en-US")} jobs)`, pg10, "msg/s", {
     name: "graphile-worker named queues",

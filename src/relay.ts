@@ -291,9 +291,11 @@ export function createRelay(options: RelayOptions): Relay {
    * - Up to `concurrency` sends are in flight. A slot that frees takes the next startable unit, lowest `seq` first:
    *   up to `maxBatchSize` keyless messages, or the head of a key whose previous message has a final outcome.
    * - Claims are costly (a write transaction: an fsync on SQLite, a round trip on a remote database), so a claim runs
-   *   only when it can pay. Ahead of need, while sends go on, when fewer than `lowWater` claimed rows wait: after a
-   *   full claim whose rows were mostly not repeats of held keys (a keyless or many-keyed backlog), or once half of
-   *   the keys held at the last claim are free again (all their rows settled: their next rows became claimable).
+   *   only when it can pay. Ahead of need, while sends go on, when fewer than `lowWater` claimed rows could start
+   *   soon (queued keyless rows, plus one per key: a key's rows go one by one): after a full claim whose rows were
+   *   mostly not repeats of held keys (a keyless or many-keyed backlog) or while such claims find rows (the last one
+   *   ahead of need was not empty), or once half of the keys held at the last claim are free again (all their rows
+   *   settled: their next rows became claimable).
    *   When everything is idle: if the last claim was full, or a settle has landed since it started. Otherwise the
    *   drain ends (nothing more is claimable).
    * - Outcomes are buffered per claim token and settled in groups: at once when no send is in flight, when a group
@@ -357,6 +359,8 @@ export function createRelay(options: RelayOptions): Relay {
     const heldPerKey = new Map<string, number>();
     let keysAtClaim = 0;
     let freedSinceClaim = 0;
+    /** Whether the last claim ahead of need found rows (a hot key at the queue's head may hide rows behind it). */
+    let aheadFinds = true;
 
     let buffer = new Map<string, { settlements: Settlement[]; keys: (string | null)[] }>();
     let buffered = 0;
@@ -501,7 +505,8 @@ export function createRelay(options: RelayOptions): Relay {
       }
     }
 
-    async function claimMore(): Promise<void> {
+    /** `ahead`: a claim ahead of need after a full claim (the probe of whether such claims find rows). */
+    async function claimMore(ahead = false): Promise<void> {
       claiming = true;
       const epoch = settleEpoch;
       const claimStarted = now();
@@ -515,6 +520,7 @@ export function createRelay(options: RelayOptions): Relay {
           hold(m, state);
         }
         last = { full: claim.messages.length >= batchSize, spread: repeats * 2 <= claim.messages.length, epoch };
+        if (ahead) aheadFinds = claim.messages.length > 0;
         keysAtClaim = heldPerKey.size;
         freedSinceClaim = 0;
       } catch (e) {
@@ -525,11 +531,13 @@ export function createRelay(options: RelayOptions): Relay {
       }
     }
 
-    /** Whether a claim pays now (see the policy above). */
-    function claimPays(idle: boolean): boolean {
+    /** Whether a claim pays now (see the policy above): "ahead" for a claim ahead of need after a full claim. */
+    function claimPays(idle: boolean): boolean | "ahead" {
       if (idle) return last.full || settleEpoch > last.epoch;
-      if (queued >= lowWater) return false;
-      return (last.full && last.spread) || (keysAtClaim > 0 && freedSinceClaim * 2 >= keysAtClaim);
+      // Rows that can start soon: queued keyless rows and one per key with queued rows (a key's rows go one by one).
+      if (keyless.length + keyQueues.size >= lowWater) return false;
+      if (keysAtClaim > 0 && freedSinceClaim * 2 >= keysAtClaim) return true;
+      return last.full && (last.spread || aheadFinds) ? "ahead" : false;
     }
 
     async function settleRound(): Promise<void> {
@@ -591,7 +599,8 @@ export function createRelay(options: RelayOptions): Relay {
           inFlight++;
           void sendUnit(unit.items, unit.key);
         }
-        if (!claiming && claimPays(false)) void claimMore();
+        const pays = claiming ? false : claimPays(false);
+        if (pays) void claimMore(pays === "ahead");
       }
       if (!settling && buffered > 0) {
         const age = now() - bufferedSince;

@@ -38,6 +38,25 @@ describe("run() wake-ups", () => {
   });
   afterEach(() => logged.mockRestore());
 
+  it("memory storage: a commit wakes run() (its own subscribe), delivery within milliseconds with a 60 s poll interval", async () => {
+    const storage = memoryStorage();
+    const transport = recordingTransport();
+    const c = new AbortController();
+    const running = createRelay({ outbox: createOutbox({ storage }), transport }).run({ signal: c.signal, pollIntervalMs: 60_000 });
+    await sleep(50); // the first drain found nothing and waits for 60 s
+    const latencies: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const t0 = performance.now();
+      await commitOne(storage, i);
+      await until(() => transport.delivered.length === i + 1, 2_000);
+      latencies.push(performance.now() - t0);
+    }
+    c.abort();
+    await running;
+    expect(transport.delivered.map((m) => (m.payload as { n: number }).n)).toEqual([0, 1, 2, 3, 4]);
+    expect(Math.max(...latencies)).toBeLessThan(200);
+  });
+
   it("a wake-up ends the poll wait at once: delivery within milliseconds with a 60 s poll interval", async () => {
     const { base, storage, listeners, wakeAll } = wakingStorage();
     const transport = recordingTransport();

@@ -331,7 +331,8 @@ const DASHBOARD_JS: string = String.raw`(function () {
     (body.checks || []).forEach(function (c) {
       var li = document.createElement("li");
       li.className = c.status;
-      li.textContent = c.name + ": " + c.status + " (" + (c.value === null ? "none" : c.value) + ")";
+      var value = c.value === null ? "none" : /AgeMs$/.test(c.name) ? age(c.value) : String(c.value);
+      li.textContent = c.name + ": " + c.status + " (" + value + ")";
       checks.appendChild(li);
     });
     record(stats);
