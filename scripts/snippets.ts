@@ -6,7 +6,8 @@
  * - `edge-outbox`, `edge-outbox/<subpath>` and `@edge-outbox/core[/<subpath>]` (also with `jsr:`) resolve to the
  *   sources named by deno.json's `exports`; `npm:pkg@range` becomes `pkg`.
  * - A snippet's free variables (a `tx`, a `client`, an `env`…) come from scripts/snippet-prelude.d.ts, a global
- *   script: whatever the snippet declares itself shadows it.
+ *   script: whatever the snippet declares itself shadows it. An `@example` may use its own file's exports without
+ *   importing them, and a README block the root entry point's (as if the README's first imports were in scope).
  * - A block fenced as ```` ```ts ignore ```` is not checked (Deno's convention for illustrative code).
  *
  * Used by test/exports-snippets.test.ts; `node_modules/.bin/vitest run test/exports-snippets.test.ts` lists failures.
@@ -27,12 +28,21 @@ export interface Snippet {
   readonly code: string;
 }
 
+/** A short, line-independent identity of a snippet: its file and a hash of its code (`adapters/x.ts#1a2b3c4d`). */
+export function snippetKey(s: Snippet): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.code.length; i++) h = Math.imul(h ^ s.code.charCodeAt(i), 0x01000193) >>> 0;
+  return `${s.file}#${h.toString(16).padStart(8, "0")}`;
+}
+
 /** One type error in a snippet, located in the original file. */
 export interface SnippetError {
   /** `file:line` of the offending line in the README or source file. */
   readonly at: string;
   /** Where the snippet starts. */
   readonly snippet: string;
+  /** {@link snippetKey} of the snippet. */
+  readonly key: string;
   /** TypeScript's message. */
   readonly message: string;
 }
@@ -206,14 +216,13 @@ export function checkSnippets(root: string, snippets: readonly Snippet[] = colle
     );
     // An @example may use the names its own file exports without importing them (internal modules document their
     // helpers this way): import those it uses and does not declare.
-    let header = "export {};";
-    if (s.file !== "README.md") {
-      let own = exportsOf.get(s.file);
-      if (!own) exportsOf.set(s.file, own = exportedNames(readFileSync(join(root, s.file), "utf8")));
-      const declared = declaredNames(code);
-      const used = [...own].filter((n) => !declared.has(n) && new RegExp(`\\b${n}\\b`).test(code));
-      if (used.length > 0) header = `import { ${used.join(", ")} } from ${JSON.stringify(join(root, s.file))};`;
-    }
+    // A README block may use what the README's first blocks imported from the root entry point ("edge-outbox").
+    const from = s.file === "README.md" ? "src/mod.ts" : s.file;
+    let own = exportsOf.get(from);
+    if (!own) exportsOf.set(from, own = exportedNames(readFileSync(join(root, from), "utf8")));
+    const declared = declaredNames(code);
+    const used = [...own].filter((n) => !declared.has(n) && new RegExp(`\\b${n}\\b`).test(code));
+    const header = used.length > 0 ? `import { ${used.join(", ")} } from ${JSON.stringify(join(root, from))};` : "export {};";
     // The header makes it a module (top-level await, no global leaks) and takes line 1; the code starts on line 2.
     texts.set(name, `${header}\n${code}\n`);
     virtual.set(name, { snippet: s, offset: 1 });
@@ -241,6 +250,7 @@ export function checkSnippets(root: string, snippets: readonly Snippet[] = colle
       errors.push({
         at: `${snippet.file}:${snippet.line + Math.max(0, line)}`,
         snippet: snippet.origin,
+        key: snippetKey(snippet),
         message: ts.flattenDiagnosticMessageText(d.messageText, "\n"),
       });
     }
@@ -249,7 +259,7 @@ export function checkSnippets(root: string, snippets: readonly Snippet[] = colle
   const pf = program.getSourceFile(prelude);
   if (pf) {
     for (const d of program.getSemanticDiagnostics(pf)) {
-      errors.push({ at: "scripts/snippet-prelude.d.ts", snippet: "prelude", message: ts.flattenDiagnosticMessageText(d.messageText, "\n") });
+      errors.push({ at: "scripts/snippet-prelude.d.ts", snippet: "prelude", key: "prelude", message: ts.flattenDiagnosticMessageText(d.messageText, "\n") });
     }
   }
   return errors;
