@@ -138,10 +138,10 @@ describe("pgAdvisoryLock", () => {
   it("a relay with the lock skips with lock-busy while another holds it, then drains", async () => {
     const f = await postgresFixture();
     try {
-      await f.storage.enqueue(f.sql, [1, 2, 3].map((n) => ({
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [1, 2, 3].map((n) => ({
         id: uuidv7(), topic: "test.event", key: null, payload: JSON.stringify({ n }), headers: "{}", delayMs: 0,
-      })));
-      const elsewhere = await pgAdvisoryLock(f.connect({ max: 2 })).acquire("edge-outbox:relay", 10_000);
+      }))));
+      const elsewhere = await pgAdvisoryLock(f.connect({ max: 2 })).acquire(`edge-outbox:relay:${f.storage.scope}`, 10_000);
       const transport = recordingTransport();
       const relay = createRelay({ outbox: createOutbox({ storage: f.storage }), transport, lock: pgAdvisoryLock(f.sql) });
       expect(await relay.drain()).toMatchObject({ skipped: "lock-busy", claimed: 0 });
@@ -149,7 +149,7 @@ describe("pgAdvisoryLock", () => {
       const ok = await relay.drain();
       expect(ok.delivered).toBe(3);
       expect(ok.skipped).toBe(undefined);
-      expect(await holders(f.sql, "edge-outbox:relay")).toHaveLength(0); // released after the drain
+      expect(await holders(f.sql, `edge-outbox:relay:${f.storage.scope}`)).toHaveLength(0); // released after the drain
     } finally {
       await f.close();
     }

@@ -4,20 +4,26 @@ import { connect as netConnect } from "node:net";
 import postgres from "postgres";
 import { describe, expect, it } from "vitest";
 import {
-  ADVISORY_KEY_SQL,
   advisoryLockKey,
-  isConnectionError,
-  isRetryableError,
-  LATEST_SCHEMA_VERSION,
-  MAX_TABLE_NAME_LENGTH,
   type PostgresClient,
   type PostgresExecutor,
   type PostgresLockClient,
   type PostgresReservedConnection,
   postgresSchema,
   postgresStorage,
-  TABLE_PLACEHOLDER,
 } from "../adapters/postgres/mod.ts";
+import { isConnectionError, isRetryableError } from "../adapters/postgres/client.ts";
+import { ADVISORY_KEY_SQL } from "../adapters/postgres/lock.ts";
+import {
+  LATEST_SCHEMA_VERSION,
+  MAX_TABLE_NAME_LENGTH,
+  MIGRATIONS_TABLE_DDL,
+  recordVersionSql,
+  renderSql,
+  SCHEMA_V1,
+  SCHEMA_VERSIONS,
+  TABLE_PLACEHOLDER,
+} from "../adapters/postgres/schema.ts";
 import { postgresSql } from "../adapters/postgres/sql.ts";
 import { createOutbox, createRelay } from "../mod.ts";
 import { recordingTransport } from "../adapters/memory/mod.ts";
@@ -87,7 +93,7 @@ async function waitingOnLock(admin: Sql, appName: string): Promise<boolean> {
   return rows[0]!["n"] > 0;
 }
 
-storageConformance({ describe, it, expect }, { name: "postgres", create: () => postgresFixture() });
+storageConformance({ describe, it, expect }, { name: "postgres", create: () => postgresFixture(), semantics: 2 });
 
 describe("postgresStorage: configuration", () => {
   it("rejects hostile table and schema names with CONFIG before any SQL is sent", async () => {
@@ -113,7 +119,9 @@ describe("postgresStorage: configuration", () => {
     expect(s.table).toBe("a".repeat(MAX_TABLE_NAME_LENGTH));
     expect(s.schema).toBe("App_2");
     expect(s.name).toBe("postgres");
-    expect(s.capabilities).toEqual({ batchStatement: false, skipLocked: true, serialWrites: false, keyPrefixClaims: false });
+    expect(s.capabilities).toEqual({ batchStatement: false, skipLocked: true, serialWrites: false, keyPrefixClaims: true });
+    expect(s.scope).toBe(`postgres:App_2.${"a".repeat(MAX_TABLE_NAME_LENGTH)}`);
+    expect(postgresStorage(client).scope).toBe("postgres:public.outbox");
     expect(postgresStorage(client).table).toBe("outbox");
     expect(postgresStorage(client).schema).toBe("public");
     expect(client.calls).toEqual([]);
@@ -162,7 +170,8 @@ describe("postgresStorage: configuration", () => {
       } finally {
         reserved.release();
       }
-      await storage.enqueue(sql, [message(3)]); // the pool itself: a standalone insert
+      expectCode(await caught(storage.enqueue(sql, [message(3)])), "CONFIG"); // the pool: refused
+      await postgresStorage(sql, { schema: f.schema, standaloneEnqueue: true }).enqueue(sql, [message(3)]); // opted in
       expect((await storage.stats()).pending).toBe(3);
     } finally {
       await f.close();
@@ -191,8 +200,9 @@ describe("postgresStorage: schema and migrations", () => {
       const storage = postgresStorage(sql, { table: "my_outbox", schema });
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".my_outbox_migrations`);
-      expect(versions.map((r) => r["version"])).toEqual([LATEST_SCHEMA_VERSION]);
-      await storage.enqueue(sql, [message(1)]);
+      expect(versions.map((r) => r["version"])).toEqual(SCHEMA_VERSIONS.map((v) => v.version));
+      expect(LATEST_SCHEMA_VERSION).toBe(2);
+      await sql.begin((tx) => storage.enqueue(tx, [message(1)]));
       expect((await storage.stats()).pending).toBe(1);
     } finally {
       await sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
@@ -212,21 +222,23 @@ describe("postgresStorage: schema and migrations", () => {
       expect(tables.map((r) => r["table_name"])).toEqual([
         "outbox",
         "outbox_counters",
+        "outbox_keys",
         "outbox_migrations",
         "second",
         "second_counters",
+        "second_keys",
         "second_migrations",
       ]);
-      const versions = await a.unsafe(`SELECT version FROM "${schema}".outbox_migrations`);
-      expect(versions.map((r) => r["version"])).toEqual([1]);
+      const versions = await a.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2]);
       const indexes = await a`select indexname from pg_indexes where schemaname = ${schema} and tablename = 'outbox' order by 1`;
       expect(indexes.map((r) => r["indexname"])).toEqual([
         "outbox_dead",
         "outbox_done",
         "outbox_due",
+        "outbox_free",
         "outbox_id_key",
         "outbox_key",
-        "outbox_pending",
         "outbox_pkey",
       ]);
     } finally {
@@ -234,6 +246,65 @@ describe("postgresStorage: schema and migrations", () => {
       await Promise.all(clients.map((c) => c.end({ timeout: 5 })));
     }
   });
+});
+
+describe("postgresStorage: schema v1 -> v2 upgrade", () => {
+  it("migrate() upgrades a POPULATED v1 table (keys table filled, _pending dropped); the backlog then drains in key order", async () => {
+    const schema = `eo_test_up_${randomSuffix()}`;
+    const sql = connect(`eo-test-up-${randomSuffix()}`, { max: 4 });
+    try {
+      // A v1 install, exactly as version 1 of migrate() left it.
+      await sql.begin(async (tx) => {
+        await tx.unsafe(`CREATE SCHEMA "${schema}"`);
+        await tx.unsafe(renderSql(MIGRATIONS_TABLE_DDL, { schema }));
+        for (const s of SCHEMA_V1.statements) await tx.unsafe(renderSql(s, { schema }));
+        await tx.unsafe(renderSql(recordVersionSql(1), { schema }));
+      });
+      // Its rows, written as v1's enqueue wrote them (no key table then): 3 keys + keyless, one dead, one delayed.
+      const ids: string[] = [];
+      for (let i = 0; i < 300; i++) {
+        const id = uuidv7();
+        ids.push(id);
+        await sql.unsafe(
+          `INSERT INTO "${schema}".outbox (id, topic, key, payload, headers, status, available_at)
+           VALUES ($1::uuid, 'test.event', $2, $3::json, '{}', $4, now() + $5::int * interval '1 millisecond')`,
+          [id, i % 4 === 3 ? null : `k${i % 4}`, JSON.stringify({ i }), i === 5 ? "dead" : "pending", i === 7 ? 300 : 0],
+        );
+      }
+      const storage = postgresStorage(sql, { schema });
+      await storage.migrate();
+      const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2]);
+      const keys = await sql.unsafe(`SELECT key FROM "${schema}".outbox_keys ORDER BY 1`);
+      expect(keys.map((r) => r["key"])).toEqual(["k0", "k1", "k2"]);
+      const indexes = await sql.unsafe(`SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'outbox'`, [schema]);
+      expect(indexes.map((r) => r["indexname"])).not.toContain("outbox_pending");
+      expect(indexes.map((r) => r["indexname"])).toContain("outbox_free");
+      await storage.migrate(); // idempotent
+      // Drain with two relays at once; each key's deliveries follow seq (= the v1 insert order here).
+      const transport = recordingTransport();
+      const relays = [storage, postgresStorage(connect(`eo-test-up-${randomSuffix()}`, { max: 2 }), { schema })].map((s) =>
+        createRelay({ outbox: createOutbox({ storage: s }), transport, batchSize: 20, concurrency: 4 })
+      );
+      const end = Date.now() + 30_000;
+      while (transport.delivered.length < 299 && Date.now() < end) {
+        await Promise.all(relays.map((r) => r.drain({ budgetMs: 2_000 })));
+        await sleep(20);
+      }
+      expect(transport.delivered).toHaveLength(299); // all but the dead one
+      const order = new Map(ids.map((id, i) => [id, i]));
+      for (const key of ["k0", "k1", "k2"]) {
+        const got = transport.delivered.filter((m) => m.key === key).map((m) => order.get(m.id)!);
+        expect(got).toEqual([...got].sort((a, b) => a - b));
+        expect(got.length).toBeGreaterThan(70);
+      }
+      expect((await storage.stats()).dead).toBe(1);
+      expect((await sql.unsafe(`SELECT count(*)::int AS n FROM "${schema}".outbox_keys`))[0]!["n"]).toBeLessThanOrEqual(3);
+    } finally {
+      await sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
+      await sql.end({ timeout: 5 });
+    }
+  }, 60_000);
 });
 
 describe("postgresStorage: writes", () => {
@@ -264,16 +335,43 @@ describe("postgresStorage: writes", () => {
     }
   });
 
-  it("a duplicate id is a non-retryable STORAGE error with the adapter prefix and the driver cause", async () => {
-    const f = await postgresFixture();
+  it("an id a row already has (pending, dead, kept delivered) is CONFLICT: nothing of the call is kept, the transaction stays usable", async () => {
+    const f = await postgresFixture({ retainDeliveredMs: 60_000 });
     try {
-      const m = message(1);
-      await f.storage.enqueue(f.sql, [m]);
-      const e = expectCode(await caught(f.sql.begin((tx) => f.storage.enqueue(tx, [m]))), "STORAGE");
-      expect(e.message).toMatch(/^\[edge-outbox:postgres\] enqueue failed: /);
-      expect(e.retryable).toBe(false);
-      expect((e.cause as { code?: string }).code).toBe("23505");
-      expectCode(await caught(f.storage.enqueue({} as never, [m])), "VALIDATION");
+      const pending = message(1), dead = message(2, { key: "k" }), kept = message(3);
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [pending, dead, kept]));
+      const c = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+      await f.storage.settle(c.token, [
+        { id: dead.id, outcome: "dead", error: "x" },
+        { id: kept.id, outcome: "delivered" },
+        { id: pending.id, outcome: "released" },
+      ]);
+      for (const taken of [pending, dead, kept]) {
+        const fresh = message(9, { key: "k" });
+        let after: unknown = null;
+        const e = expectCode(
+          await caught(f.sql.begin(async (tx) => {
+            const err = await caught(f.storage.enqueue(tx, [fresh, { ...taken, payload: "{}" }]));
+            // The transaction is still usable after the refusal: the next statement runs.
+            after = (await tx.unsafe("SELECT 1 AS one"))[0]!["one"];
+            throw err;
+          })),
+          "CONFLICT",
+        );
+        expect(e.message).toContain(taken.id);
+        expect(e.message).toMatch(/^\[edge-outbox:postgres\] /);
+        expect(after).toBe(1);
+        const [row] = await f.sql.unsafe(`SELECT count(*)::int AS n FROM "${f.schema}".outbox WHERE id = $1::uuid`, [fresh.id]);
+        expect(row!["n"]).toBe(0);
+      }
+      // Committed in the same transaction as the refusal: the caller may go on and commit other work.
+      const other = message(10);
+      await f.sql.begin(async (tx) => {
+        await caught(f.storage.enqueue(tx, [pending]));
+        await f.storage.enqueue(tx, [other]);
+      });
+      expect((await f.storage.stats()).pending).toBe(2);
+      expectCode(await caught(f.storage.enqueue({} as never, [other])), "VALIDATION");
     } finally {
       await f.close();
     }
@@ -282,7 +380,7 @@ describe("postgresStorage: writes", () => {
   it("timestamps come from the database clock, in whole epoch milliseconds", async () => {
     const f = await postgresFixture();
     try {
-      await f.storage.enqueue(f.sql, [message(1, { delayMs: 5_000 })]);
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [message(1, { delayMs: 5_000 })]));
       const [row] = await f.sql.unsafe(
         `SELECT floor(extract(epoch FROM created_at) * 1000)::float8 AS c, floor(extract(epoch FROM available_at) * 1000)::float8 AS a,
            floor(extract(epoch FROM now()) * 1000)::float8 AS now FROM "${f.schema}".outbox`,
@@ -302,7 +400,7 @@ describe("postgresStorage: writes", () => {
     const f = await postgresFixture({}, { transform: postgres.camel, types: { bigint: postgres.BigInt } });
     try {
       const m = message(1, { key: "k" });
-      await f.storage.enqueue(f.sql, [m]);
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [m]));
       const c = await f.storage.claim({ limit: 5, leaseMs: 1_000 });
       expect(c.messages.map((x) => x.id)).toEqual([m.id]);
       expect(typeof c.messages[0]!.seq).toBe("number");
@@ -320,7 +418,7 @@ describe("postgresStorage: writes", () => {
   it("with retainDeliveredMs, delivered rows are kept and purged in bounded chunks", async () => {
     const f = await postgresFixture({ retainDeliveredMs: 60_000 });
     try {
-      await f.storage.enqueue(f.sql, [message(1), message(2), message(3)]);
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [message(1), message(2), message(3)]));
       const c = await f.storage.claim({ limit: 5, leaseMs: 10_000 });
       await f.storage.settle(c.token, c.messages.map((m) => ({ id: m.id, outcome: "delivered" as const })));
       const [row] = await f.sql.unsafe(`SELECT count(*)::int AS n FROM "${f.schema}".outbox WHERE status = 'delivered'`);
@@ -349,7 +447,7 @@ describe("postgresStorage: per-key commit order (advisory locks before seq)", ()
       const t2 = await reservedTransaction(other);
       const blocked = f.storage.enqueue(t2.tx, [b]); // waits for "k"
       await until(() => waitingOnLock(admin, `${f.appName}-other`), 5_000, "the second writer to wait on the key lock");
-      await f.storage.enqueue(f.sql, [c]); // keyless: no lock, commits at once
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [c])); // keyless: no lock, commits at once
       await f.sql.begin((tx) => f.storage.enqueue(tx, [d])); // another key: not blocked
       await t1.commit();
       await blocked;
@@ -416,6 +514,168 @@ describe("postgresStorage: per-key commit order (advisory locks before seq)", ()
   });
 });
 
+describe("postgresStorage: enqueue handles, ids, replay, stats, missing table, wake-up", () => {
+  it("outbox.enqueue(sql, …) with the pool is CONFIG at once, even while the caller's transaction holds that key", async () => {
+    const f = await postgresFixture();
+    try {
+      const outbox = createOutbox({ storage: f.storage });
+      let refused: unknown;
+      const t0 = Date.now();
+      await f.sql.begin(async (tx) => {
+        await outbox.enqueue(tx, "test.event", { n: 1 }, { key: "k" }); // holds the key's advisory lock
+        // The pool runs on another connection: it would wait on that lock forever (no deadlock is detected).
+        refused = await Promise.race([
+          caught(outbox.enqueue(f.sql, "test.event", { n: 2 }, { key: "k" })),
+          sleep(3_000).then(() => "hung"),
+        ]);
+      });
+      expect(refused).not.toBe("hung");
+      const e = expectCode(refused, "CONFIG");
+      expect(e.message).toMatch(/not a transaction/);
+      expect(e.message).toMatch(/standaloneEnqueue/);
+      expect(Date.now() - t0).toBeLessThan(2_000);
+      expect((await f.storage.stats()).pending).toBe(1); // only the transaction's message
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("standaloneEnqueue: true accepts the pool (its own transaction) and never hangs on a key the caller holds", async () => {
+    const f = await postgresFixture();
+    try {
+      const standalone = postgresStorage(f.sql, { ...f.options, standaloneEnqueue: true });
+      const outbox = createOutbox({ storage: standalone });
+      await outbox.enqueue(f.sql, "test.event", { n: 1 }, { key: "k" });
+      expect((await f.storage.stats()).pending).toBe(1);
+      let refused: unknown;
+      await f.sql.begin(async (tx) => {
+        await outbox.enqueue(tx, "test.event", { n: 2 }, { key: "j" });
+        refused = await Promise.race([
+          caught(outbox.enqueue(f.sql, "test.event", { n: 3 }, { key: "j" })),
+          sleep(15_000).then(() => "hung"),
+        ]);
+      });
+      const e = expectCode(refused, "CONFIG");
+      expect(e.message).toMatch(/waited 5 s for a key lock/);
+      expect((await f.storage.stats()).pending).toBe(2);
+    } finally {
+      await f.close();
+    }
+  }, 30_000);
+
+  it("replay re-enters at the tail of its key with a new seq: not claimable while a later message is leased, then after it", async () => {
+    const f = await postgresFixture();
+    try {
+      const [a, b] = [message(1, { key: "k" }), message(2, { key: "k" })];
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [a, b]));
+      const c1 = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+      await f.storage.settle(c1.token, [{ id: a.id, outcome: "dead", error: "poison" }]);
+      const c2 = await (await f.another()).claim({ limit: 10, leaseMs: 10_000 }); // another claimer leases b
+      expect(c2.messages.map((m) => m.id)).toEqual([b.id]);
+      expect(await f.storage.replayDead(a.id)).toBe(true);
+      expect((await f.storage.claim({ limit: 10, leaseMs: 10_000 })).messages).toHaveLength(0); // b is in flight
+      expect(await f.storage.hasDue()).toBe(false);
+      await f.storage.settle(c2.token, [{ id: b.id, outcome: "delivered" }]);
+      const c3 = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+      expect(c3.messages.map((m) => m.id)).toEqual([a.id]);
+      expect(c3.messages[0]!.seq).toBeGreaterThan(c2.messages[0]!.seq);
+      expect(c3.messages[0]!.attempts).toBe(1);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("stats().oldestDueAgeMs counts from when a row became due; delayed and leased rows do not count", async () => {
+    const f = await postgresFixture();
+    try {
+      expect((await f.storage.stats()).oldestDueAgeMs).toBeNull();
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [message(1, { delayMs: 60_000 })]));
+      const delayed = await f.storage.stats();
+      expect(delayed.oldestPendingAgeMs).not.toBeNull();
+      expect(delayed.oldestDueAgeMs).toBeNull();
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [message(2)]));
+      await sleep(300);
+      const due = await f.storage.stats();
+      expect(due.oldestDueAgeMs).toBeGreaterThanOrEqual(250);
+      expect(due.oldestDueAgeMs).toBeLessThan(5_000);
+      await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+      expect((await f.storage.stats()).oldestDueAgeMs).toBeNull();
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("every call on a table that does not exist is CONFIG saying to migrate or install postgresSchema()", async () => {
+    const f = await postgresFixture();
+    try {
+      const missing = postgresStorage(f.sql, { schema: f.schema, table: "never_made" });
+      const calls: [string, () => Promise<unknown>][] = [
+        ["enqueue", () => f.sql.begin((tx) => missing.enqueue(tx, [message(1)]))],
+        ["claim", () => missing.claim({ limit: 1, leaseMs: 1_000 })],
+        ["settle", () => missing.settle(crypto.randomUUID(), [{ id: uuidv7(), outcome: "delivered" }])],
+        ["hasDue", () => missing.hasDue()],
+        ["stats", () => missing.stats()],
+        ["listDead", () => missing.listDead({ limit: 1 })],
+        ["replayDead", () => missing.replayDead(uuidv7())],
+        ["purge", () => missing.purge({ status: "dead", olderThan: Date.now(), limit: 1 })],
+      ];
+      for (const [what, call] of calls) {
+        const e = expectCode(await caught(call), "CONFIG");
+        expect(e.message, what).toBe(
+          `[edge-outbox:postgres] table ${f.schema}.never_made does not exist: call storage.migrate() or install the DDL from postgresSchema()`,
+        );
+      }
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("subscribe: a wake arrives within milliseconds of the commit (LISTEN/NOTIFY), never before it", async () => {
+    const f = await postgresFixture();
+    const listener = f.connect({ max: 2 });
+    const controller = new AbortController();
+    try {
+      const storage = postgresStorage(listener, f.options);
+      expect(storage.channel).toBe(`edge_outbox:${f.schema}.outbox`);
+      const wakes: number[] = [];
+      await storage.subscribe!(() => wakes.push(performance.now()), controller.signal);
+      const h = await reservedTransaction(f.sql);
+      await f.storage.enqueue(h.tx, [message(1, { key: "k" })]);
+      await sleep(200);
+      expect(wakes).toHaveLength(0); // not before the commit
+      const committed = performance.now();
+      await h.commit();
+      await until(() => wakes.length > 0, 2_000, "the wake-up");
+      const lag = wakes[0]! - committed;
+      console.log(`[subscribe] commit -> wake: ${lag.toFixed(1)} ms`);
+      expect(lag).toBeLessThan(100); // milliseconds, not a poll interval (generous: the machine is loaded)
+      // A rollback wakes nobody; a replay wakes; after abort nothing more arrives.
+      const before = wakes.length;
+      await caught(f.sql.begin(async (tx) => {
+        await f.storage.enqueue(tx, [message(2)]);
+        throw new Error("roll back");
+      }));
+      await sleep(200);
+      expect(wakes.length).toBe(before);
+      const c = await f.storage.claim({ limit: 1, leaseMs: 10_000 });
+      await f.storage.settle(c.token, [{ id: c.messages[0]!.id, outcome: "dead", error: "x" }]);
+      await f.storage.replayDead(c.messages[0]!.id);
+      await until(() => wakes.length > before, 2_000, "the replay's wake-up");
+      controller.abort();
+      await sleep(100);
+      const settled = wakes.length;
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [message(3)]));
+      await sleep(300);
+      expect(wakes.length).toBe(settled);
+      // Two storages on different tables do not wake each other.
+      expect(postgresStorage(listener, { schema: f.schema, table: "other" }).channel).not.toBe(storage.channel);
+    } finally {
+      controller.abort();
+      await f.close();
+    }
+  });
+});
+
 describe("postgresStorage: errors and dropped connections", () => {
   it("connection refused: a retryable STORAGE error with the driver cause, at once, after a single attempt", async () => {
     let attempts = 0;
@@ -459,11 +719,12 @@ describe("postgresStorage: errors and dropped connections", () => {
   it("backends terminated mid-drain: the drain rejects with a retryable STORAGE error; the next drain delivers the rest", async () => {
     const f = await postgresFixture();
     const relayApp = `${f.appName}-relay`;
-    const relaySql = f.connect({ max: 2, connection: { application_name: relayApp } });
+    // lock_timeout: a drain that settles its unsent rows (released) after the kill must not wait on the blocker forever.
+    const relaySql = f.connect({ max: 2, connection: { application_name: relayApp, lock_timeout: 2_000 } });
     const admin = f.connect({ max: 2, connection: { application_name: `${f.appName}-admin` } });
     try {
       const all = Array.from({ length: 40 }, (_, i) => message(i));
-      await f.storage.enqueue(f.sql, all);
+      await f.sql.begin((tx) => f.storage.enqueue(tx, all));
       const storage = postgresStorage(relaySql, f.options);
       const transport = recordingTransport({ delayMs: 10 });
       const relay = createRelay({ outbox: createOutbox({ storage }), transport, batchSize: 10, concurrency: 2, leaseMs: 1_000, sendTimeoutMs: 400 });
@@ -481,11 +742,20 @@ describe("postgresStorage: errors and dropped connections", () => {
       expect(e.retryable).toBe(true);
       await blocker.rollback();
       await sleep(1_100); // the dead drain's lease expires
-      // The same client reconnects by itself.
-      for (let i = 0; i < 20 && (await storage.stats()).pending > 0; i++) await relay.drain({ budgetMs: 5_000 });
+      // The same client reconnects by itself (a pooled connection killed while idle fails its next query once).
+      const pending = async (): Promise<number> => {
+        for (let attempt = 0; ; attempt++) {
+          try {
+            return (await storage.stats()).pending;
+          } catch (e) {
+            if (attempt >= 3 || !(e as OutboxError).retryable) throw e;
+          }
+        }
+      };
+      for (let i = 0; i < 20 && (await pending()) > 0; i++) await relay.drain({ budgetMs: 5_000 }).catch(() => {});
       const delivered = new Set(transport.delivered.map((m) => m.id));
       for (const m of all) expect(delivered.has(m.id), m.id).toBe(true);
-      expect((await storage.stats()).pending).toBe(0);
+      expect(await pending()).toBe(0);
     } finally {
       await f.close();
     }

@@ -82,7 +82,6 @@ function codeOf(e: unknown): string {
  * @returns true for those SQLSTATEs
  * @example
  * ```ts
- * import { isBusyError } from "edge-outbox/postgres";
  * try { await sql`update orders set total = 0` } catch (e) { if (isBusyError(e)) console.warn("retry the transaction") }
  * ```
  */
@@ -99,7 +98,6 @@ export function isBusyError(e: unknown): boolean {
  * @returns true when retrying may succeed
  * @example
  * ```ts
- * import { isRetryableError } from "edge-outbox/postgres";
  * try { await sql`select 1` } catch (e) { console.log(isRetryableError(e)) }
  * ```
  */
@@ -115,7 +113,6 @@ export function isRetryableError(e: unknown): boolean {
  * @returns true when the connection cannot be used again
  * @example
  * ```ts
- * import { isConnectionError } from "edge-outbox/postgres";
  * isConnectionError({ code: "57P01" }); // true: terminated by an administrator
  * ```
  */
@@ -124,6 +121,21 @@ export function isConnectionError(e: unknown): boolean {
   if (code.startsWith("CONNECTION_") || code === "CONNECT_TIMEOUT" || CONNECTION_SQLSTATES.has(code)) return true;
   if (/^08[0-9A-Z]{3}$/.test(code) || /^E[A-Z]+$/.test(code)) return true;
   return (e as { severity?: unknown } | null)?.severity === "FATAL";
+}
+
+/**
+ * Tells whether a driver error says a table (or another relation) does not exist: SQLSTATE 42P01, e.g. the outbox
+ * table before `migrate()`.
+ *
+ * @param e a caught error
+ * @returns true for 42P01
+ * @example
+ * ```ts
+ * isMissingTableError({ code: "42P01" }); // true
+ * ```
+ */
+export function isMissingTableError(e: unknown): boolean {
+  return codeOf(e) === "42P01";
 }
 
 /** The message prefix of every error of the adapter. */
@@ -159,49 +171,4 @@ export function invalid(message: string): OutboxError {
   return new OutboxError("VALIDATION", `${PREFIX} ${message}`);
 }
 
-/**
- * Tells whether `x` has a method `name` (postgres.js clients are functions with methods, so functions count).
- *
- * @param x anything
- * @param name the method name
- * @returns true when `x[name]` is a function
- * @example
- * ```ts
- * hasMethod(sql, "unsafe"); // true for a postgres.js client
- * ```
- */
-export function hasMethod(x: unknown, name: string): boolean {
-  return (typeof x === "object" || typeof x === "function") && x !== null &&
-    typeof (x as Record<string, unknown>)[name] === "function";
-}
-
-/**
- * Reads a number the driver may return as number, string (int8, numeric) or bigint.
- *
- * @param x the column value
- * @returns a number (0 for null)
- * @example
- * ```ts
- * num("42"); // 42
- * ```
- */
-export function num(x: unknown): number {
-  if (typeof x === "number") return x;
-  if (typeof x === "bigint" || typeof x === "string") return Number(x);
-  if (x === null || x === undefined) return 0;
-  throw new TypeError(`expected a number, got ${typeof x}`);
-}
-
-/**
- * Like {@link num}, keeping null.
- *
- * @param x the column value
- * @returns a number or null
- * @example
- * ```ts
- * numOrNull(null); // null
- * ```
- */
-export function numOrNull(x: unknown): number | null {
-  return x === null || x === undefined ? null : num(x);
-}
+export { hasMethod, num, numOrNull } from "../../src/sql/coerce.ts";

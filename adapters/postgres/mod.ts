@@ -11,11 +11,10 @@
  *   lock on each of its keys (sorted) before its rows draw their `seq`, so `seq` order per key is commit order.
  *   Enqueue all messages of one transaction in one call: two separate calls whose keys are taken in opposite orders
  *   by two transactions can deadlock, and PostgreSQL aborts one of them (40P01, a retryable STORAGE error).
- * - **Claims** are one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED)` statement; a keyed row is claimable only as
- *   the head of its key (`capabilities.keyPrefixClaims: false`), which stays correct when concurrent claimers read
- *   stale snapshots. Keyless rows flow in parallel. A claim walks pending rows in seq order on a partial index, so
- *   its cost grows with the rows queued behind leased or backing-off heads: cheap when keys are many, slow (seconds
- *   at a million rows) when a huge backlog sits in a handful of keys.
+ * - **Claims** are key-aware (schema v2): a claim first locks due keys in `<table>_keys` (`FOR UPDATE SKIP LOCKED`),
+ *   then, with a snapshot taken after those locks, takes each key's due prefix (several messages of one key per
+ *   claim, `capabilities.keyPrefixClaims: true`) and due keyless rows, all in one round trip. Rows queued behind a
+ *   leased or backing-off head are never read, so a claim costs O(rows claimed), whatever the backlog.
  * - **Settles** are one statement (data-modifying CTEs) per call, fenced on the lease token, with the counters
  *   written by the same statement. All times come from the database clock.
  *
@@ -50,52 +49,35 @@ import {
 } from "./storage.ts";
 
 export type { PostgresStorage, PostgresStorageOptions } from "./storage.ts";
-export {
-  isBusyError,
-  isConnectionError,
-  isRetryableError,
-  type PostgresClient,
-  type PostgresExecutor,
-  type PostgresLockClient,
-  type PostgresParameter,
-  type PostgresQueryOptions,
-  type PostgresReservedConnection,
-  type PostgresRow,
-} from "./client.ts";
-export { ADVISORY_KEY_SQL, advisoryLockKey, pgAdvisoryLock, type PgAdvisoryLockOptions } from "./lock.ts";
-export {
-  CREATE_SCHEMA_DDL,
-  epochMs,
-  LATEST_SCHEMA_VERSION,
-  MAX_TABLE_NAME_LENGTH,
-  MIGRATIONS_TABLE_DDL,
-  type PostgresNames,
-  postgresNames,
-  postgresSchema,
-  recordVersionSql,
-  renderSql,
-  SCHEMA_PLACEHOLDER,
-  SCHEMA_V1,
-  SCHEMA_VERSIONS,
-  type SchemaVersion,
-  TABLE_PLACEHOLDER,
-} from "./schema.ts";
+export type { PostgresClient, PostgresExecutor, PostgresLockClient, PostgresReservedConnection } from "./client.ts";
+export { advisoryLockKey, pgAdvisoryLock, type PgAdvisoryLockOptions } from "./lock.ts";
+export { postgresSchema } from "./schema.ts";
+
 
 /**
  * Creates the Postgres storage over your postgres.js client. It never opens connections itself. Call `migrate()`
  * once at start (idempotent, versioned, safe from several processes at once), or install {@link postgresSchema}
  * with your own migration tool.
  *
- * Enqueue with the transaction handle of `sql.begin(tx => …)`, a reserved connection (`sql.reserve()`) inside your
- * own `BEGIN`/`COMMIT`, or `sql` itself (a standalone insert). Claims, settles and reads use `sql`'s pool.
+ * Enqueue with the transaction handle of `sql.begin(tx => …)` or a reserved connection (`sql.reserve()`) inside your
+ * own `BEGIN`/`COMMIT`. The pool itself (`outbox.enqueue(sql, …)`) is refused with CONFIG before anything is sent
+ * (the row would escape your transaction, and wait forever on a key lock your transaction holds), unless you opt in
+ * with `standaloneEnqueue: true` (its own short transaction, 5 s `lock_timeout`). An id that a row in the table
+ * already has is refused with CONFLICT, nothing of the call is kept, and your transaction stays usable. Claims,
+ * settles and reads use `sql`'s pool. `subscribe` LISTENs on {@link PostgresStorage.channel} (a dedicated
+ * connection of postgres.js); every enqueue and replay notifies it at commit.
+ *
+ * Behind a transaction-mode pooler (PgBouncer, Supavisor) create the client with `prepare: false`; LISTEN needs a
+ * direct or session-mode connection there.
  *
  * @param sql a postgres.js client (`postgres(url)`), typed structurally
  * @param options table (default "outbox"), schema (default "public"), retainDeliveredMs (default 0), busyRetryMs
- *   (default 2000)
+ *   (default 2000), standaloneEnqueue (default false)
  * @returns the storage; `capabilities` is `{ batchStatement: false, skipLocked: true, serialWrites: false,
- *   keyPrefixClaims: false }`
+ *   keyPrefixClaims: true }`; `scope` is `"postgres:<schema>.<table>"`
  * @throws {OutboxError} CONFIG for a bad option (a table or schema that is not a plain identifier, a table name longer
- *   than 52 characters) or a value that is not a postgres.js client; nothing is sent to the database
+ *   than 52 characters) or a value that is not a postgres.js client; nothing is sent to the database. Calls on a
+ *   table that does not exist reject with CONFIG ("call storage.migrate() or install the DDL from postgresSchema()")
  * @example
  * ```ts
  * import postgres from "postgres";

@@ -29,7 +29,6 @@ export const MAX_TABLE_NAME_LENGTH = 52;
  * @returns the SQL expression in epoch ms
  * @example
  * ```ts
- * import { epochMs } from "edge-outbox/postgres";
  * epochMs("now()"); // "floor(extract(epoch FROM now()) * 1000)::float8"
  * ```
  */
@@ -105,8 +104,39 @@ export const SCHEMA_V1: SchemaVersion = {
   ],
 };
 
+/**
+ * Version 2: key-aware claims. Upgrades a populated v1 table in place (one transaction):
+ *
+ * - `<table>_keys`: one row per key that has pending rows, with `available_at`, a lower bound of when the key's head
+ *   may be claimable (the claim sets it to its lease expiry or its head's due time; settles to the new head's due
+ *   time; an enqueue creates the row of a new key). Claims lock key rows `FOR UPDATE SKIP LOCKED` before reading
+ *   that key's rows, so rows queued behind a leased or backing-off head are never read, and a key can deliver a
+ *   prefix of its queue per claim. Filled from the pending rows already there.
+ * - `_keys_due`: key rows by due time (the claim's first step, `hasDue`).
+ * - `_free`: keyless pending rows by due time (the claim's keyless step).
+ * - drops `_pending` (v1's claim walk; nothing reads it any more).
+ *
+ * Writers and relays must run this version's code once it is applied: an older writer does not create key rows, so
+ * its keyed rows would wait until the key gets a row from a newer writer.
+ */
+export const SCHEMA_V2: SchemaVersion = {
+  version: 2,
+  statements: [
+    `CREATE TABLE IF NOT EXISTS "{{schema}}"."{{table}}_keys" (
+  key text PRIMARY KEY,
+  available_at timestamptz NOT NULL DEFAULT now()
+)`,
+    `CREATE INDEX IF NOT EXISTS "{{table}}_keys_due" ON "{{schema}}"."{{table}}_keys" (available_at)`,
+    `INSERT INTO "{{schema}}"."{{table}}_keys" (key, available_at)
+  SELECT key, now() FROM "{{schema}}"."{{table}}" WHERE status = 'pending' AND key IS NOT NULL GROUP BY key
+  ON CONFLICT (key) DO NOTHING`,
+    `CREATE INDEX IF NOT EXISTS "{{table}}_free" ON "{{schema}}"."{{table}}" (available_at, seq) WHERE status = 'pending' AND key IS NULL`,
+    `DROP INDEX IF EXISTS "{{schema}}"."{{table}}_pending"`,
+  ],
+};
+
 /** Every schema version, oldest first. */
-export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1];
+export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1, SCHEMA_V2];
 
 /** The newest schema version. */
 export const LATEST_SCHEMA_VERSION: number = SCHEMA_VERSIONS[SCHEMA_VERSIONS.length - 1]!.version;
@@ -129,7 +159,6 @@ export interface PostgresNames {
  * @throws {OutboxError} CONFIG naming the bad field (nothing is sent anywhere)
  * @example
  * ```ts
- * import { postgresNames } from "edge-outbox/postgres";
  * postgresNames({ table: "outbox", schema: "app" }); // { schema: "app", table: "outbox" }
  * ```
  */
@@ -156,7 +185,6 @@ export function postgresNames(options: { table?: unknown; schema?: unknown } = {
  * @throws {OutboxError} CONFIG when a name is not a plain identifier or the table name is too long
  * @example
  * ```ts
- * import { renderSql, SCHEMA_V1 } from "edge-outbox/postgres";
  * const ddl = SCHEMA_V1.statements.map((s) => renderSql(s, { schema: "app", table: "outbox" }));
  * ```
  */
@@ -174,7 +202,6 @@ export function renderSql(template: string, names: { table?: string; schema?: st
  * @throws {RangeError} when `version` is not a positive integer
  * @example
  * ```ts
- * import { recordVersionSql, renderSql } from "edge-outbox/postgres";
  * const sql = renderSql(recordVersionSql(1), { table: "outbox" });
  * ```
  */

@@ -19,6 +19,13 @@ const MS_INTERVAL = `interval '1 millisecond'`;
  */
 export const KEY_LOCK_NAMESPACE_SQL: string = `hashtext('edge-outbox:{{schema}}.{{table}}')`;
 
+/** The key table (`<table>_keys`, schema v2): one row per key that has pending rows. */
+const K = `"{{schema}}"."{{table}}_keys"`;
+
+/** The NOTIFY channel placeholder, replaced by {@link notifyChannel}'s name (a validated, quoted literal). */
+export const CHANNEL_PLACEHOLDER = "{{channel}}";
+const NOTIFY = `pg_notify('${CHANNEL_PLACEHOLDER}', '')`;
+
 /**
  * Inserts messages. `$1`: a JSON array of `[id, topic, key, payload, headers, delayMs]` arrays (payload and headers
  * as JSON text). Array order is insertion order, so `seq` follows it.
@@ -35,6 +42,17 @@ export const KEY_LOCK_NAMESPACE_SQL: string = `hashtext('edge-outbox:{{schema}}.
  * "One-Time Filter": the executor evaluates it (taking every lock) before it fetches the first row, and `nextval` runs
  * only in the projection of the rows that pass. `test/postgres.test.ts` checks both the plan and the behaviour.
  *
+ * **Ids** (DECISIONS 2): `ON CONFLICT (id) DO NOTHING`, so an id some row already has never raises (which would abort
+ * the caller's transaction); the result row says how many were inserted and, when fewer than given, which ids
+ * (`ids`), and the adapter deletes those again and throws CONFLICT.
+ *
+ * **Keys** (schema v2): each key of the call gets its `<table>_keys` row if it has none (`ON CONFLICT DO NOTHING`, so
+ * an existing key row is neither locked nor changed: a new row joins its key's tail, behind the current head), with
+ * `available_at` = the earliest due time of its new rows.
+ *
+ * **Wake-up**: `pg_notify` on the outbox's channel; PostgreSQL delivers it when the caller's transaction commits
+ * (never for a rollback).
+ *
  * Keyless messages take no lock. Two *separate* enqueue calls in one transaction whose keys appear in opposite orders
  * in another transaction can deadlock; PostgreSQL then aborts one transaction with 40P01, surfaced as a retryable
  * STORAGE error. Enqueue all messages of a transaction in one call (it sorts their keys) to avoid it.
@@ -44,74 +62,117 @@ export const ENQUEUE_SQL: string = `WITH m AS (
 ), l AS (
   SELECT pg_advisory_xact_lock(${KEY_LOCK_NAMESPACE_SQL}, k.h)
   FROM (SELECT DISTINCT hashtext(m.v->>2) AS h FROM m WHERE m.v->>2 IS NOT NULL ORDER BY 1) AS k
+), i AS (
+  INSERT INTO ${T} (id, topic, key, payload, headers, status, created_at, available_at, attempts)
+  SELECT (m.v->>0)::uuid, m.v->>1, m.v->>2, (m.v->>3)::json, (m.v->>4)::json, 'pending', now(),
+    now() + (m.v->>5)::bigint * ${MS_INTERVAL}, 0
+  FROM m
+  WHERE (SELECT count(*) FROM l) >= 0
+  ORDER BY m.ord
+  ON CONFLICT (id) DO NOTHING
+  RETURNING id, key, available_at
+), k AS (
+  INSERT INTO ${K} (key, available_at)
+  SELECT i.key, min(i.available_at) FROM i WHERE i.key IS NOT NULL GROUP BY i.key
+  ON CONFLICT (key) DO NOTHING
+), n AS (
+  SELECT ${NOTIFY} FROM (SELECT 1 FROM i LIMIT 1) AS one
 )
-INSERT INTO ${T} (id, topic, key, payload, headers, status, created_at, available_at, attempts)
-SELECT (m.v->>0)::uuid, m.v->>1, m.v->>2, (m.v->>3)::json, (m.v->>4)::json, 'pending', now(),
-  now() + (m.v->>5)::bigint * ${MS_INTERVAL}, 0
-FROM m
-WHERE (SELECT count(*) FROM l) >= 0
-ORDER BY m.ord`;
+SELECT x.inserted, CASE WHEN x.inserted < json_array_length($1::text::json) THEN (SELECT coalesce(json_agg(i.id)::text, '[]') FROM i) END AS ids
+FROM (SELECT count(*) AS inserted FROM i) AS x, (SELECT count(*) FROM n) AS notified`;
+
+/** Deletes the rows of a refused enqueue again (`$1` JSON array of ids), in the caller's transaction. */
+export const ENQUEUE_UNDO_SQL: string = `DELETE FROM ${T} WHERE id IN (SELECT j.id::uuid FROM json_array_elements_text($1::text::json) AS j(id))`;
 
 /**
- * Whether row `o` is claimable now: pending, due, and — for a keyed row — the **head** of its key: no row of its key
- * with a smaller `seq` is pending at all (due, delayed, leased or backing off).
+ * Claims up to `{{limit}}` rows in one round trip: four statements sent as one simple query, which PostgreSQL runs as
+ * one implicit transaction, each statement with its own READ COMMITTED snapshot. Token, lease and limit are inlined
+ * as validated literals (a UUID the adapter generated, two integers); nothing else varies.
  *
- * Why only heads (`capabilities.keyPrefixClaims: false`): claimers run in READ COMMITTED with `FOR UPDATE SKIP
- * LOCKED`, each reading a snapshot taken when its statement started. Claimer B's snapshot may still show head h1 of
- * key k as due after claimer A leased it. If B could take a prefix (h1, h2, …) it would skip the locked h1 (or drop it
- * on recheck) and still take h2 while A sends h1: out of order. With heads only:
- * - B sees h1 as due and tries to lock it. If A's claim is still in flight, SKIP LOCKED skips h1. If A committed, B
- *   locks the newest row version and EvalPlanQual re-checks this condition on it: `available_at` is now A's lease
- *   expiry, in the future, so h1 is excluded. If h1 was deleted (delivered), B skips it.
- * - h2 is not a head in B's snapshot (h1 is pending there), so B never takes it. h2 becomes claimable only in a
- *   snapshot where h1 is gone (delivered or dead), that is after A settled it.
- * - A snapshot that shows h2 also shows h1 as committed: `seq` order is commit order per key (see ENQUEUE_SQL), and
- *   h1's transaction left the proc array before h2's writer could take the key lock.
- * Keyless rows have no such condition.
- */
-const ELIGIBLE = `o.status = 'pending' AND o.available_at <= now()
-    AND (o.key IS NULL OR NOT EXISTS (
-      SELECT 1 FROM ${T} AS p WHERE p.status = 'pending' AND p.key = o.key AND p.seq < o.seq))`;
-
-/**
- * Claims up to `$3` claimable rows in `seq` order in one statement: `FOR UPDATE OF o SKIP LOCKED` below the `LIMIT`
- * (so rows another claimer holds do not count), then writes the lease (`$1` token, `$2` lease ms: `lease_until =
- * available_at = now() + $2 ms`) and counts the attempt. Returns one row per claimed message, each with the lease
- * expiry `until` (the database's now is `until - $2`: `now()` is fixed within the transaction); no row when nothing
- * was claimed (then {@link CLOCK_SQL} reads the clock). RETURNING order is arbitrary: sort by seq.
+ * 1. Lock keys: up to `limit` rows of `<table>_keys` whose `available_at` (when the key's head may be claimable) has
+ *    come, `FOR UPDATE SKIP LOCKED` (another claimer's keys are skipped, never waited for), in due order. Their names
+ *    go into a transaction-local setting for the next statements.
+ * 2. With a snapshot taken **after** those key locks were granted: for each of the n locked keys, its first
+ *    ceil(limit / n) pending rows in `seq` order (one probe of the `_key` index each, so about `limit` rows are read
+ *    in all), and of those the due prefix (every row due up to it);
+ *    the due keyless rows (`_free` index, in due order, `FOR UPDATE SKIP LOCKED`); the union, cut to `limit` in `seq`
+ *    order, is leased (fresh token, `available_at = lease_until = now() + lease`, attempts + 1). Each locked key's
+ *    `available_at` is then set: to the lease expiry when rows of it were claimed, to its head's due time when that
+ *    is later than now. A locked key with no pending row is try-locked with the enqueue's advisory key lock.
+ * 3. Deletes those empty key rows (rechecked with a fresh snapshot, so an enqueue that committed meanwhile is seen;
+ *    one still running holds the advisory lock, so its key was not try-locked).
+ * 4. The clock (for an empty claim).
  *
- * Plan: the walk goes down `<table>_pending` in seq order (pending rows only) and stops after `$3` rows; the head
- * check is one probe of `<table>_key` per keyed row walked. Rows behind a leased or backing-off head are walked and
- * skipped, so a claim costs about the number of pending rows ahead of the last row it takes. Measured on the test
- * machine at 1,000,000 pending rows: 6 ms for 100 rows when rows spread over many keys (5,000 keys + keyless), but
- * about 3.6 s per claim (and per `hasDue`) when the backlog sits in a few deep keys (10 keys x 100,000 rows) whose
- * heads are all leased, since every row then gets walked. A per-key head table would remove that cost.
+ * JIT is off for the transaction (the planner cannot see the per-key limit and may estimate enough rows to JIT-compile,
+ * which costs far more than the claim itself). Every per-key read is `ORDER BY o.key, o.seq` so it walks `_key`
+ * (key, seq) within that key, never the primary key filtered by key.
+ *
+ * Why this is safe with concurrent claimers (`keyPrefixClaims: true`): every claim of a key holds that key's row
+ * lock until it commits, so two claims of one key never overlap, and statement 2's snapshot is taken after the lock
+ * was granted, so it sees every claim and settle of that key that committed before (a settle writes the key row,
+ * hence waits for the lock too). A key's rows are therefore read as they are, never from a stale snapshot, and the
+ * prefix taken is exactly the key's due head and what follows it. Rows of a key behind a leased or backing-off head
+ * are never read: the key row's `available_at` is in the future, so a claim costs O(rows claimed + keys probed), not
+ * O(rows queued behind blocked heads).
  */
-export const CLAIM_SQL: string = `UPDATE ${T} AS t
-SET lease_token = $1::uuid, lease_until = now() + $2::bigint * ${MS_INTERVAL},
-  available_at = now() + $2::bigint * ${MS_INTERVAL}, attempts = t.attempts + 1
-WHERE t.seq = ANY (ARRAY(
-  SELECT o.seq FROM ${T} AS o
-  WHERE ${ELIGIBLE}
-  ORDER BY o.seq
-  LIMIT $3
-  FOR UPDATE OF o SKIP LOCKED
-))
-RETURNING t.seq, t.id::text AS id, t.topic, t.key, t.payload::text AS payload, t.headers::text AS headers,
-  ${ms("t.created_at")} AS created, t.attempts, t.last_error AS lasterror,
-  ${ms(`now() + $2::bigint * ${MS_INTERVAL}`)} AS until`;
-
-/** The database clock and the lease expiry a claim made now would get (`$1` lease ms), for an empty claim. */
-export const CLOCK_SQL: string = `SELECT ${ms("now()")} AS now, ${ms(`now() + $1::bigint * ${MS_INTERVAL}`)} AS until`;
+export const CLAIM_SQL: string = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
+SET LOCAL jit = off;
+SELECT set_config('edge_outbox.claim_keys', coalesce((SELECT json_agg(s.key)::text FROM (
+  SELECT k.key FROM ${K} AS k WHERE k.available_at <= now() ORDER BY k.available_at LIMIT {{limit}}
+  FOR UPDATE SKIP LOCKED) AS s), '[]'), true) AS keys;
+WITH lk AS (
+  SELECT j.key FROM json_array_elements_text(current_setting('edge_outbox.claim_keys')::json) AS j(key)
+), pre AS MATERIALIZED (
+  SELECT r.seq, r.key, r.available_at FROM lk CROSS JOIN LATERAL (
+    SELECT o.seq, o.key, o.available_at FROM ${T} AS o
+    WHERE o.key = lk.key AND o.status = 'pending' ORDER BY o.key, o.seq
+    LIMIT (SELECT greatest(1, ceil({{limit}}::float8 / greatest(1, count(*)))) FROM lk)) AS r
+), kp AS (
+  SELECT p.seq FROM (SELECT pre.seq, bool_and(pre.available_at <= now()) OVER (PARTITION BY pre.key ORDER BY pre.seq) AS ok
+    FROM pre) AS p WHERE p.ok
+), fr AS (
+  SELECT o.seq FROM ${T} AS o WHERE o.key IS NULL AND o.status = 'pending' AND o.available_at <= now()
+  ORDER BY o.available_at, o.seq LIMIT {{limit}} FOR UPDATE SKIP LOCKED
+), pick AS (
+  SELECT x.seq FROM (SELECT kp.seq FROM kp UNION ALL SELECT fr.seq FROM fr) AS x ORDER BY x.seq LIMIT {{limit}}
+), c AS (
+  UPDATE ${T} AS t
+  SET lease_token = '{{token}}'::uuid, lease_until = now() + {{lease}} * ${MS_INTERVAL},
+    available_at = now() + {{lease}} * ${MS_INTERVAL}, attempts = t.attempts + 1
+  WHERE t.seq IN (SELECT pick.seq FROM pick) AND t.status = 'pending'
+  RETURNING t.seq, t.id::text AS id, t.topic, t.key, t.payload::text AS payload, t.headers::text AS headers,
+    ${ms("t.created_at")} AS created, t.attempts, t.last_error AS lasterror
+), h AS (
+  SELECT pre.key, (array_agg(pre.available_at ORDER BY pre.seq))[1] AS head_at,
+    EXISTS (SELECT 1 FROM c WHERE c.key = pre.key) AS claimed
+  FROM pre GROUP BY pre.key
+), kh AS (
+  UPDATE ${K} AS k SET available_at = CASE WHEN h.claimed THEN now() + {{lease}} * ${MS_INTERVAL} ELSE h.head_at END
+  FROM h WHERE k.key = h.key AND (h.claimed OR h.head_at > now())
+), em AS MATERIALIZED (
+  SELECT lk.key FROM lk WHERE NOT EXISTS (SELECT 1 FROM pre WHERE pre.key = lk.key)
+), e AS (
+  SELECT set_config('edge_outbox.claim_empty', coalesce((SELECT json_agg(em.key)::text FROM em
+    WHERE pg_try_advisory_xact_lock(${KEY_LOCK_NAMESPACE_SQL}, hashtext(em.key))), '[]'), true) AS empty
+)
+SELECT c.* FROM e LEFT JOIN c ON true;
+DELETE FROM ${K} AS k USING json_array_elements_text(current_setting('edge_outbox.claim_empty')::json) AS j(key)
+WHERE k.key = j.key AND NOT EXISTS (SELECT 1 FROM ${T} AS o WHERE o.key = j.key AND o.status = 'pending');
+SELECT ${ms("now()")} AS now, ${ms(`now() + {{lease}} * ${MS_INTERVAL}`)} AS until`;
 
 /**
- * Whether a row is claimable now (the claim's condition). A sub-select with `ORDER BY o.seq LIMIT 1` keeps it on the
- * claim's index walk: PostgreSQL drops ORDER BY and LIMIT inside `EXISTS`, and a bare `EXISTS` over a large table
- * gets a sequential scan planned (cheap when the first rows qualify, a full scan when they are all blocked).
+ * Whether a row is claimable now: a keyless row due, or a key whose `available_at` has come and whose head (first
+ * pending row by seq) is due. Both on indexes (`<table>_keys_due`, `_free`, `_key`): the `ORDER BY … LIMIT 1`
+ * sub-selects keep them on the index walks (a bare `EXISTS` over a large table gets a sequential scan planned).
  */
-export const HAS_DUE_SQL: string = `SELECT count(*) > 0 AS due FROM (
-  SELECT 1 FROM ${T} AS o WHERE ${ELIGIBLE} ORDER BY o.seq LIMIT 1
-) AS first_due`;
+export const HAS_DUE_SQL: string = `SELECT (SELECT count(*) FROM (
+    SELECT 1 FROM ${T} AS o WHERE o.key IS NULL AND o.status = 'pending' AND o.available_at <= now()
+    ORDER BY o.available_at LIMIT 1) AS free) > 0
+  OR (SELECT count(*) FROM (
+    SELECT 1 FROM ${K} AS k WHERE k.available_at <= now() AND (
+      SELECT o.available_at <= now() FROM ${T} AS o WHERE o.key = k.key AND o.status = 'pending'
+      ORDER BY o.key, o.seq LIMIT 1)
+    ORDER BY k.available_at LIMIT 1) AS keyed) > 0 AS due`;
 
 const FENCE = `t.lease_token = $1::uuid AND t.status = 'pending'`;
 const LATENCY = `greatest(0, floor(extract(epoch FROM (now() - d.created_at)) * 1000))::bigint`;
@@ -133,7 +194,39 @@ const COUNTERS_UPSERT = `INSERT INTO "{{schema}}"."{{table}}_counters" AS c (buc
 
 const DELETE_DELIVERED = `DELETE FROM ${T} AS t USING json_array_elements_text($2::text::json) AS j(id)
   WHERE t.id = j.id::uuid AND ${FENCE}
-  RETURNING t.id, t.created_at`;
+  RETURNING t.id, t.key, t.created_at`;
+
+/**
+ * Keeps `<table>_keys` right after a settle (schema v2): for each key with a settled row, its new head is the first
+ * pending row by seq that this settle did not remove (`removed`: CTEs of deleted / dead / delivered rows), with the
+ * due time this settle gave it (`moved`: CTEs returning `id, available_at`, i.e. retried and released rows); the key's
+ * `available_at` becomes that due time, or now for a key left empty (the next claim deletes its row). Fenced: only a
+ * key row not later than this claim's lease expiry (`lu`: read from the settled rows, by id) is changed, so a settle
+ * whose lease expired and whose key another claim took since cannot move that claim's key. O(rows settled).
+ */
+function keyHints(ids: string, removed: readonly string[], moved: readonly string[]): string {
+  const all = [...removed, ...moved];
+  const movedAt = moved.map((m) => `(SELECT ${m}.available_at FROM ${m} WHERE ${m}.id = o.id)`).join(", ");
+  return `lu AS (
+  SELECT max(o.lease_until) AS until FROM ${T} AS o WHERE o.id IN (${ids}) AND o.lease_token = $1::uuid
+), sk AS (
+  SELECT DISTINCT x.key FROM (${all.map((c) => `SELECT ${c}.key FROM ${c}`).join(" UNION ALL ")}) AS x WHERE x.key IS NOT NULL
+), nh AS (
+  SELECT sk.key, (
+    SELECT ${moved.length > 0 ? `coalesce(${movedAt}, o.available_at)` : "o.available_at"} FROM ${T} AS o
+    WHERE o.key = sk.key AND o.status = 'pending' AND o.id NOT IN (${removed.map((c) => `SELECT ${c}.id FROM ${c}`).join(" UNION ALL ")})
+    ORDER BY o.key, o.seq LIMIT 1) AS at
+  FROM sk
+), kh AS (
+  UPDATE ${K} AS kk SET available_at = coalesce(nh.at, now())
+  FROM nh WHERE kk.key = nh.key AND kk.available_at <= (SELECT lu.until FROM lu)
+)`;
+}
+
+const JSON_IDS = `SELECT j.id::uuid FROM json_array_elements_text($2::text::json) AS j(id)
+    UNION ALL SELECT (j.v->>0)::uuid FROM json_array_elements($3::text::json) AS j(v)
+    UNION ALL SELECT (j.v->>0)::uuid FROM json_array_elements($4::text::json) AS j(v)
+    UNION ALL SELECT j.id::uuid FROM json_array_elements_text($5::text::json) AS j(id)`;
 
 function settleSql(deliveredCte: string): string {
   return `WITH d AS (
@@ -143,20 +236,20 @@ function settleSql(deliveredCte: string): string {
   SET available_at = now() + (j.v->>1)::bigint * ${MS_INTERVAL}, last_error = j.v->>2, lease_token = NULL, lease_until = NULL
   FROM json_array_elements($3::text::json) AS j(v)
   WHERE t.id = (j.v->>0)::uuid AND ${FENCE}
-  RETURNING t.id
+  RETURNING t.id, t.key, t.available_at
 ), k AS (
   UPDATE ${T} AS t
   SET status = 'dead', done_at = now(), last_error = j.v->>1, lease_token = NULL, lease_until = NULL
   FROM json_array_elements($4::text::json) AS j(v)
   WHERE t.id = (j.v->>0)::uuid AND ${FENCE}
-  RETURNING t.id
+  RETURNING t.id, t.key
 ), l AS (
   UPDATE ${T} AS t
   SET available_at = now(), attempts = greatest(0, t.attempts - 1), lease_token = NULL, lease_until = NULL
   FROM json_array_elements_text($5::text::json) AS j(id)
   WHERE t.id = j.id::uuid AND ${FENCE}
-  RETURNING t.id
-), a AS (
+  RETURNING t.id, t.key, t.available_at
+), ${keyHints(JSON_IDS, ["d", "k"], ["r", "l"])}, a AS (
   SELECT x.delivered, (SELECT count(*) FROM r) AS retried, (SELECT count(*) FROM k) AS dead, x.latency_sum, x.latency_max
   FROM (${DELIVERED_STATS}) AS x
 ), n AS (${COUNTERS_UPSERT})
@@ -187,8 +280,8 @@ export const SETTLE_SQL: string = settleSql(DELETE_DELIVERED);
  */
 export const SETTLE_DELIVERED_SQL: string = `WITH d AS (
   DELETE FROM ${T} AS t WHERE t.id = ANY ($2::uuid[]) AND ${FENCE}
-  RETURNING t.id, t.created_at
-), a AS (
+  RETURNING t.id, t.key, t.created_at
+), ${keyHints("SELECT unnest($2::uuid[])", ["d"], [])}, a AS (
   SELECT x.delivered, 0 AS retried, 0 AS dead, x.latency_sum, x.latency_max FROM (${DELIVERED_STATS}) AS x
 ), n AS (${COUNTERS_UPSERT})
 SELECT j.id::text AS id FROM unnest($2::uuid[]) AS j(id)
@@ -199,7 +292,7 @@ export const SETTLE_RETAIN_SQL: string = settleSql(`UPDATE ${T} AS t
   SET status = 'delivered', done_at = now(), lease_token = NULL, lease_until = NULL
   FROM json_array_elements_text($2::text::json) AS j(id)
   WHERE t.id = j.id::uuid AND ${FENCE}
-  RETURNING t.id, t.created_at`);
+  RETURNING t.id, t.key, t.created_at`);
 
 /** Counts and windowed counters in one statement (one snapshot). `$1` window ms. */
 export const STATS_SQL: string = `SELECT ${ms("now()")} AS now,
@@ -208,6 +301,7 @@ export const STATS_SQL: string = `SELECT ${ms("now()")} AS now,
   (SELECT count(*) FROM ${T} WHERE status = 'pending' AND lease_token IS NOT NULL AND lease_until > now()) AS leased,
   (SELECT count(*) FROM ${T} WHERE status = 'dead') AS dead,
   (SELECT ${ms("min(created_at)")} FROM ${T} WHERE status = 'pending') AS oldest,
+  (SELECT ${ms("min(available_at)")} FROM ${T} WHERE status = 'pending' AND available_at <= now()) AS oldestdue,
   w.delivered, w.retried, w.deadwindow, w.latsum, w.latmax
 FROM (SELECT coalesce(sum(delivered), 0)::float8 AS delivered, coalesce(sum(retried), 0)::float8 AS retried,
         coalesce(sum(dead), 0)::float8 AS deadwindow, coalesce(sum(latency_sum_ms), 0)::float8 AS latsum,
@@ -220,10 +314,29 @@ export const LIST_DEAD_SQL: string = `SELECT seq, id::text AS id, topic, key, pa
   headers::text AS headers, ${ms("created_at")} AS created, ${ms("done_at")} AS died, attempts, last_error AS lasterror
 FROM ${T} WHERE status = 'dead' AND seq > $1::bigint ORDER BY seq LIMIT $2::int`;
 
-/** Back to pending, due now, attempts reset; keeps id and seq (its place in its key's order). `$1` id. */
-export const REPLAY_DEAD_SQL: string = `UPDATE ${T}
-SET status = 'pending', attempts = 0, available_at = now(), lease_token = NULL, lease_until = NULL, done_at = NULL
-WHERE id = $1::uuid AND status = 'dead' RETURNING id`;
+/**
+ * Replays a dead letter (`$1` id) at the **tail** of its key (DECISIONS 1): pending, due now, attempts 0, same id,
+ * headers and payload, and a new `seq` drawn under the key's advisory lock exactly like an enqueue (so it is
+ * claimable only once every earlier row of its key is settled, and never beside a later one), its key row ensured,
+ * and a `pg_notify`. Returns the id when a dead row was replayed.
+ */
+export const REPLAY_DEAD_SQL: string = `WITH r AS (
+  SELECT t.key FROM ${T} AS t WHERE t.id = $1::uuid AND t.status = 'dead'
+), l AS (
+  SELECT pg_advisory_xact_lock(${KEY_LOCK_NAMESPACE_SQL}, hashtext(r.key)) FROM r WHERE r.key IS NOT NULL
+), u AS (
+  UPDATE ${T} AS t
+  SET seq = DEFAULT, status = 'pending', attempts = 0, available_at = now(), lease_token = NULL, lease_until = NULL,
+    done_at = NULL
+  WHERE t.id = $1::uuid AND t.status = 'dead' AND (SELECT count(*) FROM l) >= 0
+  RETURNING t.id, t.key
+), k AS (
+  INSERT INTO ${K} (key, available_at) SELECT u.key, now() FROM u WHERE u.key IS NOT NULL
+  ON CONFLICT (key) DO NOTHING
+), n AS (
+  SELECT ${NOTIFY} FROM u
+)
+SELECT u.id::text AS id FROM u, (SELECT count(*) FROM n) AS notified`;
 
 /**
  * Deletes at most `$3` rows of status `$1` done before `$2` (epoch ms), oldest first, and counter buckets older than
@@ -255,10 +368,12 @@ export const APPLIED_VERSIONS_SQL: string = `SELECT version FROM "{{schema}}"."{
 export interface PostgresSql {
   /** See {@link ENQUEUE_SQL}. */
   readonly enqueue: string;
-  /** See {@link CLAIM_SQL}. */
+  /** See {@link CLAIM_SQL}: still has the `{{token}}`, `{{lease}}` and `{{limit}}` placeholders (see {@link claimSql}). */
   readonly claim: string;
-  /** See {@link CLOCK_SQL}. */
-  readonly clock: string;
+  /** See {@link ENQUEUE_UNDO_SQL}. */
+  readonly enqueueUndo: string;
+  /** The NOTIFY channel of this outbox (see {@link notifyChannel}). */
+  readonly channel: string;
   /** See {@link HAS_DUE_SQL}. */
   readonly hasDue: string;
   /** See {@link SETTLE_SQL}. */
@@ -296,11 +411,13 @@ export interface PostgresSql {
  * ```
  */
 export function postgresSql(names: PostgresNames): PostgresSql {
-  const r = (s: string): string => renderSql(s, names);
+  const channel = notifyChannel(names);
+  const r = (s: string): string => renderSql(s, names).replaceAll(CHANNEL_PLACEHOLDER, channel);
   return {
     enqueue: r(ENQUEUE_SQL),
+    enqueueUndo: r(ENQUEUE_UNDO_SQL),
+    channel,
     claim: r(CLAIM_SQL),
-    clock: r(CLOCK_SQL),
     hasDue: r(HAS_DUE_SQL),
     settle: r(SETTLE_SQL),
     settleDelivered: r(SETTLE_DELIVERED_SQL),
@@ -313,4 +430,47 @@ export function postgresSql(names: PostgresNames): PostgresSql {
     schemaExists: r(SCHEMA_EXISTS_SQL),
     appliedVersions: r(APPLIED_VERSIONS_SQL),
   };
+}
+
+/**
+ * The claim statement with its per-call values: a token the adapter generated (a UUID, checked again here), the
+ * lease and the limit (positive safe integers).
+ *
+ * @param claim the rendered {@link CLAIM_SQL}
+ * @param token the fresh lease token
+ * @param leaseMs the lease, ms
+ * @param limit the most rows to claim
+ * @returns the SQL text to run as one simple query
+ * @throws {RangeError} for a value that is not what the adapter generates (never user input)
+ * @example
+ * ```ts
+ * const text = claimSql(postgresSql({ schema: "public", table: "outbox" }).claim, crypto.randomUUID(), 30_000, 100);
+ * ```
+ */
+export function claimSql(claim: string, token: string, leaseMs: number, limit: number): string {
+  if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(token)) throw new RangeError("bad claim token");
+  if (!Number.isSafeInteger(leaseMs) || leaseMs < 1 || !Number.isSafeInteger(limit) || limit < 1) {
+    throw new RangeError("bad claim lease or limit");
+  }
+  return claim.replaceAll("{{token}}", token).replaceAll("{{lease}}", `${leaseMs}::bigint`).replaceAll("{{limit}}", String(limit));
+}
+
+/**
+ * The LISTEN/NOTIFY channel of one outbox: `edge_outbox:<schema>.<table>`, or, when that is longer than PostgreSQL's
+ * 63-byte identifier limit, `edge_outbox:` and a 64-bit FNV-1a hash of it in hex. Names are validated identifiers,
+ * so the channel is a safe SQL literal.
+ *
+ * @param names the validated schema and table
+ * @returns the channel name
+ * @example
+ * ```ts
+ * notifyChannel({ schema: "public", table: "outbox" }); // "edge_outbox:public.outbox"
+ * ```
+ */
+export function notifyChannel(names: PostgresNames): string {
+  const full = `edge_outbox:${names.schema}.${names.table}`;
+  if (full.length <= 63) return full;
+  let h = 0xcbf29ce484222325n;
+  for (const c of new TextEncoder().encode(full)) h = BigInt.asUintN(64, (h ^ BigInt(c)) * 0x100000001b3n);
+  return `edge_outbox:${h.toString(16).padStart(16, "0")}`;
 }

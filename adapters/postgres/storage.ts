@@ -5,34 +5,27 @@
  * @module
  */
 import * as v from "valibot";
-import { isOutboxError } from "../../src/errors.ts";
+import { OutboxError, toOutboxError } from "../../src/errors.ts";
 import { parseOptions } from "../../src/options.ts";
 import type { NewMessage } from "../../src/message.ts";
-import type {
-  Claim,
-  ClaimedMessage,
-  DeadLetter,
-  DeadLetterPage,
-  OutboxStats,
-  OutboxStorage,
-  SettleResult,
-  Settlement,
-  StorageCapabilities,
-} from "../../src/storage.ts";
+import type { Claim, DeadLetterPage, OutboxStats, OutboxStorage, SettleResult, Settlement, StorageCapabilities } from "../../src/storage.ts";
+import { claimArgs, listDeadArgs, purgeArgs, settleToken, statsWindow } from "../../src/sql/args.ts";
+import { hasMethod, num, text } from "../../src/sql/coerce.ts";
+import { sqlErrors } from "../../src/sql/errors.ts";
+import { busyRetrier } from "../../src/sql/retry.ts";
+import { claimedMessage, deadLetter, outboxStats } from "../../src/sql/rows.ts";
+import { partitionSettlements, settleResult } from "../../src/sql/settle.ts";
 import {
-  hasMethod,
-  invalid,
   isBusyError,
-  num,
-  numOrNull,
+  isMissingTableError,
+  isRetryableError,
   type PostgresClient,
   type PostgresExecutor,
   type PostgresParameter,
   type PostgresRow,
-  storageError,
 } from "./client.ts";
 import { CREATE_SCHEMA_DDL, MIGRATIONS_TABLE_DDL, postgresNames, recordVersionSql, renderSql, SCHEMA_VERSIONS } from "./schema.ts";
-import type { PostgresSql } from "./sql.ts";
+import { claimSql, type PostgresSql } from "./sql.ts";
 
 /** Options of {@link postgresStorage}. */
 export interface PostgresStorageOptions {
@@ -40,24 +33,35 @@ export interface PostgresStorageOptions {
    * Outbox table name (also the prefix of `<table>_counters`, `<table>_migrations` and the index names); a plain
    * identifier of at most 52 characters. @default "outbox"
    */
-  table?: string;
+  table?: string | undefined;
   /** Schema of the outbox's tables; `migrate()` creates it when missing. @default "public" */
-  schema?: string;
+  schema?: string | undefined;
   /**
    * Keep delivered rows this long (ms) as status "delivered" instead of deleting them; remove them with
    * `purge({ status: "delivered", … })`. 0 deletes at once. @default 0
    */
-  retainDeliveredMs?: number;
+  retainDeliveredMs?: number | undefined;
   /**
    * How long relay-side calls (`claim`, `settle`, `migrate`, …) retry a transient conflict (40001 serialization
    * failure, 40P01 deadlock, 55P03 lock not available) with an asynchronous backoff before throwing. Connection
    * errors are never retried here (they are thrown at once as retryable STORAGE errors). 0 disables. @default 2000
    */
-  busyRetryMs?: number;
+  busyRetryMs?: number | undefined;
+  /**
+   * Accept the pool itself (`outbox.enqueue(sql, …)`) as an enqueue handle: the rows are inserted on their own, in a
+   * short transaction of their own with a 5 s `lock_timeout`, outside any transaction of yours. Off by default: the
+   * pool is refused with CONFIG, since the rows would escape your business transaction (and, if that transaction
+   * holds the same key, wait on it). @default false
+   */
+  standaloneEnqueue?: boolean | undefined;
 }
 
 /** The Postgres storage: the {@link OutboxStorage} contract over a postgres.js client. No `statement()`. */
 export interface PostgresStorage extends OutboxStorage<PostgresExecutor, never> {
+  /** `"postgres:<schema>.<table>"`. */
+  readonly scope: string;
+  /** The LISTEN/NOTIFY channel every enqueue and replay notifies at commit (`subscribe` listens on it). */
+  readonly channel: string;
   /** The validated table name. */
   readonly table: string;
   /** The validated schema name. */
@@ -71,6 +75,7 @@ const optionsSchema = v.strictObject({
   schema: v.optional(v.string(), "public"),
   retainDeliveredMs: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(31_536_000_000)), 0),
   busyRetryMs: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(600_000)), 2_000),
+  standaloneEnqueue: v.optional(v.boolean(), false),
 });
 
 /** Validated storage options: names checked, defaults applied. */
@@ -83,6 +88,8 @@ export interface ResolvedPostgresStorageOptions {
   readonly retainDeliveredMs: number;
   /** Busy retry budget, ms. */
   readonly busyRetryMs: number;
+  /** Whether the pool is accepted as a standalone enqueue handle. */
+  readonly standaloneEnqueue: boolean;
 }
 
 /**
@@ -94,29 +101,39 @@ export interface ResolvedPostgresStorageOptions {
  *   longer than 52 characters
  * @example
  * ```ts
- * resolvePostgresStorageOptions({ table: "outbox" }); // { schema: "public", table: "outbox", retainDeliveredMs: 0, busyRetryMs: 2000 }
+ * resolvePostgresStorageOptions({ table: "outbox" }); // { schema: "public", table: "outbox", retainDeliveredMs: 0, busyRetryMs: 2000, standaloneEnqueue: false }
  * ```
  */
 export function resolvePostgresStorageOptions(input: unknown): ResolvedPostgresStorageOptions {
   const o = parseOptions("postgresStorage options", optionsSchema, input ?? {});
   const names = postgresNames(o);
-  return { ...names, retainDeliveredMs: o.retainDeliveredMs, busyRetryMs: o.busyRetryMs };
+  return { ...names, retainDeliveredMs: o.retainDeliveredMs, busyRetryMs: o.busyRetryMs, standaloneEnqueue: o.standaloneEnqueue };
 }
 
 const UUID_ANY_CASE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+const lower = (id: string): string => id.toLowerCase();
+const isUuid = (id: string): boolean => UUID_ANY_CASE.test(id);
+const SETTLE_IDS = { normalize: lower, accept: isUuid };
 
-function text(x: unknown): string {
-  return typeof x === "string" ? x : String(x);
+/** The structural parts of the handles postgres.js hands out, to tell them apart. */
+type HandleKind = "transaction" | "pool" | "other";
+
+/**
+ * `sql.begin(tx => …)` and `tx.savepoint(…)` give a `TransactionSql`, which has `savepoint`; the pool (`sql`) has
+ * `begin` and `reserve`; a reserved connection (`sql.reserve()`) has `release` only. Anything else is trusted.
+ */
+function handleKind(tx: unknown): HandleKind {
+  if (hasMethod(tx, "savepoint")) return "transaction";
+  if (hasMethod(tx, "begin") || hasMethod(tx, "reserve")) return "pool";
+  return "other";
 }
-function textOrNull(x: unknown): string | null {
-  return x === null || x === undefined ? null : text(x);
-}
-function isPositiveInt(n: unknown): n is number {
-  return typeof n === "number" && Number.isSafeInteger(n) && n >= 1;
-}
-function isNonNegativeInt(n: unknown): n is number {
-  return typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
+
+/** One statement's result of a multi-statement query, as postgres.js returns it. */
+type ClaimResult = readonly PostgresRow[] & { readonly columns?: readonly { readonly name: string }[] };
+
+/** The part of postgres.js `Sql` that `subscribe` uses (LISTEN on a dedicated connection). */
+interface Listener {
+  listen(channel: string, onnotify: (payload: string) => void): PromiseLike<{ unlisten(): PromiseLike<unknown> }>;
 }
 
 /**
@@ -139,15 +156,23 @@ export function createPostgresStorage(
   opts: ResolvedPostgresStorageOptions,
   sql: PostgresSql,
 ): PostgresStorage {
-  const { schema, table, busyRetryMs } = opts;
+  const { schema, table, busyRetryMs, standaloneEnqueue } = opts;
   const retain = opts.retainDeliveredMs;
   const names = { schema, table };
   const capabilities: StorageCapabilities = {
     batchStatement: false,
     skipLocked: true,
     serialWrites: false,
-    keyPrefixClaims: false,
+    keyPrefixClaims: true,
   };
+  const errors = sqlErrors({
+    adapter: "postgres",
+    table: `${schema}.${table}`,
+    isRetryable: isRetryableError,
+    isMissingTable: isMissingTableError,
+  });
+  const { invalid } = errors;
+  const relaySide = busyRetrier({ budgetMs: busyRetryMs, isBusy: isBusyError, fail: errors.storage });
 
   const query = async (
     executor: PostgresExecutor,
@@ -156,42 +181,26 @@ export function createPostgresStorage(
     prepare = true,
   ): Promise<readonly PostgresRow[]> => await executor.unsafe(statement, params, { prepare: prepare && params.length > 0 });
 
-  /** Retries transient conflicts with an asynchronous, jittered, doubling backoff, then throws a typed error. */
-  async function relaySide<T>(what: string, op: () => Promise<T>): Promise<T> {
-    const start = Date.now();
-    let delay = 5;
-    for (;;) {
-      try {
-        return await op();
-      } catch (e) {
-        if (isOutboxError(e) || !isBusyError(e)) throw storageError(what, e);
-        const wait = Math.round(delay * (0.5 + Math.random() * 0.5));
-        if (Date.now() - start + wait > busyRetryMs) throw storageError(what, e);
-        await sleep(wait);
-        delay = Math.min(delay * 2, 250);
-      }
-    }
-  }
-
-  function toClaimed(r: PostgresRow): ClaimedMessage {
-    const body = text(r["payload"]);
-    const headers = text(r["headers"]);
-    return {
-      id: text(r["id"]),
-      topic: text(r["topic"]),
-      key: textOrNull(r["key"]),
-      payload: JSON.parse(body),
-      body,
-      headers: headers === "{}" ? {} : JSON.parse(headers),
-      createdAt: num(r["created"]),
-      attempts: num(r["attempts"]),
-      lastError: textOrNull(r["lasterror"]),
-      seq: num(r["seq"]),
-    };
+  /** Inserts on `tx`; CONFLICT (rows of this call deleted again, the transaction still usable) when an id exists. */
+  async function insert(tx: PostgresExecutor, messages: readonly NewMessage[]): Promise<void> {
+    const rows = messages.map((m) => [m.id, m.topic, m.key ?? null, m.payload, m.headers ?? "{}", m.delayMs ?? 0]);
+    const [r] = await query(tx, sql.enqueue, [JSON.stringify(rows)]);
+    if (r?.["ids"] === null || r?.["ids"] === undefined) return;
+    const inserted: string[] = JSON.parse(text(r["ids"]) || "[]") ?? [];
+    if (inserted.length > 0) await query(tx, sql.enqueueUndo, [JSON.stringify(inserted)]);
+    const have = new Set(inserted.map(lower));
+    const taken = messages.map((m) => m.id).filter((id) => !have.has(lower(id)));
+    throw new OutboxError(
+      "CONFLICT",
+      `${errors.prefix} message id ${taken.join(", ")} already exists in ${schema}.${table}: nothing was enqueued by this ` +
+        "call (ids are unique among the rows in the table; a delivered and deleted id is accepted again)",
+    );
   }
 
   const storage: PostgresStorage = {
     name: "postgres",
+    scope: `postgres:${schema}.${table}`,
+    channel: sql.channel,
     capabilities,
     table,
     schema,
@@ -219,72 +228,82 @@ export function createPostgresStorage(
       if (!Array.isArray(messages)) throw invalid("messages must be an array");
       if (messages.length === 0) return;
       if (!hasMethod(tx, "unsafe")) {
-        throw invalid("enqueue needs a postgres.js transaction (sql.begin(tx => …)), reserved connection or client");
+        throw invalid("enqueue needs a postgres.js transaction (sql.begin(tx => …)) or a reserved connection inside BEGIN");
       }
-      const rows = messages.map((m) => [m.id, m.topic, m.key ?? null, m.payload, m.headers ?? "{}", m.delayMs ?? 0]);
+      const kind = handleKind(tx);
       try {
-        await query(tx, sql.enqueue, [JSON.stringify(rows)]);
+        if (kind !== "pool") return await insert(tx, messages);
+        if (!standaloneEnqueue) {
+          throw new OutboxError(
+            "CONFIG",
+            `${errors.prefix} enqueue got the pool (sql), not a transaction: the message would not join your transaction. ` +
+              "Enqueue inside it: sql.begin(async (tx) => { …; await outbox.enqueue(tx, …) }); or, to insert on its own, " +
+              "create the storage with { standaloneEnqueue: true }",
+          );
+        }
+        await (tx as unknown as PostgresClient).begin(async (own) => {
+          await query(own, "SET LOCAL lock_timeout = 5000");
+          await insert(own, messages);
+        });
       } catch (e) {
-        throw storageError("enqueue", e);
+        if (kind === "pool" && (e as { code?: unknown } | null)?.code === "55P03") {
+          throw new OutboxError(
+            "CONFIG",
+            `${errors.prefix} standalone enqueue waited 5 s for a key lock: a transaction of yours holds that key ` +
+              "(enqueue with its handle, not the pool)",
+            { cause: e },
+          );
+        }
+        throw errors.storage("enqueue", e);
       }
     },
 
     claim(options: { limit: number; leaseMs: number }): Promise<Claim> {
-      const { limit, leaseMs } = options ?? ({} as { limit: number; leaseMs: number });
-      if (!isPositiveInt(limit)) return Promise.reject(invalid(`claim limit must be a positive integer, got ${limit}`));
-      if (!isPositiveInt(leaseMs)) return Promise.reject(invalid(`claim leaseMs must be a positive integer, got ${leaseMs}`));
+      let args: { limit: number; leaseMs: number };
+      try {
+        args = claimArgs(options, invalid);
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      const { limit, leaseMs } = args;
       return relaySide("claim", async () => {
         const token = crypto.randomUUID();
-        const rows = await query(client, sql.claim, [token, leaseMs, limit]);
-        if (rows.length === 0) {
-          const [clock] = await query(client, sql.clock, [leaseMs]);
-          return { token, leaseUntil: num(clock!["until"]), now: num(clock!["now"]), messages: [] };
-        }
-        const leaseUntil = num(rows[0]!["until"]);
-        const messages = rows.map(toClaimed).sort((a, b) => a.seq - b.seq);
-        return { token, leaseUntil, now: leaseUntil - leaseMs, messages };
+        // One result per statement that returns rows (postgres.js folds a row-less statement into the one before).
+        const results = (await client.unsafe(claimSql(sql.claim, token, leaseMs, limit))) as unknown as readonly ClaimResult[];
+        const claimed = results.find((x) => x.columns?.some((c) => c.name === "lasterror"));
+        const rows = (claimed ?? []).filter((r) => r["id"] !== null && r["id"] !== undefined);
+        const clock = results[results.length - 1]![0]!;
+        const messages = rows
+          .map((r) =>
+            claimedMessage({
+              id: r["id"],
+              topic: r["topic"],
+              key: r["key"],
+              payload: r["payload"],
+              headers: r["headers"],
+              createdAt: r["created"],
+              attempts: r["attempts"],
+              lastError: r["lasterror"],
+              seq: r["seq"],
+            })
+          )
+          .sort((a, b) => a.seq - b.seq);
+        return { token, leaseUntil: num(clock["until"]), now: num(clock["now"]), messages };
       });
     },
 
     settle(token: string, settlements: readonly Settlement[]): Promise<SettleResult> {
-      if (typeof token !== "string" || token === "") return Promise.reject(invalid("settle needs the claim's token"));
-      if (!Array.isArray(settlements)) return Promise.reject(invalid("settlements must be an array"));
-      const seen = new Set<string>();
-      const delivered: string[] = [];
-      const retried: [string, number, string][] = [];
-      const dead: [string, string][] = [];
-      const released: string[] = [];
-      for (const s of settlements) {
-        if (typeof s?.id !== "string") return Promise.reject(invalid("every settlement needs a string id"));
-        const id = s.id.toLowerCase();
-        if (seen.has(id)) continue; // a repeated id is reported lost: only its first settlement can apply
-        seen.add(id);
-        if (!UUID_ANY_CASE.test(id)) continue; // no row has this id: reported lost
-        switch (s.outcome) {
-          case "delivered":
-            delivered.push(id);
-            break;
-          case "retry":
-            if (!isNonNegativeInt(s.delayMs)) {
-              return Promise.reject(invalid(`retry delayMs must be a non-negative integer, got ${s.delayMs}`));
-            }
-            retried.push([id, s.delayMs, String(s.error ?? "")]);
-            break;
-          case "dead":
-            dead.push([id, String(s.error ?? "")]);
-            break;
-          case "released":
-            released.push(id);
-            break;
-          default:
-            return Promise.reject(invalid(`unknown settlement outcome ${JSON.stringify((s as { outcome?: unknown }).outcome)}`));
-        }
+      let part: ReturnType<typeof partitionSettlements>;
+      try {
+        settleToken(token, invalid);
+        part = partitionSettlements(settlements, invalid, SETTLE_IDS);
+      } catch (e) {
+        return Promise.reject(e);
       }
-      if (delivered.length + retried.length + dead.length + released.length === 0) {
-        return Promise.resolve({ applied: 0, lost: settlements.map((s) => s.id) });
-      }
-      // A lease token is a UUID; anything else matches no row.
-      if (!UUID_ANY_CASE.test(token)) return Promise.resolve({ applied: 0, lost: settlements.map((s) => s.id) });
+      const lostAll = (): SettleResult => ({ applied: 0, lost: settlements.map((s) => s.id) });
+      // Nothing that can match a row, or a token that is not a UUID (every lease token is one): all lost.
+      if (part.size === 0 || !UUID_ANY_CASE.test(token)) return Promise.resolve(lostAll());
+      const { delivered, retried, dead, released } = part;
       return relaySide("settle", async () => {
         const onlyDelivered = retain === 0 && retried.length + dead.length + released.length === 0;
         const rows = onlyDelivered
@@ -297,17 +316,7 @@ export function createPostgresStorage(
             JSON.stringify(released),
           ]);
         // The rows are the sent ids that did not apply; invalid ids were not sent, repeated ids were sent once.
-        const sent = delivered.length + retried.length + dead.length + released.length;
-        if (rows.length === 0 && sent === settlements.length) return { applied: sent, lost: [] };
-        const notApplied = new Set(rows.map((r) => text(r["id"]).toLowerCase()));
-        const lost: string[] = [];
-        const counted = new Set<string>();
-        for (const s of settlements) {
-          const id = s.id.toLowerCase();
-          if (UUID_ANY_CASE.test(id) && !notApplied.has(id) && !counted.has(id)) counted.add(id);
-          else lost.push(s.id);
-        }
-        return { applied: counted.size, lost };
+        return settleResult(settlements, part, new Set(rows.map((r) => lower(text(r["id"])))), SETTLE_IDS);
       });
     },
 
@@ -319,59 +328,57 @@ export function createPostgresStorage(
     },
 
     stats(options?: { windowMs?: number }): Promise<OutboxStats> {
-      const windowMs = options?.windowMs ?? 300_000;
-      if (!isNonNegativeInt(windowMs)) return Promise.reject(invalid(`stats windowMs must be a non-negative integer, got ${windowMs}`));
+      let windowMs: number;
+      try {
+        windowMs = statsWindow(options, invalid);
+      } catch (e) {
+        return Promise.reject(e);
+      }
       return relaySide("stats", async () => {
         const [r] = await query(client, sql.stats, [windowMs]);
-        const now = num(r!["now"]);
-        const oldest = numOrNull(r!["oldest"]);
-        const deliveredW = num(r!["delivered"]);
-        return {
-          pending: num(r!["pending"]),
-          due: num(r!["due"]),
-          leased: num(r!["leased"]),
-          dead: num(r!["dead"]),
-          oldestPendingAgeMs: oldest === null ? null : Math.max(0, now - oldest),
-          window: {
-            windowMs,
-            delivered: deliveredW,
-            retried: num(r!["retried"]),
-            dead: num(r!["deadwindow"]),
-            avgLatencyMs: deliveredW > 0 ? num(r!["latsum"]) / deliveredW : null,
-            maxLatencyMs: deliveredW > 0 ? numOrNull(r!["latmax"]) : null,
-          },
-          now,
-        };
+        // A connection killed while idle can answer its next query with no row before the error arrives.
+        if (r === undefined) throw toOutboxError("STORAGE", `${errors.prefix} stats failed`, new Error("no row returned"), true);
+        return outboxStats(windowMs, {
+          now: r!["now"],
+          pending: r!["pending"],
+          due: r!["due"],
+          leased: r!["leased"],
+          dead: r!["dead"],
+          oldest: r!["oldest"],
+          oldestDue: r!["oldestdue"],
+          delivered: r!["delivered"],
+          retried: r!["retried"],
+          deadWindow: r!["deadwindow"],
+          latencySum: r!["latsum"],
+          latencyMax: r!["latmax"],
+        });
       });
     },
 
     listDead(options: { limit: number; cursor?: string | null }): Promise<DeadLetterPage> {
-      const limit = options?.limit;
-      const cursor = options?.cursor ?? null;
-      if (!isPositiveInt(limit) || limit > 100_000) {
-        return Promise.reject(invalid(`listDead limit must be an integer between 1 and 100000, got ${limit}`));
+      let args: { limit: number; after: string };
+      try {
+        args = listDeadArgs(options, invalid, { maxLimit: 100_000, cursorDigits: 18 });
+      } catch (e) {
+        return Promise.reject(e);
       }
-      let after = "0";
-      if (cursor !== null) {
-        if (typeof cursor !== "string" || !/^\d{1,18}$/.test(cursor)) {
-          return Promise.reject(invalid(`invalid dead-letter cursor ${JSON.stringify(cursor)}`));
-        }
-        after = cursor;
-      }
+      const { limit, after } = args;
       return relaySide("listDead", async () => {
         const rows = await query(client, sql.listDead, [after, limit + 1]);
         const page = rows.slice(0, limit);
-        const items: DeadLetter[] = page.map((r) => ({
-          id: text(r["id"]),
-          topic: text(r["topic"]),
-          key: textOrNull(r["key"]),
-          payload: JSON.parse(text(r["payload"])),
-          headers: JSON.parse(text(r["headers"])),
-          createdAt: num(r["created"]),
-          deadAt: numOrNull(r["died"]) ?? num(r["created"]),
-          attempts: num(r["attempts"]),
-          lastError: textOrNull(r["lasterror"]),
-        }));
+        const items = page.map((r) =>
+          deadLetter({
+            id: r["id"],
+            topic: r["topic"],
+            key: r["key"],
+            payload: r["payload"],
+            headers: r["headers"],
+            createdAt: r["created"],
+            deadAt: r["died"],
+            attempts: r["attempts"],
+            lastError: r["lasterror"],
+          })
+        );
         const last = page[page.length - 1];
         return { items, cursor: rows.length > limit && last ? text(last["seq"]) : null };
       });
@@ -384,19 +391,34 @@ export function createPostgresStorage(
     },
 
     purge(options: { status: "dead" | "delivered"; olderThan: number; limit: number }): Promise<number> {
-      const { status, olderThan, limit } = options ?? ({} as { status: "dead"; olderThan: number; limit: number });
-      if (status !== "dead" && status !== "delivered") {
-        return Promise.reject(invalid(`purge status must be "dead" or "delivered", got ${JSON.stringify(status)}`));
+      let args: { status: "dead" | "delivered"; olderThan: number; limit: number };
+      try {
+        args = purgeArgs(options, invalid);
+      } catch (e) {
+        return Promise.reject(e);
       }
-      if (typeof olderThan !== "number" || !Number.isFinite(olderThan)) {
-        return Promise.reject(invalid(`purge olderThan must be an epoch-ms number, got ${olderThan}`));
-      }
-      if (!isPositiveInt(limit)) return Promise.reject(invalid(`purge limit must be a positive integer, got ${limit}`));
       return relaySide("purge", async () => {
-        const [row] = await query(client, sql.purge, [status, olderThan, limit]);
+        const [row] = await query(client, sql.purge, [args.status, args.olderThan, args.limit]);
         return num(row?.["n"]);
       });
     },
   };
+  if (hasMethod(client, "listen")) {
+    const listener = client as unknown as Listener;
+    (storage as { subscribe?: OutboxStorage["subscribe"] }).subscribe = async (onWake, signal): Promise<void> => {
+      if (signal.aborted) return;
+      let sub: { unlisten(): PromiseLike<unknown> };
+      try {
+        sub = await listener.listen(sql.channel, () => {
+          if (!signal.aborted) onWake();
+        });
+      } catch (e) {
+        throw errors.storage(`LISTEN ${sql.channel}`, e);
+      }
+      const stop = (): void => void Promise.resolve(sub.unlisten()).catch(() => {});
+      if (signal.aborted) stop();
+      else signal.addEventListener("abort", stop, { once: true });
+    };
+  }
   return storage;
 }
