@@ -69,9 +69,16 @@ async function call(path: string, init: RequestInit = {}): Promise<{ status: num
 describe("edge-runtime (Vercel): the relay app", () => {
   it("POST /drain with the cron secret delivers the backlog as signed webhooks", async () => {
     const ids = await backend.seed(30);
-    const { status, json } = await call("/drain", { method: "POST", headers: bearer });
-    expect(status).toBe(200);
-    expect(json).toMatchObject({ claimed: 30, delivered: 30, more: false });
+    // One call normally drains all 30; on a loaded machine the budget may end first: call again while `more`.
+    let delivered = 0;
+    for (let n = 0; n < 10; n++) {
+      const { status, json } = await call("/drain", { method: "POST", headers: bearer });
+      expect(status).toBe(200);
+      expect(json).toMatchObject({ retried: 0, dead: 0, leaseLost: 0 });
+      delivered += (json as DrainResponse).delivered;
+      if (!(json as DrainResponse).more) break;
+    }
+    expect(delivered).toBe(30);
     expect(backend.forged).toBe(0);
     expect(backend.deliveries.map((d) => d.id).sort()).toEqual([...ids].sort());
     expect(await backend.pending()).toBe(0);

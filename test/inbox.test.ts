@@ -66,6 +66,23 @@ describe("inbox storages: configuration and missing tables", () => {
     client.close();
   });
 
+  it("handle() with the pool or client itself (which would autocommit the record apart from the effects) is VALIDATION", async () => {
+    const sql = connect("eo-inbox-pool");
+    try {
+      const inbox = createInbox({ storage: postgresInbox(sql), consumer: "c" });
+      expect(isOutboxError(await caught(inbox.handle(sql, "m", () => {})), "VALIDATION")).toBe(true);
+    } finally {
+      await sql.end({ timeout: 1 });
+    }
+    const client = createClient({ url: ":memory:" });
+    const storage = libsqlInbox(client);
+    await storage.migrate();
+    const inbox = createInbox({ storage, consumer: "c" });
+    expect(isOutboxError(await caught(inbox.handle(client, "m", () => {})), "VALIDATION")).toBe(true);
+    expect(await inbox.isProcessed("m")).toBe(false);
+    client.close();
+  });
+
   it("memory: handle() outside a transaction of its storage is VALIDATION", async () => {
     const storage = memoryInbox();
     const inbox = createInbox({ storage, consumer: "c" });

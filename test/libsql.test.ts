@@ -230,17 +230,17 @@ describe("libsqlStorage: missing table", () => {
       const client = createClient({ url });
       try {
         const storage = libsqlStorage(client, { table: "never_made" });
-        const calls: [string, Promise<unknown>][] = [
-          ["claim", storage.claim({ limit: 1, leaseMs: 1_000 })],
-          ["settle", storage.settle("t", [{ id: uuidv7(), outcome: "delivered" }])],
-          ["hasDue", storage.hasDue()],
-          ["stats", storage.stats()],
-          ["listDead", storage.listDead({ limit: 1 })],
-          ["replayDead", storage.replayDead(uuidv7())],
-          ["purge", storage.purge({ status: "dead", olderThan: 0, limit: 1 })],
+        const calls: [string, () => Promise<unknown>][] = [
+          ["claim", () => storage.claim({ limit: 1, leaseMs: 1_000 })],
+          ["settle", () => storage.settle("t", [{ id: uuidv7(), outcome: "delivered" }])],
+          ["hasDue", () => storage.hasDue()],
+          ["stats", () => storage.stats()],
+          ["listDead", () => storage.listDead({ limit: 1 })],
+          ["replayDead", () => storage.replayDead(uuidv7())],
+          ["purge", () => storage.purge({ status: "dead", olderThan: 0, limit: 1 })],
         ];
-        for (const [what, p] of calls) {
-          const e = expectCode(await caught(p), "CONFIG");
+        for (const [what, call] of calls) {
+          const e = expectCode(await caught(call), "CONFIG");
           expect(e.message, what).toBe(
             "[edge-outbox:libsql] table never_made does not exist: call storage.migrate() or install the DDL from libsqlSchema()",
           );

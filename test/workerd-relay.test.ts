@@ -64,9 +64,16 @@ async function drainCall(headers: Record<string, string>, body = ""): Promise<{ 
 describe("workerd: POST /drain", () => {
   it("bearer: delivers the backlog as signed webhooks, every id once", async () => {
     const ids = await backend.seed(30);
-    const { status, json } = await drainCall(bearer);
-    expect(status).toBe(200);
-    expect(json).toMatchObject({ claimed: 30, delivered: 30, retried: 0, dead: 0, more: false });
+    // One call normally drains all 30; on a loaded machine the budget may end first: call again while `more`.
+    let delivered = 0;
+    for (let call = 0; call < 10; call++) {
+      const { status, json } = await drainCall(bearer);
+      expect(status).toBe(200);
+      expect(json).toMatchObject({ retried: 0, dead: 0, leaseLost: 0 });
+      delivered += json.delivered;
+      if (!json.more) break;
+    }
+    expect(delivered).toBe(30);
     expect(backend.forged).toBe(0);
     expect(backend.deliveries.map((d) => d.id).sort()).toEqual([...ids].sort());
     expect(await backend.pending()).toBe(0);
@@ -152,9 +159,19 @@ describe("workerd: cron trigger (scheduled handler → scheduledDrain)", () => {
 
   it("drains a small backlog completely and stops idle", async () => {
     const ids = await backend.seed(25);
-    const { outcome, summary } = await trigger();
-    expect(outcome).toBe("ok");
-    expect(summary).toMatchObject({ claimed: 25, delivered: 25, more: false, stopped: "idle" });
+    // One run normally drains all 25; on a loaded machine its budget may end first: the next trigger continues.
+    let delivered = 0;
+    for (let run = 0; run < 10; run++) {
+      const { outcome, summary } = await trigger();
+      expect(outcome).toBe("ok");
+      delivered += summary.delivered;
+      if (!summary.more) {
+        expect(summary.stopped).toBe("idle");
+        break;
+      }
+      expect(summary.stopped).toBe("budget");
+    }
+    expect(delivered).toBe(25);
     expect(backend.deliveries.map((d) => d.id).sort()).toEqual([...ids].sort());
     expect(await backend.pending()).toBe(0);
   });

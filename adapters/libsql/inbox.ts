@@ -321,6 +321,10 @@ export function libsqlInbox(client: LibsqlClient, options: LibsqlInboxOptions = 
     },
 
     async record(tx, consumer, messageId): Promise<boolean> {
+      // The client itself would autocommit the record apart from the effects: refuse it (it has transaction()).
+      if (typeof (tx as { transaction?: unknown } | null)?.transaction === "function" || typeof tx?.execute !== "function") {
+        throw new OutboxError("VALIDATION", "[edge-outbox:libsql] inbox.handle needs a transaction (client.transaction(\"write\") or storage.transaction), not the client");
+      }
       try {
         const rs = await tx.execute({ sql: sql.record, args: [consumer, messageId] }) as LibsqlResultSet;
         return rs.rows.length === 1;

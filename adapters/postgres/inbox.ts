@@ -205,7 +205,8 @@ export function postgresInbox(sql: PostgresClient, options: PostgresInboxOptions
   }
 
   const executor = (tx: unknown, what: string): PostgresExecutor => {
-    if (!hasMethod(tx, "unsafe")) {
+    // The pool itself would autocommit the record apart from the effects: refuse it (it is the one handle with begin()).
+    if (!hasMethod(tx, "unsafe") || hasMethod(tx, "begin")) {
       throw new OutboxError("VALIDATION", `${PREFIX} inbox ${what} needs a postgres.js transaction (sql.begin(tx => …)) or reserved connection`);
     }
     return tx as PostgresExecutor;

@@ -13,7 +13,7 @@ import { claimArgs, listDeadArgs, purgeArgs, settleToken, statsWindow } from "..
 import { hasMethod, num, text } from "../../src/sql/coerce.ts";
 import { sqlErrors } from "../../src/sql/errors.ts";
 import { busyRetrier } from "../../src/sql/retry.ts";
-import { claimedMessage, deadLetter, outboxStats } from "../../src/sql/rows.ts";
+import { claimedMessage, deadLetter, outboxStats, type RawMessageRow } from "../../src/sql/rows.ts";
 import { partitionSettlements, settleResult } from "../../src/sql/settle.ts";
 import {
   isBusyError,
@@ -126,6 +126,20 @@ function handleKind(tx: unknown): HandleKind {
   if (hasMethod(tx, "savepoint")) return "transaction";
   if (hasMethod(tx, "begin") || hasMethod(tx, "reserve")) return "pool";
   return "other";
+}
+
+/** The message columns every row statement returns (`created`, `lasterror`: single lowercase words), for src/sql/rows. */
+function messageColumns(r: PostgresRow): RawMessageRow {
+  return {
+    id: r["id"],
+    topic: r["topic"],
+    key: r["key"],
+    payload: r["payload"],
+    headers: r["headers"],
+    createdAt: r["created"],
+    attempts: r["attempts"],
+    lastError: r["lasterror"],
+  };
 }
 
 /** One statement's result of a multi-statement query, as postgres.js returns it. */
@@ -275,17 +289,7 @@ export function createPostgresStorage(
         const clock = results[results.length - 1]![0]!;
         const messages = rows
           .map((r) =>
-            claimedMessage({
-              id: r["id"],
-              topic: r["topic"],
-              key: r["key"],
-              payload: r["payload"],
-              headers: r["headers"],
-              createdAt: r["created"],
-              attempts: r["attempts"],
-              lastError: r["lasterror"],
-              seq: r["seq"],
-            })
+            claimedMessage({ ...messageColumns(r), seq: r["seq"] })
           )
           .sort((a, b) => a.seq - b.seq);
         return { token, leaseUntil: num(clock["until"]), now: num(clock["now"]), messages };
@@ -367,17 +371,7 @@ export function createPostgresStorage(
         const rows = await query(client, sql.listDead, [after, limit + 1]);
         const page = rows.slice(0, limit);
         const items = page.map((r) =>
-          deadLetter({
-            id: r["id"],
-            topic: r["topic"],
-            key: r["key"],
-            payload: r["payload"],
-            headers: r["headers"],
-            createdAt: r["created"],
-            deadAt: r["died"],
-            attempts: r["attempts"],
-            lastError: r["lasterror"],
-          })
+          deadLetter({ ...messageColumns(r), deadAt: r["died"] })
         );
         const last = page[page.length - 1];
         return { items, cursor: rows.length > limit && last ? text(last["seq"]) : null };
