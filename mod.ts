@@ -5,7 +5,7 @@
  *
  * Subpaths (the same on JSR and npm: `jsr:@edge-outbox/core/postgres` ≡ `edge-outbox/postgres`):
  * - `./libsql`: the storage on libSQL / SQLite / Turso (`@libsql/client`)
- * - `./d1`: the storage on a Cloudflare D1 binding (batch-only writes)
+ * - `./d1`: the storage on Cloudflare D1 (batch-only writes)
  * - `./postgres`: the storage on PostgreSQL (postgres.js) and an advisory lock
  * - `./memory`: in-memory storage, transports and lock, for tests and demos
  * - `./upstash`: a lock on Upstash Redis

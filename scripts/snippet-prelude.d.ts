@@ -43,6 +43,8 @@ interface Env {
   WEBHOOK_SECRET: string;
   DATABASE_URL: string;
   HYPERDRIVE: { connectionString: string };
+  /** A D1 binding (typed structurally by edge-outbox/d1). */
+  DB: import("../adapters/d1/mod.ts").D1Binding;
 }
 declare const env: Env;
 /** Node's `process.env` (the snippets run on Node too; DOM libs only here). */

@@ -1,8 +1,9 @@
 /**
  * The storage conformance suite inside workerd (Miniflare 4): each worker in test/fixtures/workers/conformance-*
  * bundles src/testing with a runner-neutral harness; each case runs inside the worker and reports back here, one
- * vitest case per conformance case. Storages: libSQL over HTTP (`@libsql/client/web`) to a real sqld, and
- * postgres.js (nodejs_compat, `cloudflare:sockets`) to the local PostgreSQL.
+ * vitest case per conformance case. Storages: libSQL over HTTP (`@libsql/client/web`) to a real sqld, a local D1
+ * database (the worker's own `DB` binding), and postgres.js (nodejs_compat, `cloudflare:sockets`) to the local
+ * PostgreSQL.
  */
 import { Miniflare, type MiniflareOptions } from "miniflare";
 import { resolve } from "node:path";
@@ -14,9 +15,9 @@ import { type SqldServer, startSqld } from "./fixtures/workers/sqld-interim.ts";
 import { PG_URL } from "./postgres-fixtures.ts";
 
 /** The case names, recorded in Node from the same suite the worker bundles (the fixture is never called here). */
-function caseNames(name: string): ReturnType<ReturnType<typeof caseHarness>["cases"]> {
+function caseNames(name: string, interactiveTransactions: boolean): ReturnType<ReturnType<typeof caseHarness>["cases"]> {
   const names = caseHarness();
-  storageConformance(names, { name, create: () => Promise.reject(new Error("not run in Node")), semantics: 2 });
+  storageConformance(names, { name, create: () => Promise.reject(new Error("not run in Node")), semantics: 2, interactiveTransactions });
   return names.cases();
 }
 
@@ -24,9 +25,10 @@ function caseNames(name: string): ReturnType<ReturnType<typeof caseHarness>["cas
 function conformanceInWorkerd(
   name: string,
   entry: string,
+  interactiveTransactions: boolean,
   setup: () => Promise<{ options: Partial<MiniflareOptions>; external?: string[]; close(): Promise<void> }>,
 ): void {
-  const cases = caseNames(name);
+  const cases = caseNames(name, interactiveTransactions);
   describe(`storage conformance inside workerd: ${name}`, () => {
     let mf: Miniflare;
     let close = async (): Promise<void> => {};
@@ -60,12 +62,17 @@ function conformanceInWorkerd(
   });
 }
 
-conformanceInWorkerd("libsql http (workerd)", "conformance-libsql-worker.ts", async () => {
+conformanceInWorkerd("libsql http (workerd)", "conformance-libsql-worker.ts", true, async () => {
   const sqld: SqldServer = await startSqld();
   return { options: { bindings: { LIBSQL_URL: sqld.url } }, close: () => sqld.close() };
 });
 
-conformanceInWorkerd("postgres (workerd)", "conformance-postgres-worker.ts", async () => ({
+conformanceInWorkerd("d1 (workerd)", "conformance-d1-worker.ts", false, async () => ({
+  options: { d1Databases: ["DB"] },
+  close: async () => {},
+}));
+
+conformanceInWorkerd("postgres (workerd)", "conformance-postgres-worker.ts", true, async () => ({
   options: { compatibilityFlags: ["nodejs_compat"], bindings: { DATABASE_URL: PG_URL } },
   external: ["cloudflare:sockets", "node:*"],
   close: async () => {},
