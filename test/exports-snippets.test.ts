@@ -23,7 +23,6 @@ const KNOWN_BROKEN: ReadonlySet<string> = new Set([
   "adapters/qstash/follow-up.ts#ffcd4076", // adapters/qstash/follow-up.ts:43: Cannot find name 'signingKeys'.
   "adapters/qstash/nudge.ts#ce6ecca8", // adapters/qstash/nudge.ts:80: Cannot find name 'insertOrder'.
   "adapters/qstash/receiver.ts#195a6cf9", // adapters/qstash/receiver.ts:94: Type 'Receiver' is not assignable to type 'QstashVerifier'.
-  "adapters/libsql/sqlite.ts#9850bf83", // adapters/libsql/sqlite.ts:101: Cannot find name 'driver'.
   "adapters/upstash/lock.ts#b5434f89", // adapters/upstash/lock.ts:75: Cannot find name 'work'.
 ]);
 
