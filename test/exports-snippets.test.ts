@@ -13,17 +13,14 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
  * a new key and is checked again. The first error of each is noted.
  */
 const KNOWN_BROKEN: ReadonlySet<string> = new Set([
-  "README.md#7eae5d8c", // README.md:658: This expression is not callable.
-  "README.md#0db1d434", // README.md:693: Type 'Receiver' is not assignable to type 'QstashVerifier'.
+  "README.md#7eae5d8c", // README.md:714: This expression is not callable.
+  "README.md#0db1d434", // README.md:749: Type 'Receiver' is not assignable to type 'QstashVerifier'.
   "src/testing/inbox-conformance.ts#da47d12d", // src/testing/inbox-conformance.ts:62: 'tx' is of type 'unknown'.
-  "adapters/d1/inbox.ts#a9066936", // adapters/d1/inbox.ts:58: Cannot find module 'edge-outbox/d1' or its corresponding type declarations.
+  "adapters/d1/inbox.ts#a9066936", // adapters/d1/inbox.ts:58: Module '"edge-outbox/d1"' has no exported member 'd1Inbox'.
   "adapters/http/receiver.ts#07a119d2", // adapters/http/receiver.ts:148: No value exists in scope for the shorthand property 'inbox'. Either declare one
-  "adapters/http/signature.ts#65c78c71", // adapters/http/signature.ts:55: Cannot find name 'body'.
   "adapters/libsql/inbox.ts#66cdc303", // adapters/libsql/inbox.ts:144: Module '"edge-outbox/libsql"' has no exported member 'sqliteInboxSql'.
   "adapters/qstash/follow-up.ts#ffcd4076", // adapters/qstash/follow-up.ts:43: Cannot find name 'signingKeys'.
-  "adapters/qstash/nudge.ts#ce6ecca8", // adapters/qstash/nudge.ts:80: Cannot find name 'insertOrder'.
   "adapters/qstash/receiver.ts#195a6cf9", // adapters/qstash/receiver.ts:94: Type 'Receiver' is not assignable to type 'QstashVerifier'.
-  "adapters/upstash/lock.ts#b5434f89", // adapters/upstash/lock.ts:75: Cannot find name 'work'.
 ]);
 
 describe("documentation snippets", () => {
