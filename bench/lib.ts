@@ -18,7 +18,7 @@ export type Sql = postgres.Sql;
 /** Run-wide settings, from the command line. */
 export interface BenchConfig {
   readonly quick: boolean;
-  /** Messages per drain row (100,000 full, 20,000 quick). */
+  /** Messages per drain row (100,000 full, 10,000 quick). */
   readonly drainMessages: number;
   /** Floor/edge-outbox run pairs per drain figure; the pair with the median ratio is reported (5 full, 3 quick). */
   readonly drainRepeats: number;
@@ -42,11 +42,11 @@ export function parseArgs(argv: readonly string[]): BenchConfig {
   const only = onlyArg ? onlyArg.slice("--only=".length).split(",").filter(Boolean) : [];
   return {
     quick,
-    drainMessages: quick ? 20_000 : 100_000,
+    drainMessages: quick ? 10_000 : 100_000,
     drainRepeats: Number(process.env["BENCH_REPEATS"] ?? (quick ? 3 : 5)),
-    enqueueTransactions: quick ? 2_000 : 10_000,
-    latencyCommits: quick ? 150 : 400,
-    rssMessages: quick ? 200_000 : 1_000_000,
+    enqueueTransactions: quick ? 1_000 : 10_000,
+    latencyCommits: quick ? 100 : 400,
+    rssMessages: quick ? 100_000 : 1_000_000,
     scaleRows: 1_000_000,
     claimRepeats: quick ? 30 : 100,
     only,

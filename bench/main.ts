@@ -11,6 +11,8 @@ import { latencySection } from "./latency.ts";
 import { scalingSection } from "./scaling.ts";
 import { keysSection, remoteSection, tailSection } from "./pipeline.ts";
 import { purgeSection } from "./purge.ts";
+import { claimScalingSection } from "./claim-scaling.ts";
+import { bundleSizeSection } from "./bundle-size.ts";
 import { benchNudgeLatency } from "./nudge-latency.ts";
 import { cleanupAll, connect, environment, markdownTable, parseArgs, Results, RUN_ID } from "./lib.ts";
 
@@ -60,6 +62,7 @@ try {
   await section("tail", () => tailSection(cfg, results, connect({ max: 4 })));
   await section("keys", () => keysSection(cfg, results, connect({ max: 4 })));
   await section("remote", () => remoteSection(cfg, results, connect({ max: 4 })));
+  await section("claim-scaling", () => claimScalingSection(cfg, results));
   await section("purge", () => purgeSection(cfg, results));
   await section("nudge", async () => {
     // bench/nudge-latency.ts (the qstash helper's): commit → qstashNudge (leading + trailing edge) → emulator → /drain.
@@ -72,6 +75,7 @@ try {
     }, detail(r.continuous));
     results.compare(S, "qstashNudge, one commit per window (leading edge), p50", r.sparse.p50, "ms", { name: "no nudge hop (drain after commit)", value: r.floor.p50 }, undefined, detail(r.sparse));
   });
+  await section("bundle", () => bundleSizeSection(cfg, results));
 } catch (e) {
   failed = e;
   console.error(e);

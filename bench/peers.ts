@@ -122,8 +122,8 @@ export async function peersSection(cfg: BenchConfig, results: Results, drain: Dr
   const N = cfg.drainMessages;
   if (cfg.quick) {
     results.note(
-      "quick mode: the peers drain 20,000 jobs; pg-boss sorts every waiting job on each fetch, so it is several times faster " +
-        "at 20,000 than at 100,000 and the peer targets are judged on the full run",
+      `quick mode: the peers drain ${N.toLocaleString("en-US")} jobs; pg-boss sorts every waiting job on each fetch, so it is several times faster ` +
+        `at ${N.toLocaleString("en-US")} than at 100,000 and the peer targets are judged on the full run`,
     );
   }
   for (const batch of [100, 500]) {

@@ -127,8 +127,8 @@ export async function tailSection(cfg: BenchConfig, results: Results, sql: Sql):
   const SECTION = "6 slow sends";
   const C = 8;
   const cases = [
-    { name: "20 ms, 1 in 100 at 1 s", n: cfg.quick ? 3_000 : 6_000, latency: (i: number) => (i % 100 === 50 ? 1_000 : 20), target: 0.85 },
-    { name: "20 ms, no tail", n: cfg.quick ? 1_500 : 3_000, latency: () => 20, target: 0.95 },
+    { name: "20 ms, 1 in 100 at 1 s", n: cfg.quick ? 2_000 : 6_000, latency: (i: number) => (i % 100 === 50 ? 1_000 : 20), target: 0.85 },
+    { name: "20 ms, no tail", n: cfg.quick ? 1_000 : 3_000, latency: () => 20, target: 0.95 },
   ];
   for (const db of [pgDb(sql), libsqlDb]) {
     for (const c of cases) {
@@ -155,7 +155,7 @@ export async function tailSection(cfg: BenchConfig, results: Results, sql: Sql):
 export async function keysSection(cfg: BenchConfig, results: Results, sql: Sql): Promise<void> {
   const SECTION = "7 keys";
   const N = 20_000;
-  const capMs = cfg.quick ? 10_000 : 20_000;
+  const capMs = cfg.quick ? 6_000 : 20_000;
   let pg10 = Number.NaN;
   for (const db of [pgDb(sql), libsqlDb]) {
     const keyless = await db.with(N, 0, ({ outbox }) => drainFor(outbox, noopTransport(), capMs));
@@ -182,7 +182,7 @@ export async function keysSection(cfg: BenchConfig, results: Results, sql: Sql):
 
 export async function remoteSection(cfg: BenchConfig, results: Results, sql: Sql): Promise<void> {
   const SECTION = "8 remote database";
-  const N = cfg.quick ? 5_000 : 20_000;
+  const N = cfg.quick ? 3_000 : 20_000;
   const target = new URL(PG_URL);
   const proxy = await startDelayProxy({ target: { port: Number(target.port || 5432), host: target.hostname }, delayMs: 10 });
   onCleanup(() => proxy.close());

@@ -8,6 +8,11 @@
 #   3. bun        bun test test/runtimes/bun.test.ts          -> test-results/bun.xml     (JUnit)
 #   4. deno       deno test test/runtimes/deno-*.test.ts      -> test-results/deno.xml    (JUnit)
 #   5. publish    deno publish --dry-run --allow-dirty        (JSR checks, including "no slow types")
+#   6. jsr-view   scripts/jsr-view.sh: `deno check` of every entry point on exactly the published files, without
+#                 the repo's tsconfig (Deno's default libs, as JSR users get them)
+#   7. deno doc   deno doc --lint on every entry point (private type references, missing docs)
+# README and @example snippets are type-checked under strict + exactOptionalPropertyTypes by a vitest file
+# (test/exports-snippets.test.ts), so a broken snippet is a failed test case.
 #
 # Only the project's own binaries are used (node_modules/.bin): run `npm ci` first.
 # Environment: RESULTS_DIR (default test-results); extra runner arguments via VITEST_ARGS, BUN_ARGS, DENO_ARGS.
@@ -68,11 +73,13 @@ step vitest vitest-json vitest.json -- "$BIN/vitest" run --reporter=default --re
 # shellcheck disable=SC2086
 step bun junit bun.xml -- "$BIN/bun" test ./test/runtimes/bun.test.ts --reporter=junit \
   --reporter-outfile="$RESULTS/bun.xml" ${BUN_ARGS:-}
-# Types are checked by tsc (step 1): --no-check keeps Deno from type-checking the graph a second time.
+# With type checking: Deno checks the test graph with its own libs and settings (tsc in step 1 does not see that).
 # shellcheck disable=SC2086
-step deno deno-junit deno.xml -- "$BIN/deno" test --no-check "${DENO_PERMS[@]}" --junit-path="$RESULTS/deno.xml" \
+step deno deno-junit deno.xml -- "$BIN/deno" test "${DENO_PERMS[@]}" --junit-path="$RESULTS/deno.xml" \
   ${DENO_ARGS:-} test/runtimes/deno-memory.test.ts test/runtimes/deno-libsql.test.ts
 step "deno publish --dry-run" case - -- "$BIN/deno" publish --dry-run --allow-dirty
+step "jsr view: deno check" case - -- scripts/jsr-view.sh
+step "deno doc --lint" case - -- scripts/doc-lint.sh
 
 echo
 node scripts/count-results.mjs "$RESULTS"

@@ -51,6 +51,8 @@ export class OutboxError extends Error {
   readonly retryable: boolean;
 
   /**
+   * Creates an error of `code`.
+   *
    * @param code the failure kind
    * @param message a human-readable explanation that names the offending field or value
    * @param options `cause` and `retryable` (default false)

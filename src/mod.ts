@@ -68,7 +68,7 @@ export type { DeliveryOutcome, SendContext, Transport } from "./transport.ts";
 export type { Lease, Lock } from "./lock.ts";
 export type { TraceAttributes, TraceSpan, TraceSpanOptions, Tracing } from "./tracing.ts";
 export { type BackoffOptions, backoffDelay, MAX_RETRY_AFTER_MS, parseRetryAfter } from "./backoff.ts";
-export { parseOptions, quoteIdentifier } from "./options.ts";
+export { type OptionsOutput, type OptionsSchema, parseOptions, quoteIdentifier } from "./options.ts";
 export { createOutbox, type DeadLetters, type EnqueueItem, type Outbox, type OutboxOptions, type PayloadOf } from "./outbox.ts";
 export { createRelay, type DrainOptions, type DrainReport, type Relay, type RelayOptions, type RunOptions } from "./relay.ts";
 export {

@@ -7,6 +7,21 @@ import * as v from "valibot";
 import { OutboxError } from "./errors.ts";
 
 /**
+ * A synchronous valibot schema (any `v.object(…)`, `v.strictObject(…)`, …), as {@link parseOptions} takes it; typed
+ * structurally so the public API names no valibot type.
+ */
+export interface OptionsSchema {
+  /** valibot's marker of a schema. */
+  readonly kind: "schema";
+  /** Synchronous schemas only. */
+  readonly async: false;
+  /** valibot's phantom types (input and output). */
+  readonly "~types"?: { readonly output: unknown } | undefined;
+}
+/** What {@link parseOptions} returns for a schema: its output type (defaults applied). */
+export type OptionsOutput<S extends OptionsSchema> = NonNullable<S["~types"]>["output"];
+
+/**
  * Parses `input` with a valibot schema; on failure throws CONFIG that says what to do: `unknown option backoff.base
  * (did you mean baseMs?)`, `transport is required`, or the field and the problem (`batchSize: Invalid type: …`).
  * The error's `cause` lists the issues as `{ path, message }` only: never the options object (it holds clients).
@@ -23,9 +38,9 @@ import { OutboxError } from "./errors.ts";
  * const opts = parseOptions("my options", v.object({ n: v.optional(v.number(), 1) }), {});
  * ```
  */
-export function parseOptions<S extends v.GenericSchema>(what: string, schema: S, input: unknown): v.InferOutput<S> {
-  const result = v.safeParse(schema, input);
-  if (result.success) return result.output;
+export function parseOptions<S extends OptionsSchema>(what: string, schema: S, input: unknown): OptionsOutput<S> {
+  const result = v.safeParse(schema as unknown as v.GenericSchema, input);
+  if (result.success) return result.output as OptionsOutput<S>;
   const issues = result.issues.map((i) => ({ path: issuePath(i), message: describeIssue(schema, i) }));
   const first = issues[0]!;
   throw new OutboxError("CONFIG", `${what}: ${first.message}`, { cause: issues });
@@ -37,7 +52,7 @@ function issuePath(issue: v.BaseIssue<unknown>): string {
 }
 
 /** One issue as a sentence that names the option and what to do. */
-function describeIssue(root: v.GenericSchema, issue: v.BaseIssue<unknown>): string {
+function describeIssue(root: OptionsSchema, issue: v.BaseIssue<unknown>): string {
   const path = issuePath(issue);
   const last = issue.path?.[issue.path.length - 1];
   const keys = (issue.path ?? []).map((p) => String(p.key));
@@ -52,7 +67,7 @@ function describeIssue(root: v.GenericSchema, issue: v.BaseIssue<unknown>): stri
 }
 
 /** The keys an object schema at `path` (under `root`) declares; [] when it cannot tell. */
-function knownKeys(root: v.GenericSchema, path: readonly string[]): string[] {
+function knownKeys(root: OptionsSchema, path: readonly string[]): string[] {
   let node: unknown = root;
   for (let depth = 0; depth <= path.length; depth++) {
     // Unwrap optional/nullable/nullish wrappers (a pipe keeps its first schema's entries on itself).

@@ -169,3 +169,14 @@ describe("shipped sources are runtime-agnostic", () => {
     }
   });
 });
+
+describe("module docs", () => {
+  it("mod.ts's module doc lists every subpath of deno.json's exports", () => {
+    const text = readFileSync(join(root, "mod.ts"), "utf8");
+    const doc = text.slice(text.indexOf("/**"), text.indexOf("@module"));
+    for (const key of Object.keys(deno.exports)) {
+      if (key === ".") continue;
+      expect(doc, `mod.ts module doc names ${key}`).toMatch(new RegExp(`\`${key.replace(".", "\\.")}\``));
+    }
+  });
+});

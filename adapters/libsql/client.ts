@@ -69,7 +69,12 @@ export interface LibsqlClient {
 }
 
 const BUSY_CODES = new Set(["SQLITE_BUSY", "SQLITE_LOCKED", "TRANSACTION_ACTIVE"]);
-const TRANSIENT_CODES = new Set(["HRANA_WEBSOCKET_ERROR", "HRANA_CLOSED_ERROR", "SERVER_ERROR"]);
+/**
+ * Server-side failures a later call can get past. `TRANSACTION_TIMEOUT`: sqld / Turso rolled back an interactive
+ * transaction that held the write lock too long (Turso: 5 s; sqld: 5 s once another writer waits), so the whole
+ * transaction must be retried.
+ */
+const TRANSIENT_CODES = new Set(["HRANA_WEBSOCKET_ERROR", "HRANA_CLOSED_ERROR", "SERVER_ERROR", "TRANSACTION_TIMEOUT"]);
 
 /**
  * Tells whether a driver error means "the database is busy right now": `SQLITE_BUSY` or `SQLITE_LOCKED` (any
@@ -94,7 +99,8 @@ export function isBusyError(e: unknown): boolean {
 
 /**
  * Tells whether retrying the same call may succeed: a busy database ({@link isBusyError}), a transient server or
- * stream failure (`HRANA_WEBSOCKET_ERROR`, `HRANA_CLOSED_ERROR`, `SERVER_ERROR`), or a network failure of `fetch`
+ * stream failure (`HRANA_WEBSOCKET_ERROR`, `HRANA_CLOSED_ERROR`, `SERVER_ERROR`), an interactive transaction the server
+ * timed out (`TRANSACTION_TIMEOUT`: retry the whole transaction), or a network failure of `fetch`
  * (`fetch failed`, workerd's `Network connection lost`, ECONNRESET, ECONNREFUSED, …) on `http(s)://` and `libsql://`.
  *
  * @param e a caught error

@@ -47,4 +47,4 @@ export {
 } from "./client.ts";
 export { libsqlSchema } from "./schema.ts";
 export { type LibsqlStorage, libsqlStorage, type LibsqlStorageOptions } from "./storage.ts";
-export { INBOX_SCHEMA_V1, INBOX_SCHEMA_VERSIONS, type LibsqlInbox, libsqlInbox, type LibsqlInboxOptions, libsqlInboxSchema } from "./inbox.ts";
+export { type LibsqlInbox, libsqlInbox, type LibsqlInboxOptions, libsqlInboxSchema } from "./inbox.ts";

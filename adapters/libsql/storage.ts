@@ -64,7 +64,10 @@ export interface LibsqlStorage extends OutboxStorage<LibsqlExecutor, LibsqlState
   statement(messages: readonly NewMessage[]): LibsqlStatement;
   /**
    * Opens a write transaction on the storage's client, waiting asynchronously (up to `busyRetryMs`) while another
-   * connection writes. On local files it takes the write lock without the `libsql` 0.5 busy-statement bug.
+   * connection writes. On local files it takes the write lock without the `libsql` 0.5 busy-statement bug. Over HTTP
+   * (Turso, sqld) prefer `client.batch([..., statement(...)], "write")`: an interactive transaction holds the server's
+   * write lock across round trips and is rolled back after 5 s on Turso (`TRANSACTION_TIMEOUT`, a retryable STORAGE
+   * error on the next call).
    * @throws {OutboxError} STORAGE (retryable) when the database stays busy
    */
   begin(): Promise<LibsqlTransaction>;

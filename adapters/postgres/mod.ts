@@ -49,7 +49,7 @@ import {
 } from "./storage.ts";
 
 export type { PostgresStorage, PostgresStorageOptions } from "./storage.ts";
-export type { PostgresClient, PostgresExecutor, PostgresLockClient, PostgresReservedConnection } from "./client.ts";
+export type { PostgresClient, PostgresExecutor, PostgresLockClient, PostgresParameter, PostgresQueryOptions, PostgresReservedConnection, PostgresRow } from "./client.ts";
 export { advisoryLockKey, pgAdvisoryLock, type PgAdvisoryLockOptions } from "./lock.ts";
 export { postgresSchema } from "./schema.ts";
 
@@ -102,4 +102,4 @@ export function postgresStorage(sql: PostgresClient, options: PostgresStorageOpt
   }
   return createPostgresStorage(sql, opts, statements);
 }
-export { INBOX_SCHEMA_V1, INBOX_SCHEMA_VERSIONS, type PostgresInbox, postgresInbox, type PostgresInboxOptions, postgresInboxSchema } from "./inbox.ts";
+export { type PostgresInbox, postgresInbox, type PostgresInboxOptions, postgresInboxSchema } from "./inbox.ts";

@@ -13,15 +13,25 @@ export interface ExpectLike {
 
 /** Matchers used by the suite (vitest, bun:test and the `expect` package all provide them). */
 export interface Matchers {
+  /** Strict equality (`Object.is`). */
   toBe(expected: unknown): void;
+  /** Deep equality. */
   toEqual(expected: unknown): void;
+  /** `actual > n`. */
   toBeGreaterThan(n: number): void;
+  /** `actual >= n`. */
   toBeGreaterThanOrEqual(n: number): void;
+  /** `actual < n`. */
   toBeLessThan(n: number): void;
+  /** `actual <= n`. */
   toBeLessThanOrEqual(n: number): void;
+  /** `actual.length === n`. */
   toHaveLength(n: number): void;
+  /** The array or string contains `item`. */
   toContain(item: unknown): void;
+  /** `actual === null`. */
   toBeNull(): void;
+  /** `actual` is truthy. */
   toBeTruthy(): void;
   /** Negated matchers. */
   readonly not: Matchers;

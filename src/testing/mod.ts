@@ -5,11 +5,17 @@
  * @example
  * ```ts
  * import { describe, expect, it } from "vitest";
- * import { storageConformance } from "edge-outbox/testing";
- * import { myStorage } from "./my-storage.ts";
+ * import type { OutboxStorage } from "edge-outbox";
+ * import { type FixtureTransaction, storageConformance } from "edge-outbox/testing";
+ *
+ * // Your adapter and your database's test helpers:
+ * interface Db { begin(): Promise<FixtureTransaction<Db>>; connectAgain(): Promise<Db>; close(): Promise<void> }
+ * declare function openFreshDatabase(): Promise<Db>;
+ * declare function myStorage(db: Db): OutboxStorage<Db>;
  *
  * storageConformance({ describe, it, expect }, {
  *   name: "my-storage",
+ *   semantics: 2, // replay at the tail of its key, CONFLICT on a taken id, oldestDueAgeMs
  *   async create() {
  *     const db = await openFreshDatabase();
  *     const storage = myStorage(db);
