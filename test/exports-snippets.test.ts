@@ -16,7 +16,6 @@ const KNOWN_BROKEN: ReadonlySet<string> = new Set([
   "README.md#7eae5d8c", // README.md:714: This expression is not callable.
   "README.md#0db1d434", // README.md:749: Type 'Receiver' is not assignable to type 'QstashVerifier'.
   "src/testing/inbox-conformance.ts#da47d12d", // src/testing/inbox-conformance.ts:62: 'tx' is of type 'unknown'.
-  "adapters/d1/inbox.ts#a9066936", // adapters/d1/inbox.ts:58: Module '"edge-outbox/d1"' has no exported member 'd1Inbox'.
   "adapters/http/receiver.ts#07a119d2", // adapters/http/receiver.ts:148: No value exists in scope for the shorthand property 'inbox'. Either declare one
   "adapters/libsql/inbox.ts#66cdc303", // adapters/libsql/inbox.ts:144: Module '"edge-outbox/libsql"' has no exported member 'sqliteInboxSql'.
   "adapters/qstash/follow-up.ts#ffcd4076", // adapters/qstash/follow-up.ts:43: Cannot find name 'signingKeys'.
