@@ -49,6 +49,8 @@ interface Env {
 declare const env: Env;
 /** Node's `process.env` (the snippets run on Node too; DOM libs only here). */
 declare const process: { env: Record<string, string | undefined> };
+/** The README's inbox (section "Inbox (consumer side)"): a Postgres inbox. */
+declare const inbox: import("../src/inbox.ts").Inbox<import("../adapters/postgres/mod.ts").PostgresExecutor, never>;
 /** The README's libSQL storage. */
 declare const storage: import("../adapters/libsql/mod.ts").LibsqlStorage;
 /** Application functions the README's examples call. */

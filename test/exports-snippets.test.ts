@@ -12,15 +12,7 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
  * block's code, so edits elsewhere in the file keep the key). Fix the block and delete its line; an edited block gets
  * a new key and is checked again. The first error of each is noted.
  */
-const KNOWN_BROKEN: ReadonlySet<string> = new Set([
-  "README.md#7eae5d8c", // README.md:714: This expression is not callable.
-  "README.md#0db1d434", // README.md:749: Type 'Receiver' is not assignable to type 'QstashVerifier'.
-  "src/testing/inbox-conformance.ts#da47d12d", // src/testing/inbox-conformance.ts:62: 'tx' is of type 'unknown'.
-  "adapters/http/receiver.ts#07a119d2", // adapters/http/receiver.ts:148: No value exists in scope for the shorthand property 'inbox'. Either declare one
-  "adapters/libsql/inbox.ts#66cdc303", // adapters/libsql/inbox.ts:144: Module '"edge-outbox/libsql"' has no exported member 'sqliteInboxSql'.
-  "adapters/qstash/follow-up.ts#ffcd4076", // adapters/qstash/follow-up.ts:43: Cannot find name 'signingKeys'.
-  "adapters/qstash/receiver.ts#195a6cf9", // adapters/qstash/receiver.ts:94: Type 'Receiver' is not assignable to type 'QstashVerifier'.
-]);
+const KNOWN_BROKEN: ReadonlySet<string> = new Set<string>([]);
 
 describe("documentation snippets", () => {
   it("extraction finds README blocks and @example blocks, with their lines, and skips `ignore` blocks", () => {

@@ -145,7 +145,7 @@ function headerSeq(headers: Headers, name: string): number | null {
  * @throws {OutboxError} CONFIG naming the bad option
  * @example
  * ```ts
- * const pipeline = resolveReceiver("webhookReceiver", { inbox, topics: [orderCreated], handler });
+ * const pipeline = resolveReceiver("webhookReceiver", { inbox, topics: [orderCreated], handler: async (message) => void message.id });
  * ```
  */
 export function resolveReceiver<Topics extends AnyTopic, Tx, Stmt>(

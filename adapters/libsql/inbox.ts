@@ -141,8 +141,7 @@ export interface SqliteInboxSql {
  * @throws {OutboxError} CONFIG when `table` is not a plain identifier
  * @example
  * ```ts
- * import { sqliteInboxSql } from "edge-outbox/libsql";
- * sqliteInboxSql("inbox").record;
+ * sqliteInboxSql("inbox").record; // internal (shared with edge-outbox/d1), not exported by edge-outbox/libsql
  * ```
  */
 export function sqliteInboxSql(table: string): SqliteInboxSql {

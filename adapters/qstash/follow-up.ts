@@ -36,11 +36,13 @@ const followUpOptionsSchema = v.object({
  * @throws {OutboxError} CONFIG for a bad option (the returned function rejects with TRANSPORT when the publish fails)
  * @example
  * ```ts
+ * import { Receiver } from "@upstash/qstash";
  * import { createRelayApp } from "edge-outbox/hono";
  * import { qstashFollowUp } from "edge-outbox/qstash";
  *
+ * const verifier = new Receiver({ currentSigningKey: env.QSTASH_CURRENT_SIGNING_KEY, nextSigningKey: env.QSTASH_NEXT_SIGNING_KEY });
  * const app = createRelayApp({
- *   relay, outbox, auth: { qstash: signingKeys }, publicUrl: "https://app.example/outbox",
+ *   relay, outbox, auth: { drain: env.CRON_SECRET, qstash: { verifier } }, publicUrl: "https://app.example/outbox",
  *   followUp: qstashFollowUp(qstash, { url: "https://app.example/outbox/drain" }),
  * });
  * ```

@@ -15,7 +15,11 @@ import {
   toReceiver,
 } from "../http/receiver.ts";
 
-/** What a QStash signature verification gets: the `Upstash-Signature` JWT, the exact body and the URL QStash called. */
+/**
+ * What a QStash signature verification gets: the `Upstash-Signature` JWT, the exact body and the URL QStash called.
+ * Every field is always set (no `| undefined`), so `@upstash/qstash`'s `Receiver.verify(VerifyRequest)` accepts it
+ * under `exactOptionalPropertyTypes` too.
+ */
 export interface QstashVerifyRequest {
   /** The `Upstash-Signature` header. */
   signature: string;
@@ -23,8 +27,8 @@ export interface QstashVerifyRequest {
   body: string;
   /** The URL QStash called (the JWT's `sub` claim must equal it). */
   url: string;
-  /** Seconds of clock tolerance on `exp`/`nbf`. */
-  clockTolerance?: number | undefined;
+  /** Seconds of clock tolerance on `exp`/`nbf` (`clockToleranceSeconds`, 0 by default). */
+  clockTolerance: number;
 }
 
 /**

@@ -48,9 +48,9 @@ export interface InboxConformanceOptions<Tx, Stmt> {
  * ```ts
  * import { describe, expect, it } from "vitest";
  * import { inboxConformance } from "edge-outbox/testing";
- * import { memoryInbox } from "edge-outbox/memory";
+ * import { memoryInbox, type MemoryInboxTransaction } from "edge-outbox/memory";
  *
- * inboxConformance({ describe, it, expect }, {
+ * inboxConformance<MemoryInboxTransaction, never>({ describe, it, expect }, {
  *   name: "memory",
  *   async create() {
  *     let offset = 0;
