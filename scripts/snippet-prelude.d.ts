@@ -65,3 +65,9 @@ interface ExecutionContext {
   waitUntil(promise: Promise<unknown>): void;
   passThroughOnException(): void;
 }
+/** The business write of an atomic batch, and the order it writes. */
+declare const insertOrder: import("../adapters/libsql/mod.ts").LibsqlStatement;
+declare const order: { id: string; customer: string; total: number };
+/** A request body, work to do under a lock's signal. */
+declare const body: string;
+declare function work(signal: AbortSignal): Promise<void>;

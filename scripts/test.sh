@@ -79,8 +79,7 @@ step deno deno-junit deno.xml -- "$BIN/deno" test "${DENO_PERMS[@]}" --junit-pat
   ${DENO_ARGS:-} test/runtimes/deno-memory.test.ts test/runtimes/deno-libsql.test.ts
 step "deno publish --dry-run" case - -- "$BIN/deno" publish --dry-run --allow-dirty
 step "jsr view: deno check" case - -- scripts/jsr-view.sh
-mapfile -t ENTRY_POINTS < <(node -e 'for (const t of Object.values(require("./deno.json").exports)) console.log(t)')
-step "deno doc --lint" case - -- "$BIN/deno" doc --lint "${ENTRY_POINTS[@]}"
+step "deno doc --lint" case - -- scripts/doc-lint.sh
 
 echo
 node scripts/count-results.mjs "$RESULTS"

@@ -22,6 +22,10 @@ import {
 } from "./fixtures/workers/relay-backend.ts";
 import { buildDeclarations, denoConfig, publishedAliases, ROOT, typecheckExample, WORK } from "./edge-examples-typecheck.ts";
 import { type PgFixture, postgresFixture, PG_URL } from "./postgres-fixtures.ts";
+import { readFileSync } from "node:fs";
+import { d1Schema } from "../adapters/d1/mod.ts";
+import { signQstashJwt } from "./fixtures/qstash-emulator.ts";
+import { type D1Binding } from "../adapters/d1/mod.ts";
 
 const run = promisify(execFile);
 const BIN = join(ROOT, "node_modules/.bin");
@@ -31,7 +35,7 @@ describe("examples type-check against the published package", () => {
     await buildDeclarations();
   }, 240_000);
 
-  for (const dir of ["cloudflare-workers-turso", "vercel-cron-postgres", "netlify-scheduled", "bun-server"]) {
+  for (const dir of ["cloudflare-workers-d1", "cloudflare-workers-turso", "vercel-cron-postgres", "netlify-scheduled", "bun-server"]) {
     it(`${dir} (tsc${dir === "bun-server" ? ", bun-types" : ""})`, async () => {
       const { ok, output } = await typecheckExample(dir);
       expect(output).toBe("");
@@ -65,6 +69,82 @@ describe("examples type-check against the published package", () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 120_000);
+});
+
+describe("examples/cloudflare-workers-d1 in workerd", () => {
+  const PUBLIC = "https://outbox-d1.example.workers.dev/outbox";
+  const KEYS = { current: "sig_current_d1_example", next: "sig_next_d1_example" };
+  let hook: HookServer;
+  let mf: Miniflare;
+  let db: D1Binding;
+
+  beforeAll(async () => {
+    hook = await startHookServer();
+    mf = new Miniflare({
+      modules: true,
+      script: await bundleWorker(join(ROOT, "examples/cloudflare-workers-d1/src/worker.ts"), { alias: publishedAliases() }),
+      compatibilityDate: "2025-06-01",
+      d1Databases: ["DB"],
+      bindings: {
+        WEBHOOK_URL: hook.hookUrl,
+        WEBHOOK_SECRET,
+        PUBLIC_URL: PUBLIC,
+        QSTASH_CURRENT_SIGNING_KEY: KEYS.current,
+        QSTASH_NEXT_SIGNING_KEY: KEYS.next,
+        READ_SECRET,
+      },
+    });
+    db = (await mf.getD1Database("DB")) as unknown as D1Binding;
+    // What `wrangler d1 migrations apply` runs: migrations/0001_outbox.sql (= d1Schema()) and 0002_orders.sql.
+    await db.batch(d1Schema().map((sql) => db.prepare(sql)));
+    await db.prepare(readFileSync(join(ROOT, "examples/cloudflare-workers-d1/migrations/0002_orders.sql"), "utf8").trim()).all();
+  }, 60_000);
+
+  afterAll(async () => {
+    await mf?.dispose();
+    await hook?.close();
+  });
+
+  it("migrations/0001_outbox.sql is exactly d1Schema()", () => {
+    const file = readFileSync(join(ROOT, "examples/cloudflare-workers-d1/migrations/0001_outbox.sql"), "utf8");
+    expect(file.replace(/^--.*\n/, "")).toBe(`${d1Schema().join(";\n")};\n`);
+  });
+
+  it("POST /orders writes order and message in one batch; the cron trigger delivers; a QStash-signed drain and /outbox/health answer", async () => {
+    for (const [id, total] of [["o1", 5], ["o2", 9]] as const) {
+      const res = await mf.dispatchFetch("http://worker.example/orders", { method: "POST", body: JSON.stringify({ id, total }) });
+      expect(res.status).toBe(201);
+      await res.arrayBuffer();
+    }
+    const count = async (table: string): Promise<number> =>
+      Number((await db.prepare(`SELECT count(*) AS n FROM ${table} WHERE ${table === "outbox" ? "status = 'pending'" : "1"}`).all()).results?.[0]?.["n"]);
+    expect(await count("orders")).toBe(2);
+    expect(await count("outbox")).toBe(2);
+
+    const result = await (await mf.getWorker()).scheduled({ cron: "* * * * *", scheduledTime: new Date() });
+    expect(result.outcome).toBe("ok");
+    expect(hook.forged).toBe(0);
+    expect(hook.deliveries.map((d) => d.payload)).toEqual(expect.arrayContaining([{ id: "o1", total: 5 }, { id: "o2", total: 9 }]));
+    expect(hook.deliveries).toHaveLength(2);
+    expect(await count("outbox")).toBe(0);
+
+    // A QStash schedule's call: signed for the public URL; a forged one is refused.
+    const res3 = await mf.dispatchFetch("http://worker.example/orders", { method: "POST", body: JSON.stringify({ id: "o3", total: 1 }) });
+    await res3.arrayBuffer();
+    const forged = signQstashJwt("sig_someone_else", { url: `${PUBLIC}/drain`, body: "" });
+    const refused = await mf.dispatchFetch("http://worker.example/outbox/drain", { method: "POST", headers: { "upstash-signature": forged } });
+    expect(refused.status).toBe(401);
+    await refused.arrayBuffer();
+    const signature = signQstashJwt(KEYS.current, { url: `${PUBLIC}/drain`, body: "" });
+    const drain = await mf.dispatchFetch("http://worker.example/outbox/drain", { method: "POST", headers: { "upstash-signature": signature } });
+    expect(drain.status).toBe(200);
+    expect(((await drain.json()) as DrainResponse)).toMatchObject({ delivered: 1, more: false });
+    expect(hook.deliveries).toHaveLength(3);
+
+    const health = await mf.dispatchFetch("http://worker.example/outbox/health", { headers: { authorization: `Bearer ${READ_SECRET}` } });
+    expect(health.status).toBe(200);
+    expect(((await health.json()) as HealthResponse).stats.pending).toBe(0);
+  });
 });
 
 describe("examples/cloudflare-workers-turso in workerd", () => {

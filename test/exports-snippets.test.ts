@@ -13,33 +13,13 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
  * a new key and is checked again. The first error of each is noted.
  */
 const KNOWN_BROKEN: ReadonlySet<string> = new Set([
-  "README.md#7eae5d8c", // README.md:658: This expression is not callable.
-  "README.md#0db1d434", // README.md:693: Type 'Receiver' is not assignable to type 'QstashVerifier'.
-  "src/sql/args.ts#9b1efd65", // src/sql/args.ts:21: Cannot find name 'errors'. Did you mean 'Error'?
-  "src/sql/args.ts#030d4f92", // src/sql/args.ts:39: Cannot find name 'claim'.
-  "src/sql/args.ts#8756a247", // src/sql/args.ts:55: Cannot find name 'errors'. Did you mean 'Error'?
-  "src/sql/args.ts#6efef6b6", // src/sql/args.ts:74: Cannot find name 'errors'. Did you mean 'Error'?
-  "src/sql/args.ts#a658544f", // src/sql/args.ts:116: Cannot find name 'errors'. Did you mean 'Error'?
-  "src/sql/retry.ts#f9546434", // src/sql/retry.ts:33: Cannot find name 'errors'.
-  "src/sql/rows.ts#b7d3d9f4", // src/sql/rows.ts:130: Cannot find name 'row'.
-  "src/sql/settle.ts#1958d2eb", // src/sql/settle.ts:48: Cannot find name 'errors'.
-  "src/sql/settle.ts#fa3a6cc5", // src/sql/settle.ts:102: Cannot find name 'settlements'.
-  "src/sql/wake.ts#32da3a92", // src/sql/wake.ts:74: Cannot find name 'headSeq'.
+  "README.md#7eae5d8c", // README.md:714: This expression is not callable.
+  "README.md#0db1d434", // README.md:749: Type 'Receiver' is not assignable to type 'QstashVerifier'.
   "src/testing/inbox-conformance.ts#da47d12d", // src/testing/inbox-conformance.ts:62: 'tx' is of type 'unknown'.
-  "adapters/d1/inbox.ts#a9066936", // adapters/d1/inbox.ts:58: Cannot find module 'edge-outbox/d1' or its corresponding type declarations.
   "adapters/http/receiver.ts#07a119d2", // adapters/http/receiver.ts:148: No value exists in scope for the shorthand property 'inbox'. Either declare one
-  "adapters/http/signature.ts#65c78c71", // adapters/http/signature.ts:55: Cannot find name 'body'.
-  "adapters/libsql/client.ts#d57f0b5c", // adapters/libsql/client.ts:166: Cannot find name 'stmts'.
-  "adapters/libsql/client.ts#3522a1e7", // adapters/libsql/client.ts:191: Cannot find name 'stmts'.
-  "adapters/libsql/client.ts#2b1c74d3", // adapters/libsql/client.ts:213: Property 'lock' does not exist on type 'Sql<{}>'.
-  "adapters/libsql/client.ts#6b2126e3", // adapters/libsql/client.ts:236: Property 'replayDead' does not exist on type 'Sql<{}>'.
-  "adapters/libsql/client.ts#d8f73ac8", // adapters/libsql/client.ts:260: Property 'hasDue' does not exist on type 'Sql<{}>'.
   "adapters/libsql/inbox.ts#66cdc303", // adapters/libsql/inbox.ts:144: Module '"edge-outbox/libsql"' has no exported member 'sqliteInboxSql'.
   "adapters/qstash/follow-up.ts#ffcd4076", // adapters/qstash/follow-up.ts:43: Cannot find name 'signingKeys'.
-  "adapters/qstash/nudge.ts#ce6ecca8", // adapters/qstash/nudge.ts:80: Cannot find name 'insertOrder'.
   "adapters/qstash/receiver.ts#195a6cf9", // adapters/qstash/receiver.ts:94: Type 'Receiver' is not assignable to type 'QstashVerifier'.
-  "adapters/libsql/sqlite.ts#9850bf83", // adapters/libsql/sqlite.ts:101: Cannot find name 'driver'.
-  "adapters/upstash/lock.ts#b5434f89", // adapters/upstash/lock.ts:75: Cannot find name 'work'.
 ]);
 
 describe("documentation snippets", () => {

@@ -272,6 +272,7 @@ describe("auth on every route: scoped bearer secrets and QStash signatures (body
     const matrix: Array<[string, string, Record<string, number>]> = [
       // route                                   method    credential → status
       ["/drain", "POST", { drain: 200, read: 403, admin: 403, qstash: 200 }],
+      ["/drain", "GET", { drain: 200, read: 403, admin: 403, qstash: 200 }], // Vercel Cron calls with GET
       ["/health", "GET", { drain: 403, read: 200, admin: 200, qstash: 401 }],
       ["/stats", "GET", { drain: 403, read: 200, admin: 200, qstash: 401 }],
       ["/dead-letters", "GET", { drain: 403, read: 200, admin: 200, qstash: 401 }],
@@ -291,7 +292,7 @@ describe("auth on every route: scoped bearer secrets and QStash signatures (body
         if (status === 403) expect(await json(res)).toMatchObject({ error: "FORBIDDEN" });
       }
     }
-    expect(drain).toHaveBeenCalledTimes(2);
+    expect(drain).toHaveBeenCalledTimes(4);
     expect(storage.count().dead).toBe(2); // no credential but admin touched the dead letters
     const replay = `/dead-letters/${deadId}/replay`;
     expect((await app.request(`${INTERNAL}${replay}`, { method: "POST", headers: { "upstash-signature": sign(replay) } })).status).toBe(401);

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { storageConformance } from "../src/testing/mod.ts";
 import { type CaseResult, caseHarness } from "./fixtures/workers/case-harness.ts";
 import { bundleWorker } from "./fixtures/workers/bundle.ts";
-import { type SqldServer, startSqld } from "./fixtures/workers/sqld-interim.ts";
+import { type SqldServer, startSqld } from "./fixtures/sqld.ts";
 import { PG_URL } from "./postgres-fixtures.ts";
 
 /** The case names, recorded in Node from the same suite the worker bundles (the fixture is never called here). */

@@ -55,10 +55,10 @@ export interface D1Inbox extends InboxStorage<never, D1InboxStatement> {
  * @example
  * ```ts
  * import { createInbox } from "edge-outbox";
- * import { d1Inbox } from "edge-outbox/d1";
+ * import { type D1Binding, d1Inbox } from "edge-outbox/d1";
  *
  * export default {
- *   async fetch(request: Request, env: { DB: D1Database }): Promise<Response> {
+ *   async fetch(request: Request, env: { DB: D1Binding }): Promise<Response> {
  *     const inbox = createInbox({ storage: d1Inbox(env.DB), consumer: "billing" });
  *     const { id, amount } = await request.json() as { id: string; amount: number };
  *     const result = await inbox.handleBatch(id, [env.DB.prepare("UPDATE accounts SET balance = balance - ? WHERE id = 1").bind(amount)]);

@@ -34,3 +34,4 @@
 export { type D1Binding, type D1Result, type D1Row, type D1Statement } from "./client.ts";
 export { d1Schema } from "./schema.ts";
 export { type D1StatementList, d1Storage, type D1Storage, type D1StorageOptions } from "./storage.ts";
+export { type D1Inbox, d1Inbox, type D1InboxDatabase, type D1InboxOptions, type D1InboxStatement } from "./inbox.ts";

@@ -6,7 +6,7 @@
  * to accept QStash signatures, pass your own `Receiver` (or a verify function).
  *
  * Routes (paths relative to where the app is mounted), by scope:
- * - drain — `POST /drain`: one budgeted drain; answers the drain report as JSON. When the report says `more` and a
+ * - drain — `POST /drain` (and `GET /drain`, which Vercel Cron uses): one budgeted drain; answers the drain report as JSON. When the report says `more` and a
  *   `followUp` function is configured, it triggers one follow-up drain call, with a deduplication id derived from
  *   the incoming call (its `Upstash-Message-Id`, else its `Idempotency-Key`), so a retried call never fans out.
  * - metrics — `GET /metrics`: the same database counters in the Prometheus text format (`edge_outbox_pending`, `_due`,
@@ -277,7 +277,7 @@ const GROUP_SCOPE: Record<Group, RelayAppScope> = { drain: "drain", metrics: "me
  * ```ts
  * import { createRelayApp } from "edge-outbox/hono";
  *
- * // Vercel Cron: { "crons": [{ "path": "/drain", "schedule": "* * * * *" }] } calls POST /drain with CRON_SECRET
+ * // Vercel Cron: { "crons": [{ "path": "/drain", "schedule": "* * * * *" }] } calls GET /drain with CRON_SECRET
  * const app = createRelayApp({ relay, outbox, auth: { drain: env.CRON_SECRET, read: env.OUTBOX_READ_SECRET } });
  * export default app;
  * ```
@@ -363,12 +363,14 @@ export function createRelayApp(options: RelayAppOptions): Hono {
   const app = new Hono();
 
   if (on.drain) {
-    app.post("/drain", ...protect("drain", "/drain"), async (c) => {
+    // POST for QStash schedules, nudges, follow-ups and most cron platforms; GET because Vercel Cron calls its path with
+    // an HTTP GET (with `Authorization: Bearer $CRON_SECRET`). Same credentials, same handler.
+    const drainRoute = async (c: Context): Promise<Response> => {
       let report: DrainReport;
       try {
         report = await relay.drain({ budgetMs });
       } catch (e) {
-        return fail(c, "POST /drain", e);
+        return fail(c, `${c.req.method} /drain`, e);
       }
       const body: DrainResponse = { ...report };
       if (report.more && followUp) {
@@ -383,7 +385,9 @@ export function createRelayApp(options: RelayAppOptions): Hono {
         }
       }
       return c.json(body, 200, NO_STORE);
-    });
+    };
+    app.post("/drain", ...protect("drain", "/drain"), drainRoute);
+    app.get("/drain", ...protect("drain", "/drain"), drainRoute);
   }
 
   if (on.metrics) {

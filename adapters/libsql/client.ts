@@ -169,7 +169,7 @@ const MODES = new WeakMap<object, Promise<LibsqlMode>>();
  * @returns the mode
  * @example
  * ```ts
- * if ((await modeOf(client)) === "batch") await client.batch(stmts, "write");
+ * if ((await modeOf(client)) === "batch") await client.batch([{ sql: "SELECT 1", args: [] }], "write");
  * ```
  */
 export function modeOf(client: LibsqlClient): Promise<LibsqlMode> {
@@ -194,7 +194,8 @@ export function modeOf(client: LibsqlClient): Promise<LibsqlMode> {
  * @param tx the transaction
  * @example
  * ```ts
- * try { await tx.batch(stmts) } finally { closeQuietly(tx) }
+ * const open = await client.transaction("write");
+ * try { await open.batch([{ sql: "SELECT 1", args: [] }]) } finally { closeQuietly(open) }
  * ```
  */
 export function closeQuietly(tx: LibsqlTransaction): void {
@@ -216,7 +217,9 @@ export function closeQuietly(tx: LibsqlTransaction): void {
  * @throws the driver error (SQLITE_BUSY) when another connection writes
  * @example
  * ```ts
- * const tx = await lockedTransaction(client, sql.lock);
+ * import { libsqlSql } from "./sql.ts";
+ * const q = libsqlSql("outbox");
+ * const locked = await lockedTransaction(client, q.lock);
  * ```
  */
 export async function lockedTransaction(client: LibsqlClient, lockSql: string): Promise<LibsqlTransaction> {
@@ -239,7 +242,9 @@ export async function lockedTransaction(client: LibsqlClient, lockSql: string): 
  * @returns one result set per statement
  * @example
  * ```ts
- * const [rs] = await runWrite(client, [{ sql: sql.replayDead, args: [id] }], sql.lock);
+ * import { libsqlSql } from "./sql.ts";
+ * const q = libsqlSql("outbox");
+ * const [rs] = await runWrite(client, [{ sql: q.replayDead, args: [id] }], q.lock);
  * ```
  */
 export async function runWrite(client: LibsqlClient, stmts: LibsqlStatement[], lockSql: string): Promise<LibsqlResultSet[]> {
@@ -263,7 +268,9 @@ export async function runWrite(client: LibsqlClient, stmts: LibsqlStatement[], l
  * @returns its result set
  * @example
  * ```ts
- * const rs = await runRead(client, { sql: sql.hasDue, args: [] }, sql.readLock);
+ * import { libsqlSql } from "./sql.ts";
+ * const q = libsqlSql("outbox");
+ * const rs = await runRead(client, { sql: q.hasDue, args: [] }, q.readLock);
  * ```
  */
 export async function runRead(client: LibsqlClient, stmt: LibsqlStatement, readLockSql: string): Promise<LibsqlResultSet> {

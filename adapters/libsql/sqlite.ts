@@ -98,8 +98,12 @@ const CAPABILITIES: StorageCapabilities = { batchStatement: true, skipLocked: fa
  * @throws {OutboxError} CONFIG when the table name is not a plain identifier
  * @example
  * ```ts
- * const core = sqliteStorage(driver, { adapter: "d1", table: "outbox", retainDeliveredMs: 0, busyRetryMs: 2_000,
- *   isBusy: () => false, isRetryable: () => false, wakeOwner: db, watchIntervalMs: 0 });
+ * const driver: SqliteDriver = {
+ *   write: async (stmts) => (await client.batch(stmts, "write")).map((rs) => rs.rows),
+ *   read: async (stmt) => (await client.execute(stmt)).rows,
+ * };
+ * const core = sqliteStorage(driver, { adapter: "libsql", table: "outbox", retainDeliveredMs: 0, busyRetryMs: 2_000,
+ *   isBusy: () => false, isRetryable: () => false, wakeOwner: client, watchIntervalMs: 0 });
  * const claim = await core.common.claim({ limit: 10, leaseMs: 30_000 });
  * ```
  */

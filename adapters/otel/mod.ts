@@ -38,10 +38,19 @@ import {
 } from "@opentelemetry/api";
 import type { TraceAttributes, TraceSpan, TraceSpanOptions, Tracing } from "../../src/tracing.ts";
 
+/**
+ * The part of an OpenTelemetry `Tracer` this adapter calls: any `Tracer` from `@opentelemetry/api` fits (typed
+ * structurally so the public API names no type of the OpenTelemetry package).
+ */
+export interface OtelTracer {
+  /** `Tracer.startSpan(name, options, context)`. */
+  startSpan(name: string, options?: object, context?: object): object;
+}
+
 /** Options of {@link otelTracing}. */
 export interface OtelTracingOptions {
   /** The tracer to use. @default trace.getTracer("edge-outbox") from the globally registered provider */
-  tracer?: Tracer | undefined;
+  tracer?: OtelTracer | undefined;
 }
 
 const SPAN = Symbol("edge-outbox.otel.span");
@@ -90,7 +99,7 @@ function wrap(span: Span): WrappedSpan {
  * ```
  */
 export function otelTracing(options: OtelTracingOptions = {}): Tracing {
-  const tracer = (): Tracer => options.tracer ?? trace.getTracer("edge-outbox");
+  const tracer = (): Tracer => (options.tracer as Tracer | undefined) ?? trace.getTracer("edge-outbox");
   return {
     inject(headers: Record<string, string>): void {
       if (Object.keys(headers).some((k) => k.toLowerCase() === "traceparent")) return;

@@ -18,7 +18,9 @@ type Invalid = (message: string) => OutboxError;
  * @throws {OutboxError} VALIDATION when either is not a positive integer
  * @example
  * ```ts
- * const { limit, leaseMs } = claimArgs({ limit: 10, leaseMs: 30_000 }, errors.invalid);
+ * import { OutboxError } from "edge-outbox";
+ * const invalid = (m: string): OutboxError => new OutboxError("VALIDATION", m);
+ * const { limit, leaseMs } = claimArgs({ limit: 10, leaseMs: 30_000 }, invalid);
  * ```
  */
 export function claimArgs(options: { limit: number; leaseMs: number }, invalid: Invalid): { limit: number; leaseMs: number } {
@@ -36,7 +38,9 @@ export function claimArgs(options: { limit: number; leaseMs: number }, invalid: 
  * @throws {OutboxError} VALIDATION when it is not a non-empty string
  * @example
  * ```ts
- * settleToken(claim.token, errors.invalid);
+ * import { OutboxError } from "edge-outbox";
+ * const invalid = (m: string): OutboxError => new OutboxError("VALIDATION", m);
+ * settleToken(token, invalid);
  * ```
  */
 export function settleToken(token: unknown, invalid: Invalid): asserts token is string {
@@ -52,7 +56,9 @@ export function settleToken(token: unknown, invalid: Invalid): asserts token is 
  * @throws {OutboxError} VALIDATION when it is not a non-negative integer
  * @example
  * ```ts
- * const windowMs = statsWindow(undefined, errors.invalid); // 300000
+ * import { OutboxError } from "edge-outbox";
+ * const invalid = (m: string): OutboxError => new OutboxError("VALIDATION", m);
+ * const windowMs = statsWindow(undefined, invalid); // 300000
  * ```
  */
 export function statsWindow(options: { windowMs?: number } | undefined, invalid: Invalid): number {
@@ -71,7 +77,9 @@ export function statsWindow(options: { windowMs?: number } | undefined, invalid:
  * @throws {OutboxError} VALIDATION for a bad limit or cursor
  * @example
  * ```ts
- * const { limit, after } = listDeadArgs({ limit: 50, cursor: null }, errors.invalid, { cursorDigits: 15 });
+ * import { OutboxError } from "edge-outbox";
+ * const invalid = (m: string): OutboxError => new OutboxError("VALIDATION", m);
+ * const { limit, after } = listDeadArgs({ limit: 50, cursor: null }, invalid, { cursorDigits: 15 });
  * ```
  */
 export function listDeadArgs(
@@ -113,7 +121,9 @@ export interface PurgeArgs {
  *   that is not a positive integer
  * @example
  * ```ts
- * const { status, olderThan, limit } = purgeArgs({ status: "dead", olderThan: Date.now(), limit: 500 }, errors.invalid);
+ * import { OutboxError } from "edge-outbox";
+ * const invalid = (m: string): OutboxError => new OutboxError("VALIDATION", m);
+ * const { status, olderThan, limit } = purgeArgs({ status: "dead", olderThan: Date.now(), limit: 500 }, invalid);
  * ```
  */
 export function purgeArgs(options: PurgeArgs, invalid: Invalid): PurgeArgs {

@@ -30,8 +30,13 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
  * @returns the retrier: `relaySide("claim", () => …)`
  * @example
  * ```ts
- * const relaySide = busyRetrier({ budgetMs: 2_000, isBusy: () => false, fail: (what, e) => errors.storage(what, e) });
- * const rows = await relaySide("claim", () => client.execute(stmt));
+ * import { OutboxError } from "edge-outbox";
+ * const relaySide = busyRetrier({
+ *   budgetMs: 2_000,
+ *   isBusy: (e) => (e as { code?: unknown }).code === "SQLITE_BUSY",
+ *   fail: (what, e) => new OutboxError("STORAGE", `${what} failed`, { cause: e }),
+ * });
+ * const rs = await relaySide("claim", () => client.execute("SELECT 1"));
  * ```
  */
 export function busyRetrier(options: BusyRetryOptions): BusyRetrier {

@@ -127,7 +127,11 @@ export interface RawStatsRow {
  * @returns the stats
  * @example
  * ```ts
- * const s = outboxStats(300_000, row);
+ * const s = outboxStats(300_000, {
+ *   now: 1_000, pending: 1, due: 1, leased: 0, dead: 0, oldest: 400, oldestDue: 900,
+ *   delivered: 0, retried: 0, deadWindow: 0, latencySum: 0, latencyMax: null,
+ * });
+ * s.oldestDueAgeMs; // 100
  * ```
  */
 export function outboxStats(windowMs: number, r: RawStatsRow): OutboxStats {

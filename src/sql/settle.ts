@@ -45,7 +45,9 @@ export interface SettlementPartition {
  *   non-negative integer, or an unknown outcome
  * @example
  * ```ts
- * const p = partitionSettlements([{ id: "a", outcome: "delivered" }], errors.invalid);
+ * import { OutboxError } from "edge-outbox";
+ * const invalid = (m: string): OutboxError => new OutboxError("VALIDATION", m);
+ * const p = partitionSettlements([{ id: "a", outcome: "delivered" }], invalid);
  * p.delivered; // ["a"]
  * ```
  */
@@ -99,7 +101,10 @@ export function partitionSettlements(
  * @returns `{ applied, lost }`
  * @example
  * ```ts
- * const result = settleResult(settlements, partition, new Set(["a"])); // "a" is lost
+ * import { OutboxError } from "edge-outbox";
+ * const settlements = [{ id: "a", outcome: "delivered" as const }, { id: "b", outcome: "delivered" as const }];
+ * const partition = partitionSettlements(settlements, (m) => new OutboxError("VALIDATION", m));
+ * const result = settleResult(settlements, partition, new Set(["a"])); // { applied: 1, lost: ["a"] }
  * ```
  */
 export function settleResult(

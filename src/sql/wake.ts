@@ -71,7 +71,9 @@ export function wakeChannel(owner: object, name: string): WakeChannel {
  * @returns resolves once the baseline is read (or could not be)
  * @example
  * ```ts
- * await watchChanges(() => headSeq(), 50, () => relayWake(), signal);
+ * let head = 0;
+ * await watchChanges(() => Promise.resolve(head), 50, () => console.log("a commit"), signal);
+ * head++; // seen within 50 ms
  * ```
  */
 export async function watchChanges(
