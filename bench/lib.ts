@@ -44,7 +44,7 @@ export function parseArgs(argv: readonly string[]): BenchConfig {
     quick,
     drainMessages: quick ? 10_000 : 100_000,
     drainRepeats: Number(process.env["BENCH_REPEATS"] ?? (quick ? 3 : 5)),
-    enqueueTransactions: quick ? 1_000 : 10_000,
+    enqueueTransactions: quick ? 500 : 10_000,
     latencyCommits: quick ? 100 : 400,
     rssMessages: quick ? 100_000 : 1_000_000,
     scaleRows: 1_000_000,
