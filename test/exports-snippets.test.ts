@@ -47,6 +47,20 @@ describe("documentation snippets", () => {
     expect(errors.find((e) => e.at === "README.md:23")!.message).toMatch(/exactOptionalPropertyTypes/);
   }, 60_000);
 
+  it("public optional option fields of the http and upstash adapters accept undefined (exactOptionalPropertyTypes)", () => {
+    const code = [
+      'import { webhookTransport, type VerifyWebhookOptions } from "edge-outbox/http";',
+      'import { upstashLock } from "edge-outbox/upstash";',
+      "declare const maybe: number | undefined;",
+      'webhookTransport({ url: "https://a.example/h", secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", timeoutMs: maybe, headers: undefined, fetch: undefined, name: undefined });',
+      "const verify: VerifyWebhookOptions = { toleranceMs: maybe, now: undefined };",
+      "upstashLock(redis, { prefix: undefined, leaseMs: maybe, renewEveryMs: maybe, autoRenew: undefined, timeoutMs: maybe });",
+      "void verify;",
+    ].join("\n");
+    const errors = checkSnippets(root, [{ origin: "README.md:1", file: "README.md", line: 2, code }]);
+    expect(errors.map((e) => `${e.at}: ${e.message.split("\n")[0]}`)).toEqual([]);
+  }, 60_000);
+
   it("every README and @example block type-checks (except the known ones listed below)", () => {
     const errors = checkSnippets(root).filter((e) => !KNOWN_BROKEN.has(e.key));
     const report = errors.map((e) => `${e.at} (block at ${e.snippet}, key ${e.key}): ${e.message.split("\n")[0]}`).join("\n");

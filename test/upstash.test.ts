@@ -216,6 +216,8 @@ describe("upstashLock: scripts and types", () => {
     expect(await codeOf(() => upstashLock(redis, { leaseMs: 1.5 }))).toBe("CONFIG");
     expect(await codeOf(() => upstashLock({} as never))).toBe("CONFIG");
     expect(await codeOf(lockOn(redis).acquire("k", 0))).toBe("CONFIG");
+    // Options given as undefined take their defaults (the fields are declared `?: T | undefined`).
+    expect(typeof upstashLock(redis, { prefix: undefined, leaseMs: undefined, renewEveryMs: undefined, autoRenew: undefined, timeoutMs: undefined }).acquire).toBe("function");
   });
 });
 

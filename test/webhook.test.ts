@@ -216,6 +216,8 @@ describe("webhookTransport: delivery", () => {
     expect(String(await caught(() => webhookTransport({ url: base, secret, timeoutMs: 0 })))).toMatch(/timeoutMs/);
     expect(await codeOf(() => webhookTransport({ url: base, secret: "" }))).toBe("CONFIG");
     expect(await codeOf(() => webhookTransport({ url: base, secret, headers: { "bad header": "x" } }))).toBe("CONFIG");
+    // An option given as undefined takes its default (the fields are declared `?: T | undefined`).
+    expect(webhookTransport({ url: base, secret, timeoutMs: undefined, headers: undefined, fetch: undefined, name: undefined }).name).toBe("webhook");
   });
 });
 
@@ -275,6 +277,7 @@ describe("verifyWebhook", () => {
     expect(String(await caught(verifyWebhook(await signed({ ts: now + 6 * 60 }), secret)))).toMatch(/future/);
     expect((await verifyWebhook(await signed({ ts: now - 4 * 60 }), secret)).id).toBe("msg_2KWPBgLlAfxdpx2AI54pPJ85f4W");
     expect(await codeOf(verifyWebhook(await signed({ ts: now - 60 }), secret, { toleranceMs: 30_000 }))).toBe("VALIDATION");
+    expect((await verifyWebhook(await signed({ ts: now - 4 * 60 }), secret, { toleranceMs: undefined, now: undefined })).id).toBe("msg_2KWPBgLlAfxdpx2AI54pPJ85f4W");
   });
 
   it("rejects missing headers and a non-numeric timestamp", async () => {

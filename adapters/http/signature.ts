@@ -97,9 +97,9 @@ export async function signWebhook(secret: WebhookSecret | CryptoKey, id: string,
  */
 export interface VerifyWebhookOptions {
   /** Largest accepted distance between `webhook-timestamp` and now, either way, ms. @default 300000 (5 minutes) */
-  toleranceMs?: number;
+  toleranceMs?: number | undefined;
   /** The current time, epoch ms (for tests). @default Date.now() */
-  now?: number;
+  now?: number | undefined;
 }
 
 /**

@@ -39,13 +39,13 @@ export interface WebhookTransportOptions {
   /** The Standard Webhooks signing secret, `whsec_<base64>` (or raw key bytes). */
   secret: WebhookSecret;
   /** Longest one request may take (until the response body is read), ms; then it is aborted and retried. @default 10000 */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
   /** Extra headers on every request (a message's own headers override them; the protocol headers override both). @default {} */
-  headers?: Record<string, string>;
+  headers?: Record<string, string> | undefined;
   /** The fetch implementation. @default globalThis.fetch */
-  fetch?: WebhookFetch;
+  fetch?: WebhookFetch | undefined;
   /** Name in reports and errors. @default "webhook" */
-  name?: string;
+  name?: string | undefined;
 }
 
 const int = (min: number, max: number) => v.pipe(v.number(), v.integer(), v.minValue(min), v.maxValue(max));

@@ -43,24 +43,24 @@ export interface UpstashRedis {
  */
 export interface UpstashLockOptions {
   /** Prepended to every key given to `acquire` to form the Redis key. @default "" */
-  prefix?: string;
+  prefix?: string | undefined;
   /**
    * Time to live of the Redis key while a lease is held, ms. With `autoRenew`, the key is kept alive by renewals
    * up to the `leaseMs` asked of `acquire` (or `extend`), so a holder that crashes frees the lock at most this
    * long after its last renewal. Capped by the `leaseMs` asked of `acquire`.
    * @default 10000
    */
-  leaseMs?: number;
+  leaseMs?: number | undefined;
   /** Renewal period while a lease is held, ms; must be below `leaseMs`. @default leaseMs / 3 */
-  renewEveryMs?: number;
+  renewEveryMs?: number | undefined;
   /**
    * Renew the key automatically while the lease is held. When false, the key's time to live is exactly the
    * `leaseMs` given to `acquire` or `extend` and `leaseMs` / `renewEveryMs` above are unused.
    * @default true
    */
-  autoRenew?: boolean;
+  autoRenew?: boolean | undefined;
   /** Longest one Redis operation may take before it counts as failed (LOCK, retryable), ms. @default 1000 */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
 }
 
 /**
