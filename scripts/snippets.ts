@@ -10,6 +10,8 @@
  *   importing them, and a README block the root entry point's (as if the README's first imports were in scope).
  * - A block fenced as ```` ```ts ignore ```` is not checked (Deno's convention for illustrative code).
  *
+ * {@link checkSources} checks the shipped sources themselves under the same settings.
+ *
  * Used by test/exports-snippets.test.ts; `node_modules/.bin/vitest run test/exports-snippets.test.ts` lists failures.
  */
 import { readdirSync, readFileSync, statSync } from "node:fs";
@@ -176,19 +178,19 @@ function normalizeSpecifiers(code: string): string {
     .replace(/(["'])npm:(@?[^@"'\s]+)(@[^"'\s]*)?\1/g, (_m, q: string, name: string) => `${q}${name}${q}`);
 }
 
-/**
- * Type-checks snippets, each as its own module, in one TypeScript program. Returns one entry per error.
- *
- * @param root the repository root
- * @param snippets what to check (default: {@link collectSnippets})
- */
-export function checkSnippets(root: string, snippets: readonly Snippet[] = collectSnippets(root)): SnippetError[] {
+/** deno.json's entry points: `edge-outbox[/<subpath>]` → absolute source path. */
+function entryPoints(root: string): Record<string, string> {
   const deno = JSON.parse(readFileSync(join(root, "deno.json"), "utf8")) as { exports: Record<string, string> };
+  const out: Record<string, string> = {};
+  for (const [key, target] of Object.entries(deno.exports)) out[key === "." ? "edge-outbox" : `edge-outbox/${key.slice(2)}`] = join(root, target);
+  return out;
+}
+
+/** What a user's `tsc --init` turns on (strict, exactOptionalPropertyTypes, noUncheckedIndexedAccess), Web APIs only. */
+function snippetCompilerOptions(root: string): ts.CompilerOptions {
   const paths: Record<string, string[]> = {};
-  for (const [key, target] of Object.entries(deno.exports)) {
-    paths[key === "." ? "edge-outbox" : `edge-outbox/${key.slice(2)}`] = [join(root, target)];
-  }
-  const options: ts.CompilerOptions = {
+  for (const [name, file] of Object.entries(entryPoints(root))) paths[name] = [file];
+  return {
     target: ts.ScriptTarget.ES2022,
     module: ts.ModuleKind.ESNext,
     moduleResolution: ts.ModuleResolutionKind.Bundler,
@@ -203,6 +205,38 @@ export function checkSnippets(root: string, snippets: readonly Snippet[] = colle
     baseUrl: root,
     paths,
   };
+}
+
+/**
+ * Type-checks the shipped sources themselves (everything deno.json's entry points reach) under the snippets'
+ * settings: a user who compiles the `.ts` sources (JSR, a vendored copy) with `exactOptionalPropertyTypes` on must
+ * not get errors inside the library.
+ *
+ * @param root the repository root
+ * @returns one `file:line: message` per diagnostic in a repository file (node_modules excluded)
+ */
+export function checkSources(root: string): string[] {
+  const options = snippetCompilerOptions(root);
+  const program = ts.createProgram({ rootNames: Object.values(entryPoints(root)), options });
+  const out: string[] = [];
+  for (const sf of program.getSourceFiles()) {
+    if (sf.fileName.includes("/node_modules/") || !sf.fileName.startsWith(root)) continue;
+    for (const d of [...program.getSyntacticDiagnostics(sf), ...program.getSemanticDiagnostics(sf)]) {
+      const line = d.start === undefined ? 0 : sf.getLineAndCharacterOfPosition(d.start).line + 1;
+      out.push(`${relative(root, sf.fileName).split(sep).join("/")}:${line}: ${ts.flattenDiagnosticMessageText(d.messageText, "\n").split("\n")[0]}`);
+    }
+  }
+  return out;
+}
+
+/**
+ * Type-checks snippets, each as its own module, in one TypeScript program. Returns one entry per error.
+ *
+ * @param root the repository root
+ * @param snippets what to check (default: {@link collectSnippets})
+ */
+export function checkSnippets(root: string, snippets: readonly Snippet[] = collectSnippets(root)): SnippetError[] {
+  const options = snippetCompilerOptions(root);
   const dir = join(root, ".snippets");
   const virtual = new Map<string, { snippet: Snippet; offset: number }>();
   const texts = new Map<string, string>();

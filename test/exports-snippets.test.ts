@@ -3,7 +3,7 @@
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
-import { checkSnippets, collectSnippets, exampleSnippets, markdownSnippets, type Snippet } from "../scripts/snippets.ts";
+import { checkSnippets, checkSources, collectSnippets, exampleSnippets, markdownSnippets, type Snippet } from "../scripts/snippets.ts";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -60,6 +60,10 @@ describe("documentation snippets", () => {
     const errors = checkSnippets(root, [{ origin: "README.md:1", file: "README.md", line: 2, code }]);
     expect(errors.map((e) => `${e.at}: ${e.message.split("\n")[0]}`)).toEqual([]);
   }, 60_000);
+
+  it("the shipped sources type-check under the same settings (a user compiling the .ts sources with exactOptionalPropertyTypes)", () => {
+    expect(checkSources(root)).toEqual([]);
+  }, 120_000);
 
   it("every README and @example block type-checks (except the known ones listed below)", () => {
     const errors = checkSnippets(root).filter((e) => !KNOWN_BROKEN.has(e.key));

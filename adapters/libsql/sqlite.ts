@@ -84,7 +84,8 @@ export type SqliteCommon =
     Required<OutboxStorage<unknown, unknown>>,
     "name" | "capabilities" | "scope" | "claim" | "settle" | "hasDue" | "stats" | "listDead" | "replayDead" | "purge" | "subscribe"
   >
-  & { readonly table: string; readonly retainDeliveredMs: number };
+  // `Required<>` keeps the declared `| undefined` of `scope?: string | undefined` under exactOptionalPropertyTypes.
+  & { readonly scope: string; readonly table: string; readonly retainDeliveredMs: number };
 
 /** SQLite: one writer at a time, which also makes a claim's view current, so a key may deliver a prefix per claim. */
 const CAPABILITIES: StorageCapabilities = { batchStatement: true, skipLocked: false, serialWrites: true, keyPrefixClaims: true };
