@@ -74,9 +74,25 @@ step vitest vitest-json vitest.json -- "$BIN/vitest" run --reporter=default --re
 step bun junit bun.xml -- "$BIN/bun" test ./test/runtimes/bun.test.ts --reporter=junit \
   --reporter-outfile="$RESULTS/bun.xml" ${BUN_ARGS:-}
 # With type checking: Deno checks the test graph with its own libs and settings (tsc in step 1 does not see that).
-# shellcheck disable=SC2086
-step deno deno-junit deno.xml -- "$BIN/deno" test "${DENO_PERMS[@]}" --junit-path="$RESULTS/deno.xml" \
-  ${DENO_ARGS:-} test/runtimes/deno-memory.test.ts test/runtimes/deno-libsql.test.ts
+# Deno 2.9 has been seen to segfault at exit (exit 139, no report) after every case passed, once in several runs
+# under load, in the teardown of @libsql's native module. A run killed by a signal is a runtime crash, not a test
+# result: it is rerun once, said so in the log. A test failure (exit 1) is never rerun.
+deno_tests() {
+  # shellcheck disable=SC2086
+  "$BIN/deno" test "${DENO_PERMS[@]}" --junit-path="$RESULTS/deno.xml" ${DENO_ARGS:-} \
+    test/runtimes/deno-memory.test.ts test/runtimes/deno-libsql.test.ts
+  local code=$?
+  if [ "$code" -ge 128 ]; then
+    echo "deno test was killed by signal $((code - 128)) (a runtime crash, not a test result): running it once more"
+    rm -f "$RESULTS/deno.xml"
+    # shellcheck disable=SC2086
+    "$BIN/deno" test "${DENO_PERMS[@]}" --junit-path="$RESULTS/deno.xml" ${DENO_ARGS:-} \
+      test/runtimes/deno-memory.test.ts test/runtimes/deno-libsql.test.ts
+    code=$?
+  fi
+  return $code
+}
+step deno deno-junit deno.xml -- deno_tests
 step "deno publish --dry-run" case - -- "$BIN/deno" publish --dry-run --allow-dirty
 step "jsr view: deno check" case - -- scripts/jsr-view.sh
 step "deno doc --lint" case - -- scripts/doc-lint.sh
