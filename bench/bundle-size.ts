@@ -65,11 +65,22 @@ export function bundleCases(): Array<{ name: string; source: string }> {
   return cases;
 }
 
-/** Bundles one worker source (minified) and measures it. */
-export async function measureBundle(name: string, source: string): Promise<BundleFigure> {
+/** A worker bundled as a user would (esbuild, workerd conditions): the output and the inputs that put bytes in it. */
+export interface WorkerBundle {
+  bytes: Uint8Array;
+  text: string;
+  metafile: Metafile;
+  /** Metafile paths of the inputs with bytes in the output (a module tree-shaken away entirely puts none). */
+  inputs: string[];
+  /** The output's remaining imports (a worker bundle should have none). */
+  imports: string[];
+}
+
+/** Bundles one worker source (`@root/` = the repository) in a temp dir that is removed afterwards. */
+export async function bundleWorker(source: string, options: { minify: boolean }): Promise<WorkerBundle> {
   const dir = mkdtempSync(join(tmpdir(), "edge-outbox-bundle-"));
   try {
-    const entry = join(dir, "worker.js");
+    const entry = join(dir, "worker.ts");
     writeFileSync(entry, source.replaceAll("@root/", `${ROOT}/`));
     const result = await build({
       entryPoints: [entry],
@@ -81,25 +92,35 @@ export async function measureBundle(name: string, source: string): Promise<Bundl
       conditions: ["workerd", "worker", "browser"],
       mainFields: ["module", "main"],
       nodePaths: [join(ROOT, "node_modules")],
-      minify: true,
+      minify: options.minify,
       metafile: true,
       logLevel: "silent",
     });
-    const bytes = result.outputFiles[0]!.contents;
+    const file = result.outputFiles[0]!;
     const output = Object.values(result.metafile.outputs)[0]!;
-    const inputs = Object.entries(output.inputs).filter(([, i]) => i.bytesInOutput > 0)
-      .map(([path]) => resolve(path).replace(/^.*\/node_modules\//, "node_modules/").replace(`${ROOT}/`, ""));
     return {
-      name,
-      minified: bytes.length,
-      gzipped: gzipSync(bytes, { level: 9 }).length,
-      top: topInputs(result.metafile, 6),
-      inputs,
+      bytes: file.contents,
+      text: file.text,
+      metafile: result.metafile,
+      inputs: Object.entries(output.inputs).filter(([, i]) => i.bytesInOutput > 0).map(([path]) => path),
       imports: output.imports.map((i) => i.path),
     };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Bundles one worker source (minified) and measures it. */
+export async function measureBundle(name: string, source: string): Promise<BundleFigure> {
+  const b = await bundleWorker(source, { minify: true });
+  return {
+    name,
+    minified: b.bytes.length,
+    gzipped: gzipSync(b.bytes, { level: 9 }).length,
+    top: topInputs(b.metafile, 6),
+    inputs: b.inputs.map((path) => resolve(path).replace(/^.*\/node_modules\//, "node_modules/").replace(`${ROOT}/`, "")),
+    imports: b.imports,
+  };
 }
 
 function topInputs(meta: Metafile, n: number): string[] {

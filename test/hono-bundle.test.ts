@@ -1,41 +1,9 @@
 // A bearer-only relay worker, bundled as a user would (esbuild, the workerd conditions): importing
 // edge-outbox/hono must pull in no QStash SDK and no JWT library. The QStash verifier is the user's object.
-import { build } from "esbuild";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { bundleWorker } from "../bench/bundle-size.ts";
 
-const ROOT = resolve(import.meta.dirname, "..");
-const dirs: string[] = [];
-afterAll(() => {
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-});
-
-async function bundle(source: string): Promise<{ text: string; inputs: string[] }> {
-  const dir = mkdtempSync(join(tmpdir(), "edge-outbox-hono-bundle-"));
-  dirs.push(dir);
-  const entry = join(dir, "worker.ts");
-  writeFileSync(entry, source.replaceAll("@root/", `${ROOT}/`));
-  const result = await build({
-    entryPoints: [entry],
-    bundle: true,
-    write: false,
-    format: "esm",
-    platform: "neutral",
-    target: "es2022",
-    conditions: ["workerd", "worker", "browser"],
-    mainFields: ["module", "main"],
-    nodePaths: [join(ROOT, "node_modules")],
-    metafile: true,
-    minify: false,
-    logLevel: "silent",
-  });
-  // the inputs that put bytes into the output (a module imported but entirely tree-shaken away puts none)
-  const output = Object.values(result.metafile.outputs)[0]!;
-  const inputs = Object.entries(output.inputs).filter(([, i]) => i.bytesInOutput > 0).map(([path]) => path);
-  return { text: result.outputFiles[0]!.text, inputs };
-}
+const bundle = (source: string): Promise<{ text: string; inputs: string[] }> => bundleWorker(source, { minify: false });
 
 /** Strings only the QStash SDK or jose contain (class names, error codes), never edge-outbox itself. */
 const QSTASH_MARKERS = [/SignatureError/, /JWSSignatureVerificationFailed/, /jwtVerify/, /QstashError/, /ERR_JWS_INVALID/];
