@@ -1,14 +1,15 @@
 // pgAdvisoryLock on the machine's PostgreSQL server: exclusive across clients, busy is null, release, a killed
 // connection fires the lease's signal and frees the lock, expiry, and the relay's lock-busy skip.
-import { connect as netConnect } from "node:net";
+import { connect as netConnect, createServer, type Socket } from "node:net";
 import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 import { recordingTransport } from "../adapters/memory/mod.ts";
 import { advisoryLockKey, pgAdvisoryLock } from "../adapters/postgres/mod.ts";
 import { isOutboxError } from "../src/errors.ts";
+import type { Lease, Lock } from "../src/lock.ts";
 import { createOutbox, createRelay } from "../mod.ts";
 import { uuidv7 } from "../src/message.ts";
-import { connect, postgresFixture, randomSuffix, type Sql } from "./postgres-fixtures.ts";
+import { connect, PG_URL, postgresFixture, randomSuffix, type Sql } from "./postgres-fixtures.ts";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const app = `eo-test-lock-${randomSuffix()}`;
@@ -57,6 +58,99 @@ function flakyChecks(base: Sql): { client: Sql; failures: { count: number; seen:
   return { client, failures };
 }
 
+/**
+ * A TCP proxy in front of the test server whose `cut(pid)` closes the connection of backend `pid` on the client's side
+ * only, and resolves once postgres.js has seen it close: the client lost its socket while the server keeps the session
+ * (and its locks), as when the network drops a connection the server has not noticed yet. `sql` is a client (`max` 2)
+ * through it.
+ */
+async function cuttable(appName: string): Promise<{ sql: Sql; cut(pid: number): Promise<void>; close(): Promise<void> }> {
+  let closes = 0;
+  const url = new URL(PG_URL);
+  const pairs: { side: Socket; upstream: Socket }[] = [];
+  const server = createServer((side) => {
+    const upstream = netConnect(Number(url.port || 5432), url.hostname);
+    pairs.push({ side, upstream });
+    for (const s of [side, upstream]) s.on("error", () => {});
+    side.pipe(upstream, { end: false }); // a cut client side leaves the server's side open
+    upstream.pipe(side);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  const port = (server.address() as { port: number }).port;
+  const sql = postgres({
+    host: "127.0.0.1",
+    port,
+    database: url.pathname.slice(1),
+    username: decodeURIComponent(url.username),
+    max: 2,
+    onnotice: () => {},
+    onclose: () => void closes++,
+    connection: { application_name: appName },
+  }) as unknown as Sql;
+  const admin = client();
+  return {
+    sql,
+    async cut(pid) {
+      // The backend's client_port is the local port of the proxy's upstream socket.
+      const [row] = await admin`select client_port from pg_stat_activity where pid = ${pid}`;
+      const pair = pairs.find((p) => p.upstream.localPort === row?.["client_port"]);
+      if (!pair) throw new Error(`no proxied connection for backend ${pid}`);
+      const before = closes;
+      pair.side.destroy();
+      // Resolves once postgres.js has seen its socket close (its onclose option), while the server keeps the session.
+      const start = Date.now();
+      while (closes === before) {
+        if (Date.now() - start > 5_000) throw new Error("postgres.js never saw the cut connection close");
+        await sleep(5);
+      }
+    },
+    close: async () => {
+      await sql.end({ timeout: 1 }).catch(() => {});
+      for (const p of pairs) p.upstream.destroy(), p.side.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** Runs `fn`, collecting the uncaught exceptions and unhandled rejections the process sees meanwhile. */
+async function uncaughtDuring(fn: () => Promise<void>): Promise<unknown[]> {
+  const seen: unknown[] = [];
+  const onError = (e: unknown): void => void seen.push(e);
+  process.on("uncaughtException", onError);
+  process.on("unhandledRejection", onError);
+  try {
+    await fn();
+    await sleep(100); // a write postgres.js deferred with setImmediate, and a rejection nobody awaited, show by now
+  } finally {
+    process.off("uncaughtException", onError);
+    process.off("unhandledRejection", onError);
+  }
+  return seen;
+}
+
+/**
+ * Resolves with the signal's reason once it has fired (at once when it already has: the lock may notice a closed
+ * connection before the awaited statement that closed it answers); rejects after `ms`.
+ */
+function aborted(signal: AbortSignal, ms: number): Promise<unknown> {
+  if (signal.aborted) return Promise.resolve(signal.reason);
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error("lease.signal did not fire")), ms);
+    signal.addEventListener("abort", () => (clearTimeout(t), resolve(signal.reason)), { once: true });
+  });
+}
+
+/** Tries `lock.acquire(key)` every `everyMs` until it gets the lock or `withinMs` have passed: the lease, or null. */
+async function acquireWithin(lock: Lock, key: string, withinMs: number, everyMs: number): Promise<Lease | null> {
+  const start = Date.now();
+  let lease = await lock.acquire(key, 1_000);
+  while (lease === null && Date.now() - start < withinMs) {
+    await sleep(everyMs);
+    lease = await lock.acquire(key, 1_000);
+  }
+  return lease;
+}
+
 /** Connections of `appName` the server sees. */
 async function sessions(admin: Sql, appName: string): Promise<number> {
   const [row] = await admin`select count(*)::int as n from pg_stat_activity where application_name = ${appName}`;
@@ -101,13 +195,7 @@ describe("pgAdvisoryLock", () => {
     const [pid] = await holders(admin, key);
     expect(await other.acquire(key, 1_000)).toBeNull();
     await admin`select pg_terminate_backend(${pid!})`;
-    const reason = await new Promise<unknown>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error("lease.signal did not fire")), 3_000);
-      lease!.signal.addEventListener("abort", () => {
-        clearTimeout(t);
-        resolve(lease!.signal.reason);
-      }, { once: true });
-    });
+    const reason = await aborted(lease!.signal, 3_000);
     expect(isOutboxError(reason, "LEASE_LOST")).toBe(true);
     expect(await lease!.extend(1_000)).toBe(false);
     await lease!.release(); // never throws, never touches the dead connection
@@ -224,17 +312,77 @@ describe("pgAdvisoryLock", () => {
     await lease!.release();
     expect(Date.now() - t0).toBeLessThan(1_000); // release resolves within releaseWaitMs (+ slack)
     const start = Date.now();
-    let next = await other.acquire(key, 1_000);
-    while (next === null && Date.now() - start < 8_000) {
-      await sleep(100);
-      next = await other.acquire(key, 1_000);
-    }
+    const next = await acquireWithin(other, key, 8_000, 100);
     expect(next, "the lock was never freed").not.toBeNull();
     expect(Date.now() - start).toBeLessThan(6_000);
     await next!.release();
     // postgres.js took the ended session back: the holder's pool still works, nothing leaked on the server.
     expect(await base`select 2 as two`).toEqual([{ two: 2 }]);
     expect(await sessions(admin, holderApp)).toBeLessThanOrEqual(2);
+  });
+
+  it("a reserved connection closed on the client's side (the server keeps the session): release never writes to it, ends the session and frees the lock", async () => {
+    const key = `test:${randomSuffix()}`;
+    const holderApp = `${app}-cut-${randomSuffix()}`;
+    const proxy = await cuttable(holderApp);
+    try {
+      const lock = pgAdvisoryLock(proxy.sql, { checkIntervalMs: 60_000 });
+      const other = pgAdvisoryLock(client());
+      const admin = client();
+      const lease = await lock.acquire(key, 30_000);
+      expect(lease).not.toBeNull();
+      const [pid] = await holders(admin, key);
+      const uncaught = await uncaughtDuring(async () => {
+        await proxy.cut(pid!);
+        expect(await holders(admin, key)).toEqual([pid]); // the server still has the session and the lock
+        // Before the fix, release asked the pool (alive, held) and wrote the unlock on the closed connection:
+        // postgres.js threw "Cannot read properties of null (reading 'write')" from a setImmediate.
+        const t0 = Date.now();
+        await lease!.release();
+        expect(Date.now() - t0).toBeLessThan(2_500);
+      });
+      expect(uncaught.map(String)).toEqual([]);
+      // The session was ended through the pool: the lock is free now, not only at the idle-session deadline (32 s).
+      const next = await acquireWithin(other, key, 2_000, 50);
+      expect(next, "the lost session still holds the lock").not.toBeNull();
+      await next!.release();
+      expect(await proxy.sql`select 3 as three`).toEqual([{ three: 3 }]); // the pool replaced the closed connection
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("a reserved connection closed on the client's side: the lease is lost at the next check, and extend never writes to it", async () => {
+    const key = `test:${randomSuffix()}`;
+    const proxy = await cuttable(`${app}-cut-${randomSuffix()}`);
+    try {
+      const lock = pgAdvisoryLock(proxy.sql, { checkIntervalMs: 60_000 });
+      const admin = client();
+      const lease = await lock.acquire(key, 30_000);
+      expect(lease).not.toBeNull();
+      const uncaught = await uncaughtDuring(async () => {
+        await proxy.cut((await holders(admin, key))[0]!);
+        // Before the fix: status alive and held, then the write threw (uncaught) and extend never settled.
+        const extended = await Promise.race([lease!.extend(10_000), sleep(3_000).then(() => "no answer")]);
+        expect(extended).toBe(false);
+        expect(lease!.signal.aborted).toBe(true);
+        expect(String((lease!.signal.reason as Error).message)).toMatch(/lost with its connection/);
+        await lease!.release();
+      });
+      expect(uncaught.map(String)).toEqual([]);
+      // With a short check interval the loss shows without any call: no query is needed to notice it.
+      const fast = pgAdvisoryLock(proxy.sql, { checkIntervalMs: 20 });
+      const l2 = await fast.acquire(`${key}:2`, 30_000);
+      expect(l2).not.toBeNull();
+      const uncaught2 = await uncaughtDuring(async () => {
+        await proxy.cut((await holders(admin, `${key}:2`))[0]!);
+        await aborted(l2!.signal, 3_000);
+        await l2!.release();
+      });
+      expect(uncaught2.map(String)).toEqual([]);
+    } finally {
+      await proxy.close();
+    }
   });
 
   it("behind a transaction-mode pooler (statements on different sessions) acquire refuses with CONFIG and holds nothing", async () => {

@@ -13,6 +13,7 @@ import {
   isRetryableError,
   num,
   type PostgresLockClient,
+  type PostgresQueryOptions,
   type PostgresReservedConnection,
   PREFIX,
 } from "./client.ts";
@@ -26,8 +27,12 @@ import {
 export const ADVISORY_KEY_SQL: string =
   `('x' || left(encode(sha256(convert_to($1::text, 'UTF8')), 'hex'), 16))::bit(64)::bigint`;
 
-/** Marks the session with a random token (a session-level custom setting) and reads the idle-session setting. */
-const MARK_SQL = `SELECT set_config('edge_outbox.lock_session', $1::text, false) AS mark,
+/**
+ * Marks the session with a random token (a session-level custom setting, made by the server) and reads the
+ * idle-session setting. It has no parameters, so postgres.js runs it with the simple protocol and calls the
+ * connection probe of {@link probeOptions}.
+ */
+const MARK_SQL = `SELECT set_config('edge_outbox.lock_session', random()::text || '/' || clock_timestamp()::text, false) AS mark,
   current_setting('idle_session_timeout', true) AS idle, pg_backend_pid() AS pid,
   (SELECT (extract(epoch FROM backend_start) * 1000000)::bigint FROM pg_stat_activity WHERE pid = pg_backend_pid())::text AS started`;
 /**
@@ -60,6 +65,55 @@ const STATUS_SQL = `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1
     AND (extract(epoch FROM backend_start) * 1000000)::bigint::text = $3::text) AS alive,
   EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = $1::int AND objsubid = 1
     AND granted AND ((classid::bigint << 32) | objid::bigint) = $2::bigint) AS held`;
+
+/**
+ * Ends backend `$1` (started at `$2`) through the pool: the session this process lost the connection of (it can no
+ * longer unlock there), so that the server frees its lock now rather than at the idle-session deadline.
+ */
+const END_SESSION_SQL = `SELECT pg_terminate_backend(pid) AS ended FROM pg_stat_activity WHERE pid = $1::int
+  AND (extract(epoch FROM backend_start) * 1000000)::bigint::text = $2::text`;
+
+/**
+ * Whether the reserved connection's socket is still the one the lock was taken on, as far as the driver lets us see.
+ *
+ * postgres.js (3.4.9 and earlier) says nothing when the socket of an idle reserved connection closes (the server ended
+ * the session, the network dropped it), and a query written to it afterwards throws a TypeError from a `setImmediate`
+ * ("Cannot read properties of null (reading 'write')", porsager/postgres#1208): no caller can catch it, the process
+ * gets an uncaught exception. Asking the pool whether the backend is alive does not close that gap: the backend may
+ * end (or only this process's socket close) between that answer's snapshot and the write. So the lock looks at the
+ * connection itself: postgres.js hands its pool connection to a query's `onexecute` option (undocumented; its own
+ * `begin` uses it), and that connection's `reserved` member is this reservation's function while it lasts, null once
+ * the socket closed (another reservation's when the pool reused it). postgres.js clears it in the same socket 'close'
+ * handler that drops the socket, so a check made synchronously right before a write cannot be outrun: a statement
+ * handed over then reaches the socket before any later 'close' runs, and a write to a socket that is closing fails as
+ * an ordinary rejected query. With any other client the probe is never called and the state is unknown (`null`).
+ */
+interface ConnectionProbe {
+  /** The driver's connection object, once seen. */
+  connection: { reserved?: unknown } | null;
+  /** Its `reserved` member when the lock's first statement ran on it. */
+  reservation: unknown;
+}
+
+/** Query options that record the driver connection a statement runs on into `probe` (see {@link ConnectionProbe}). */
+function probeOptions(probe: ConnectionProbe): PostgresQueryOptions {
+  const options: PostgresQueryOptions & { onexecute(connection: unknown): boolean } = {
+    onexecute(connection: unknown): boolean {
+      const reserved = (connection as { reserved?: unknown } | null)?.reserved;
+      if (probe.connection === null && typeof reserved === "function") {
+        probe.connection = connection as { reserved?: unknown };
+        probe.reservation = reserved;
+      }
+      return true; // what postgres.js computes when no onexecute is given: the connection may take more statements
+    },
+  };
+  return options;
+}
+
+/** True when the probe saw the reserved connection and it is no longer this reservation's (its socket closed). */
+function connectionLost(probe: ConnectionProbe): boolean {
+  return probe.connection !== null && probe.connection.reserved !== probe.reservation;
+}
 
 /**
  * Hashes a lock key to the signed 64-bit advisory-lock key (see {@link ADVISORY_KEY_SQL}). Deterministic across
@@ -138,13 +192,15 @@ export const POOLER_HINT: string =
  * - While held, the connection stays reserved, idle, with no transaction open. Every `checkIntervalMs` the lease asks
  *   `pg_locks`, through another pooled connection, whether that backend still holds the lock; when the connection
  *   died (server restart, `pg_terminate_backend`, network), PostgreSQL has released the lock and `lease.signal`
- *   fires; when the check gets no answer, the lease is given up as well (signal fires, cleanup starts). (It never
- *   sends anything on a reserved connection that may be dead: postgres.js 3.4 throws an uncaught TypeError when a
- *   query is written to a reserved connection whose socket already closed, and releasing such a connection stalls
- *   the pool.)
+ *   fires; when the check gets no answer, the lease is given up as well (signal fires, cleanup starts). A reserved
+ *   connection whose socket closed is noticed at once, without a query. (It never sends anything on a reserved
+ *   connection whose socket closed: postgres.js 3.4 throws an uncaught TypeError when a query is written to one,
+ *   porsager/postgres#1208, and releasing such a connection stalls the pool.)
  * - The lease also ends after `leaseMs` unless extended: the lock is released and the signal fires.
  * - `release()` (and a lost or expired lease) cleans up: it asks the pool whether the session is alive; alive, it
- *   unlocks and gives the connection back; dead, postgres.js has taken the connection back and the lock is gone.
+ *   unlocks and gives the connection back; dead, postgres.js has taken the connection back and the lock is gone;
+ *   alive while this process lost its connection (a dropped socket the server has not noticed), it ends that session
+ *   through the pool (`pg_terminate_backend`), which frees the lock.
  *   When the pool does not answer, it asks again with a backoff. `release()` resolves within `releaseWaitMs`
  *   whatever happens. Safety net (PostgreSQL 14+): the held session's `idle_session_timeout` is set to the lease
  *   plus 2 s (restored on unlock), so a session this process can no longer reach or unlock is ended by the server
@@ -201,24 +257,24 @@ export function pgAdvisoryLock(sql: PostgresLockClient, options: PgAdvisoryLockO
     if (typeof key !== "string" || key.length === 0) throw new OutboxError("CONFIG", `${PREFIX} lock key must be a non-empty string`);
     if (!Number.isInteger(leaseMs) || leaseMs < 1) throw new OutboxError("CONFIG", `${PREFIX} leaseMs must be a positive integer`);
     const k = (await advisoryLockKey(key)).toString();
-    const token = crypto.randomUUID();
     let conn: PostgresReservedConnection;
     try {
       conn = await sql.reserve();
     } catch (e) {
       throw lockError("reserving a connection", e);
     }
+    const probe: ConnectionProbe = { connection: null, reservation: undefined };
     let session: Session;
     try {
-      const [mark] = await conn.unsafe(MARK_SQL, [token]);
+      const [mark] = await conn.unsafe(MARK_SQL, [], probeOptions(probe));
       const idle = mark?.["idle"];
       session = {
         pid: num(mark?.["pid"]),
         started: String(mark?.["started"]),
-        token,
+        token: String(mark?.["mark"]),
         idle: typeof idle === "string" ? idle : null,
       };
-      const [row] = await conn.unsafe(TRY_LOCK_SQL, [k, token, session.idle === null ? null : String(leaseMs + IDLE_GRACE_MS)]);
+      const [row] = await conn.unsafe(TRY_LOCK_SQL, [k, session.token, session.idle === null ? null : String(leaseMs + IDLE_GRACE_MS)]);
       const state = row?.["state"];
       if (state === "moved") {
         conn.release();
@@ -230,13 +286,21 @@ export function pgAdvisoryLock(sql: PostgresLockClient, options: PgAdvisoryLockO
       }
     } catch (e) {
       if (isOutboxError(e)) throw e;
-      if (!isConnectionError(e)) conn.release(); // postgres.js takes a dead connection back by itself
+      // postgres.js takes a dead connection back by itself; releasing it would hand the pool a connection without a socket
+      if (!connectionLost(probe) && !isConnectionError(e)) conn.release();
       throw lockError(`pg_try_advisory_lock("${key}")`, e);
     }
-    return holdLease(conn, key, k, session, leaseMs);
+    return holdLease(conn, probe, key, k, session, leaseMs);
   }
 
-  function holdLease(conn: PostgresReservedConnection, key: string, k: string, session: Session, leaseMs: number): Lease {
+  function holdLease(
+    conn: PostgresReservedConnection,
+    probe: ConnectionProbe,
+    key: string,
+    k: string,
+    session: Session,
+    leaseMs: number,
+  ): Lease {
     const controller = new AbortController();
     let state: "held" | "lost" | "released" = "held";
     let expiry: ReturnType<typeof setTimeout> | undefined;
@@ -270,12 +334,18 @@ export function pgAdvisoryLock(sql: PostgresLockClient, options: PgAdvisoryLockO
           const s = await status();
           if (s !== null) {
             if (!s.alive) return;
+            if (connectionLost(probe)) {
+              // The server still has the session but this process lost its connection (and must not write to it):
+              // end the session through the pool, which frees the lock; without an answer, the idle deadline does.
+              await within(sql.unsafe(END_SESSION_SQL, [session.pid, session.started]), QUERY_WAIT_MS).catch(() => {});
+              return;
+            }
             try {
               const done = await within(conn.unsafe(UNLOCK_SQL, [k, session.token, session.idle]), QUERY_WAIT_MS);
               if (done === TIMED_OUT) return; // a stuck connection: the idle-session deadline ends it
               conn.release();
             } catch (e) {
-              if (!isConnectionError(e)) conn.release();
+              if (!connectionLost(probe) && !isConnectionError(e)) conn.release();
             }
             return;
           }
@@ -315,6 +385,7 @@ export function pgAdvisoryLock(sql: PostgresLockClient, options: PgAdvisoryLockO
 
     const interval = setInterval(() => {
       if (checking || state !== "held") return;
+      if (connectionLost(probe)) return lose("was lost with its connection");
       checking = true;
       void status().then((s) => {
         checking = false;
@@ -333,13 +404,14 @@ export function pgAdvisoryLock(sql: PostgresLockClient, options: PgAdvisoryLockO
         if (state !== "held") return false;
         const s = await status();
         if (state !== "held") return false;
-        const lost = verdict(s);
+        const lost = connectionLost(probe) ? "was lost with its connection" : verdict(s);
         if (lost !== null) {
           lose(lost);
           return false;
         }
         if (session.idle !== null) {
-          // The session is alive (just checked): move the server's idle deadline along with the lease.
+          // The session is alive (just checked) and its connection still open (checked right above, with no await
+          // since): move the server's idle deadline along with the lease.
           try {
             const [row] = await conn.unsafe(EXTEND_SQL, [session.token, String(ms + IDLE_GRACE_MS)]);
             if (row?.["idle"] === null || row?.["idle"] === undefined) {
