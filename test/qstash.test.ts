@@ -1,6 +1,7 @@
 import { createClient } from "@libsql/client";
 import { Client, Receiver } from "@upstash/qstash";
 import { Hono } from "hono";
+import { connect } from "node:net";
 import * as v from "valibot";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import {
@@ -710,4 +711,33 @@ describe("end to end through the emulator", () => {
     const { rows } = await client.execute("SELECT count(*) AS n FROM orders");
     expect(Number(rows[0]!["n"])).toBe(200);
   }, 60_000);
+});
+
+describe("the QStash emulator (test fixture)", () => {
+  it("a client that goes away mid-request is dropped unseen: no unhandled rejection, nothing published, it still answers", async () => {
+    const e = await emulator();
+    const unhandled: unknown[] = [];
+    const onUnhandled = (x: unknown): void => void unhandled.push(x);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      const url = new URL(e.url);
+      const socket = connect(Number(url.port), url.hostname);
+      socket.on("error", () => {});
+      await new Promise((resolve) => socket.once("connect", resolve));
+      socket.write(
+        `POST /v2/publish/https://consumer.example/events HTTP/1.1\r\nHost: ${url.host}\r\n` +
+          `Authorization: Bearer ${e.token}\r\nContent-Length: 100\r\n\r\n{"n":`,
+      );
+      await sleep(50); // the emulator has the headers and is reading the body
+      socket.destroy(); // before the fix: readBody rejected ("aborted", ECONNRESET) and nobody caught it
+      await sleep(100);
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+    }
+    expect(unhandled.map(String)).toEqual([]);
+    expect(e.calls).toHaveLength(0);
+    expect(e.messages).toHaveLength(0);
+    const { messageId } = await e.client().publish({ url: "https://consumer.example/events", body: "{}" });
+    expect(e.messages.map((m) => m.messageId)).toEqual([messageId]);
+  });
 });
