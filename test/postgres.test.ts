@@ -1,6 +1,6 @@
 // The Postgres storage on the machine's PostgreSQL server: the conformance suite, then what is specific to Postgres
 // (structural types, hostile names, migrations, commit-order locks, errors and dropped connections).
-import { connect as netConnect } from "node:net";
+import { connect as netConnect, createServer, type Socket } from "node:net";
 import postgres from "postgres";
 import { describe, expect, it } from "vitest";
 import {
@@ -676,7 +676,119 @@ describe("postgresStorage: enqueue handles, ids, replay, stats, missing table, w
   });
 });
 
+/** The ErrorResponse PostgreSQL sends a session that `pg_terminate_backend` ends (FATAL 57P01), before it closes it. */
+function terminationMessage(): Buffer {
+  const fields = [["S", "FATAL"], ["V", "FATAL"], ["C", "57P01"], ["M", "terminating connection due to administrator command"]];
+  const body = Buffer.from(fields.map(([k, v]) => `${k}${v}\0`).join("") + "\0");
+  const head = Buffer.alloc(5);
+  head.write("E", 0);
+  head.writeInt32BE(4 + body.length, 1);
+  return Buffer.concat([head, body]);
+}
+
+/**
+ * A TCP proxy in front of the test server that ends its first connection the way `pg_terminate_backend` would at the
+ * client's first statement after startup (a Parse or Query message): it answers FATAL 57P01 and closes, instead of
+ * passing the statement on. Later connections pass through. Deterministic: the window between a connection's startup
+ * and its first statement, where a real termination only lands now and then (e.g. under load), is hit every time.
+ */
+async function terminatingFirstStatement(): Promise<{ port: number; close(): Promise<void> }> {
+  const url = new URL(PG_URL);
+  const sockets = new Set<Socket>();
+  let first = true;
+  const server = createServer((side) => {
+    const upstream = netConnect(Number(url.port || 5432), url.hostname);
+    for (const s of [side, upstream]) {
+      sockets.add(s);
+      s.on("error", () => {});
+    }
+    upstream.pipe(side);
+    let intercept = first;
+    first = false;
+    let pending = Buffer.alloc(0);
+    let startupDone = false;
+    side.on("data", (chunk: Buffer) => {
+      if (!intercept) return void upstream.write(chunk);
+      pending = Buffer.concat([pending, chunk]);
+      // The startup message has no type byte (length, then the protocol); every later one is type + length.
+      for (;;) {
+        const typed = startupDone ? 1 : 0;
+        if (pending.length < typed + 4) return;
+        const size = typed + pending.readInt32BE(typed);
+        if (pending.length < size) return;
+        const type = startupDone ? String.fromCharCode(pending[0]!) : "";
+        if (type === "P" || type === "Q") {
+          intercept = false;
+          upstream.unpipe(side);
+          upstream.destroy();
+          side.end(terminationMessage());
+          return;
+        }
+        upstream.write(pending.subarray(0, size));
+        pending = pending.subarray(size);
+        startupDone = true;
+      }
+    });
+    side.on("end", () => upstream.end());
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  return {
+    port: (server.address() as { port: number }).port,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
 describe("postgresStorage: errors and dropped connections", () => {
+  it("a new connection terminated at its first statement: with fetch_types: false, one retryable STORAGE error and nothing unhandled", async () => {
+    // postgres.js 3.4 sends its array-type query (fetch_types, on by default) as a connection's first statement and
+    // drops that query's promise (porsager/postgres#1192): terminated there, it becomes an unhandled rejection that
+    // no caller can catch, and Node exits. The adapter binds no arrays (lists travel as JSON text), so it runs with
+    // fetch_types: false, as the README advises; this is the case where that matters.
+    const f = await postgresFixture();
+    const proxy = await terminatingFirstStatement();
+    const url = new URL(PG_URL);
+    const sql = postgres({
+      host: "127.0.0.1",
+      port: proxy.port,
+      database: url.pathname.slice(1),
+      username: decodeURIComponent(url.username),
+      max: 1,
+      fetch_types: false,
+      onnotice: () => {},
+    });
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown): void => void unhandled.push(e);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      const storage = postgresStorage(sql, f.options);
+      const e = expectCode(await caught(storage.stats()), "STORAGE");
+      expect(e.retryable).toBe(true);
+      expect(isConnectionError(e.cause)).toBe(true);
+      // The next connection passes through. (postgres.js 3.4 may hand the ended session's error to the first statement
+      // after the reconnect once more, porsager/postgres#1223: a retryable STORAGE error too.)
+      let stats: Awaited<ReturnType<typeof storage.stats>> | undefined;
+      for (let attempt = 0; stats === undefined; attempt++) {
+        try {
+          stats = await storage.stats();
+        } catch (again) {
+          expect(attempt).toBeLessThan(2);
+          expect(expectCode(again, "STORAGE").retryable).toBe(true);
+        }
+      }
+      expect(stats.pending).toBe(0);
+      await sleep(50);
+      expect(unhandled.map(String)).toEqual([]);
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+      await sql.end({ timeout: 1 });
+      await proxy.close();
+      await f.close();
+    }
+  });
+
   it("connection refused: a retryable STORAGE error with the driver cause, at once, after a single attempt", async () => {
     let attempts = 0;
     const sql = postgres({
@@ -720,7 +832,13 @@ describe("postgresStorage: errors and dropped connections", () => {
     const f = await postgresFixture();
     const relayApp = `${f.appName}-relay`;
     // lock_timeout: a drain that settles its unsent rows (released) after the kill must not wait on the blocker forever.
-    const relaySql = f.connect({ max: 2, connection: { application_name: relayApp, lock_timeout: 2_000 } });
+    // fetch_types: false: a relay connection still starting when the kill lands (seen under load) would otherwise make
+    // postgres.js leak an unhandled rejection from its array-type query (see "terminated at its first statement").
+    const relaySql = f.connect({
+      max: 2,
+      fetch_types: false,
+      connection: { application_name: relayApp, lock_timeout: 2_000 },
+    });
     const admin = f.connect({ max: 2, connection: { application_name: `${f.appName}-admin` } });
     try {
       const all = Array.from({ length: 40 }, (_, i) => message(i));
