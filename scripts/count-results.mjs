@@ -80,6 +80,26 @@ function denoLeaves(cases) {
   return leaves;
 }
 
+/**
+ * vitest's unhandled errors (scripts/vitest-unhandled-reporter.mjs): each one a failed case named by its message and
+ * the test vitest attributes it to, its first stack lines printed with the failures.
+ */
+function unhandledCases(step) {
+  const path = join(dir, "vitest-unhandled.json");
+  if (!existsSync(path)) return [];
+  let errors;
+  try {
+    errors = JSON.parse(readFileSync(path, "utf8"));
+  } catch (e) {
+    return [{ name: `${step}: unreadable ${path}: ${e.message}`, status: "failed" }];
+  }
+  return errors.map((e) => {
+    const where = [e.testPath, e.testName].filter(Boolean).join(" > ") || "no test attributed";
+    const teardown = e.afterTeardown ? ", after the environment was torn down" : "";
+    return { name: `${step}: unhandled ${e.name}: ${e.message.split("\n")[0]} (in ${where}${teardown})\n${e.stack}`, status: "failed" };
+  });
+}
+
 /** vitest JSON: per-assertion statuses; a file that failed with no failed test (load error) counts one failure. */
 function vitestCases(json) {
   const cases = [];
@@ -143,6 +163,7 @@ for (const line of readFileSync(stepsFile, "utf8").split("\n")) {
     continue;
   }
   if (cases.length === 0) cases.push({ name: `${step}: the report holds no test case (exit ${code})`, status: "failed" });
+  if (kind === "vitest-json") cases.push(...unhandledCases(step));
   if (code !== 0 && !cases.some((c) => c.status === "failed")) {
     cases.push({ name: `${step}: exited ${code} although its report shows no failure`, status: "failed" });
   }

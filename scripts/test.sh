@@ -68,8 +68,8 @@ DENO_PERMS=(--allow-read --allow-write --allow-env --allow-sys --allow-ffi)
 
 step typecheck case - -- typecheck
 # shellcheck disable=SC2086
-step vitest vitest-json vitest.json -- "$BIN/vitest" run --reporter=default --reporter=json \
-  --outputFile.json="$RESULTS/vitest.json" ${VITEST_ARGS:-}
+step vitest vitest-json vitest.json -- env RESULTS_DIR="$RESULTS" "$BIN/vitest" run --reporter=default --reporter=json \
+  --reporter=./scripts/vitest-unhandled-reporter.mjs --outputFile.json="$RESULTS/vitest.json" ${VITEST_ARGS:-}
 # shellcheck disable=SC2086
 step bun junit bun.xml -- "$BIN/bun" test ./test/runtimes/bun.test.ts --reporter=junit \
   --reporter-outfile="$RESULTS/bun.xml" ${BUN_ARGS:-}

@@ -427,6 +427,11 @@ export function createRelay(options: RelayOptions): Relay {
     /** Keys with queued rows and no send in flight, in the order they became startable. */
     const readyKeys = new Fifo<string>();
     const activeKeys = new Set<string>();
+    /**
+     * Per key, the seq of its last message delivered in this drain: a claim's `prevSeq` is the key's position when it
+     * was claimed, so the rows after a delivered one (in that claim, or in a claim made before its settle) get it here.
+     */
+    const deliveredSeq = new Map<string, number>();
     let queued = 0;
     let inFlight = 0;
 
@@ -561,13 +566,20 @@ export function createRelay(options: RelayOptions): Relay {
       }
     }
 
+    /** A keyed message with its `prevSeq` advanced past what this drain delivered of its key since the claim. */
+    function withPosition(m: ClaimedMessage): ClaimedMessage {
+      const known = m.key === null ? undefined : deliveredSeq.get(m.key);
+      return known !== undefined && known < m.seq && (m.prevSeq ?? -1) < known ? { ...m, prevSeq: known } : m;
+    }
+
     async function sendUnit(items: Held[], key: string | null): Promise<void> {
       try {
-        const outcomes = await send(items.map((h) => h.m), items[0]!.claim.deadline, signal, drainSpan);
+        const outcomes = await send(items.map((h) => withPosition(h.m)), items[0]!.claim.deadline, signal, drainSpan);
         let retrying = false;
         items.forEach((h, i) => {
           const s = toSettlement(h.m, outcomes[i]!);
           if (s.outcome === "retry") retrying = true;
+          else if (s.outcome === "delivered" && key !== null) deliveredSeq.set(key, Math.max(deliveredSeq.get(key) ?? -1, h.m.seq));
           settleLater(h, s);
         });
         if (key !== null) {
