@@ -155,7 +155,9 @@ export async function tailSection(cfg: BenchConfig, results: Results, sql: Sql):
 export async function keysSection(cfg: BenchConfig, results: Results, sql: Sql): Promise<void> {
   const SECTION = "7 keys";
   const N = 20_000;
-  const capMs = cfg.quick ? 6_000 : 20_000;
+  // The same cap in both modes: a shorter one measured only the start of a drain, before the deleted rows of the
+  // first claims weigh on the next ones (the figure of a whole 20,000-message drain is the one users see).
+  const capMs = 20_000;
   let pg10 = Number.NaN;
   for (const db of [pgDb(sql), libsqlDb]) {
     const keyless = await db.with(N, 0, ({ outbox }) => drainFor(outbox, noopTransport(), capMs));

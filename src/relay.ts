@@ -57,6 +57,26 @@ export interface DrainOptions {
   signal?: AbortSignal | undefined;
   /** Budget kept back at the end for settling, ms. @default min(1000, budgetMs / 10) */
   safetyMarginMs?: number | undefined;
+  /**
+   * Keeps the drain alive once the outbox is empty, until `lingerMs` after the drain started (capped at
+   * `budgetMs - safetyMarginMs`): it waits for a wake-up from `storage.subscribe` (Postgres LISTEN/NOTIFY, an
+   * in-process commit) or `lingerPollMs`, whichever comes first, asks `storage.hasDue()`, and drains again when
+   * rows are due. One report for the whole call (the sums). The budget, the signal and a lost lock stop it as they
+   * stop any drain, so a lingering drain still returns within about `budgetMs + sendTimeoutMs`. With a `lock` held
+   * elsewhere, a lingering drain retries acquiring it every `lingerPollMs` until its linger ends (the holder, e.g.
+   * the previous lingering drain, hands over) before it reports `skipped: "lock-busy"`. Costs about
+   * `lingerMs / lingerPollMs` `hasDue` reads (an indexed read) and the wall time. `qstashNudge({ linger: true })`
+   * uses it to keep the drain of a window open until the window's end. @default 0 (return as soon as nothing is due)
+   * @example
+   * ```ts
+   * // Called right after a commit burst starts: deliver whatever commits in the next second within ~25 ms.
+   * const report = await relay.drain({ budgetMs: 5_000, lingerMs: 1_000, lingerPollMs: 25 });
+   * console.log(report.delivered, report.elapsedMs); // everything delivered during the linger; elapsedMs ≥ 1000
+   * ```
+   */
+  lingerMs?: number | undefined;
+  /** While lingering: the longest wait between two `hasDue` reads when no wake-up comes, ms. @default 25 */
+  lingerPollMs?: number | undefined;
 }
 
 /** What one drain did. */
@@ -104,7 +124,8 @@ export interface RunOptions {
 /** The relay. */
 export interface Relay {
   /**
-   * Drains due messages within a time budget and reports what happened.
+   * Drains due messages within a time budget and reports what happened. With `lingerMs`, it then stays until
+   * `lingerMs` after its start and drains what commits meanwhile (one report for the whole call).
    * @throws {OutboxError} STORAGE or LOCK when the database or the lock store fails (never a half-filled report)
    */
   drain(options?: DrainOptions): Promise<DrainReport>;
@@ -163,6 +184,8 @@ const drainOptionsSchema = v.object({
   budgetMs: v.optional(int(1, 86_400_000), 10_000),
   signal: v.optional(abortSignal),
   safetyMarginMs: v.optional(int(0, 86_400_000)),
+  lingerMs: v.optional(int(0, 86_400_000), 0),
+  lingerPollMs: v.optional(int(1, 60_000), 25),
 });
 
 const runOptionsSchema = v.object({
@@ -225,6 +248,7 @@ export function createRelay(options: RelayOptions): Relay {
     const started = now();
     const margin = d.safetyMarginMs ?? Math.min(1_000, Math.floor(d.budgetMs / 10));
     const stopAt = started + d.budgetMs - margin;
+    const lingerUntil = Math.min(started + d.lingerMs, stopAt);
     const report: DrainReport = {
       claimed: 0,
       delivered: 0,
@@ -238,10 +262,17 @@ export function createRelay(options: RelayOptions): Relay {
 
     let lease: Lease | null = null;
     if (lock) {
-      try {
-        lease = await lock.acquire(lockKey, d.budgetMs + sendTimeoutMs + 1_000);
-      } catch (e) {
-        throw toOutboxError("LOCK", `[edge-outbox:relay] acquiring lock "${lockKey}" with ${lock.name} failed`, e, true);
+      for (;;) {
+        try {
+          lease = await lock.acquire(lockKey, d.budgetMs + sendTimeoutMs + 1_000);
+        } catch (e) {
+          throw toOutboxError("LOCK", `[edge-outbox:relay] acquiring lock "${lockKey}" with ${lock.name} failed`, e, true);
+        }
+        // A lingering drain waits for the lock within its linger: the holder (typically the previous lingering
+        // drain, whose end overlaps this one's start) ends soon, and this drain then serves the rest of its linger.
+        const left = lingerUntil - now();
+        if (lease || left <= 0 || d.signal?.aborted) break;
+        await sleep(Math.min(d.lingerPollMs, left), [d.signal]);
       }
       if (!lease) {
         report.skipped = "lock-busy";
@@ -259,7 +290,10 @@ export function createRelay(options: RelayOptions): Relay {
       "outbox.budget_ms": d.budgetMs,
     });
     try {
-      const { stoppedEarly } = await pipeline(report, stopped, d.signal, span);
+      let { stoppedEarly } = await pipeline(report, stopped, d.signal, span);
+      if (!stoppedEarly && now() < lingerUntil) {
+        stoppedEarly = await linger(lingerUntil, d.lingerPollMs, stopped, [d.signal, lease?.signal], report, () => pipeline(report, stopped, d.signal, span));
+      }
       if (stoppedEarly) report.more = report.released > 0 || await storage.hasDue();
     } catch (e) {
       const error = toOutboxError("STORAGE", `[edge-outbox:relay] ${storage.name} storage failed`, e, true);
@@ -283,6 +317,52 @@ export function createRelay(options: RelayOptions): Relay {
       });
     }
     return report;
+  }
+
+  /**
+   * The linger of a drain ({@link DrainOptions.lingerMs}): until `until`, checks `hasDue` and runs `again` (one more
+   * pipeline into the same report) when rows are due, else waits for a wake-up (`storage.subscribe`, subscribed for
+   * the linger only), `pollMs`, or a stop signal. The last check is at `until`, so a row committed before then is
+   * drained by this call. Resolves true when it stopped early (budget, signal, lost lock), false when the linger ran
+   * out with nothing due. A failing `hasDue` rejects (the drain rejects with STORAGE, like any storage failure).
+   */
+  async function linger(
+    until: number,
+    pollMs: number,
+    stopped: () => boolean,
+    signals: readonly (AbortSignal | undefined)[],
+    report: DrainReport,
+    again: () => Promise<{ stoppedEarly: boolean }>,
+  ): Promise<boolean> {
+    const listening = new AbortController();
+    let woken = false;
+    let interrupt: (() => void) | undefined;
+    if (storage.subscribe) {
+      const onWake = (): void => {
+        woken = true;
+        interrupt?.();
+      };
+      // Not awaited, and a failure ignored: polling covers until (or unless) the subscription listens.
+      Promise.resolve().then(() => storage.subscribe!(onWake, listening.signal)).catch(() => {});
+    }
+    try {
+      for (;;) {
+        if (stopped()) return true;
+        woken = false;
+        if (await storage.hasDue()) {
+          const claimed = report.claimed;
+          if ((await again()).stoppedEarly) return true;
+          // A due row that no claim can take (a race with another drain) must not make this loop spin.
+          if (report.claimed > claimed) continue;
+        }
+        const left = until - now();
+        if (left <= 0) return false;
+        if (!woken) await sleep(Math.min(pollMs, left), signals, (i) => (interrupt = i));
+        interrupt = undefined;
+      }
+    } finally {
+      listening.abort();
+    }
   }
 
   /**
@@ -347,6 +427,11 @@ export function createRelay(options: RelayOptions): Relay {
     /** Keys with queued rows and no send in flight, in the order they became startable. */
     const readyKeys = new Fifo<string>();
     const activeKeys = new Set<string>();
+    /**
+     * Per key, the seq of its last message delivered in this drain: a claim's `prevSeq` is the key's position when it
+     * was claimed, so the rows after a delivered one (in that claim, or in a claim made before its settle) get it here.
+     */
+    const deliveredSeq = new Map<string, number>();
     let queued = 0;
     let inFlight = 0;
 
@@ -481,13 +566,20 @@ export function createRelay(options: RelayOptions): Relay {
       }
     }
 
+    /** A keyed message with its `prevSeq` advanced past what this drain delivered of its key since the claim. */
+    function withPosition(m: ClaimedMessage): ClaimedMessage {
+      const known = m.key === null ? undefined : deliveredSeq.get(m.key);
+      return known !== undefined && known < m.seq && (m.prevSeq ?? -1) < known ? { ...m, prevSeq: known } : m;
+    }
+
     async function sendUnit(items: Held[], key: string | null): Promise<void> {
       try {
-        const outcomes = await send(items.map((h) => h.m), items[0]!.claim.deadline, signal, drainSpan);
+        const outcomes = await send(items.map((h) => withPosition(h.m)), items[0]!.claim.deadline, signal, drainSpan);
         let retrying = false;
         items.forEach((h, i) => {
           const s = toSettlement(h.m, outcomes[i]!);
           if (s.outcome === "retry") retrying = true;
+          else if (s.outcome === "delivered" && key !== null) deliveredSeq.set(key, Math.max(deliveredSeq.get(key) ?? -1, h.m.seq));
           settleLater(h, s);
         });
         if (key !== null) {
@@ -744,7 +836,7 @@ export function createRelay(options: RelayOptions): Relay {
       }
       if (wait > 0) {
         // After a failure the backoff holds even against wake-ups: the storage is what failed.
-        await sleep(wait, r.signal, (interrupt) => (wake.now = report ? interrupt : undefined));
+        await sleep(wait, [r.signal], (interrupt) => (wake.now = report ? interrupt : undefined));
         wake.now = undefined;
       }
     }
@@ -794,17 +886,18 @@ class Fifo<T> {
   }
 }
 
-/** Waits `ms`, or until `signal` aborts, or until the function handed to `interruptible` is called. */
-function sleep(ms: number, signal: AbortSignal, interruptible?: (interrupt: () => void) => void): Promise<void> {
+/** Waits `ms`, or until one of `signals` aborts, or until the function handed to `interruptible` is called. */
+function sleep(ms: number, signals: readonly (AbortSignal | undefined)[], interruptible?: (interrupt: () => void) => void): Promise<void> {
   return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
+    const live = signals.filter((s): s is AbortSignal => s !== undefined);
+    if (live.some((s) => s.aborted)) return resolve();
     const done = (): void => {
       clearTimeout(timer);
-      signal.removeEventListener("abort", done);
+      for (const s of live) s.removeEventListener("abort", done);
       resolve();
     };
     const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
+    for (const s of live) s.addEventListener("abort", done, { once: true });
     interruptible?.(done);
   });
 }

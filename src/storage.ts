@@ -30,6 +30,14 @@ import type { NewMessage, OutboxMessage } from "./message.ts";
 export interface ClaimedMessage extends OutboxMessage {
   /** Commit-ordered sequence number (see the module doc). Only meaningful for ordering within one storage. */
   readonly seq: number;
+  /**
+   * The key's delivery position at claim time: the `seq` of the last message of this key whose settle recorded it
+   * delivered (a retry, a dead letter or a release never moves it). null for a keyless message or a key with no
+   * recorded position (never delivered, or its position purged); absent when the storage does not track positions.
+   * Every row of one key in one claim carries the same value: the relay advances it as it delivers them, and sends
+   * it as `Outbox-Prev-Seq` so a consumer's strict inbox can hold a message whose predecessor it has not processed.
+   */
+  readonly prevSeq?: number | null | undefined;
 }
 
 /** The result of one {@link OutboxStorage.claim} call. */

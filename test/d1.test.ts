@@ -165,6 +165,6 @@ describe("d1Storage", () => {
 storageConformance({ describe, it, expect }, {
   name: "d1 (miniflare)",
   create: () => d1Fixture(d1.db),
-  semantics: 2,
+  semantics: 2, deliveryPositions: true,
   interactiveTransactions: false,
 });

@@ -169,6 +169,83 @@ describe("POST /drain: a budgeted drain per call, follow-ups drain a large backl
   });
 });
 
+describe("POST /drain?linger=<ms>: the drain stays and drains what commits meanwhile, up to maxLingerMs", () => {
+  async function setup(options: Partial<RelayAppOptions> = {}) {
+    const { storage, outbox } = memoryOutbox();
+    const transport = recordingTransport();
+    const real = createRelay({ outbox, transport });
+    const drain = vi.fn((o?: Parameters<typeof real.drain>[0]) => real.drain(o));
+    const app = mounted({ relay: { drain }, outbox, auth: { drain: SECRET, qstash: { verifier: receiver } }, publicUrl: PUBLIC, budgetMs: 3_000, ...options });
+    return { storage, outbox, transport, drain, app };
+  }
+  const post = async (app: Hono, query: string, headers: Record<string, string> = bearer()): Promise<Response> =>
+    await app.request(`http://10.0.0.7:8080/outbox/drain${query}`, { method: "POST", headers });
+
+  it("a linger call delivers a row committed during it, in the one report, and answers after about the linger", async () => {
+    const { storage, outbox, transport, drain, app } = await setup({ maxLingerMs: 1_000 });
+    await fill(storage, outbox, 2);
+    const t0 = performance.now();
+    const answering = post(app, "?linger=400");
+    await new Promise((r) => setTimeout(r, 150));
+    await fill(storage, outbox, 1, { start: 2 });
+    const res = await answering;
+    const wall = performance.now() - t0;
+    expect(res.status).toBe(200);
+    expect(await json<DrainResponse>(res)).toMatchObject({ claimed: 3, delivered: 3, more: false });
+    expect(drain).toHaveBeenCalledWith({ budgetMs: 3_000, lingerMs: 400 });
+    expect(wall).toBeGreaterThanOrEqual(390);
+    expect(wall).toBeLessThan(3_000);
+    expect(transport.delivered.map((m) => (m.payload as { n: number }).n)).toEqual([0, 1, 2]);
+    // Without the parameter nothing changes: the drain returns as soon as nothing is due.
+    expect((await post(app, "")).status).toBe(200);
+    expect(drain).toHaveBeenLastCalledWith({ budgetMs: 3_000 });
+  });
+
+  it("refuses a linger above maxLingerMs, or any linger while it is 0 (the default), with 400 VALIDATION, draining nothing", async () => {
+    const off = await setup();
+    await fill(off.storage, off.outbox, 3);
+    const refused = await post(off.app, "?linger=500");
+    expect(refused.status).toBe(400);
+    expect(await json(refused)).toEqual({
+      error: "VALIDATION",
+      message: "linger is not enabled on this relay app (set createRelayApp's maxLingerMs to allow it)",
+      retryable: false,
+    });
+    expect(off.drain).not.toHaveBeenCalled();
+    expect(off.storage.count().pending).toBe(3);
+    expect((await post(off.app, "?linger=0")).status).toBe(200); // asking for none is always fine
+
+    const on = await setup({ maxLingerMs: 1_000 });
+    await fill(on.storage, on.outbox, 3);
+    for (const bad of ["1001", "-5", "1.5", "abc", "", "1e3"]) {
+      const res = await post(on.app, `?linger=${bad}`);
+      expect(res.status, bad).toBe(400);
+      expect(await json(res)).toMatchObject({ error: "VALIDATION", message: "linger must be a whole number of ms between 0 and 1000 (this app's maxLingerMs)" });
+    }
+    expect(on.drain).not.toHaveBeenCalled();
+    expect(on.storage.count().pending).toBe(3);
+    // Auth comes first: an unauthenticated linger call is 401, not 400.
+    expect((await post(on.app, "?linger=5000", {})).status).toBe(401);
+  });
+
+  it("QStash signs the query: a signed linger call passes, and a linger added to a call signed without one is 401", async () => {
+    const { app, drain } = await setup({ maxLingerMs: 1_000 });
+    const signed = (path: string): Record<string, string> => ({ "upstash-signature": signQstashJwt(KEYS.currentSigningKey, { url: `${PUBLIC}${path}`, body: "" }) });
+    expect((await post(app, "?linger=100", signed("/drain?linger=100"))).status).toBe(200);
+    expect(drain).toHaveBeenCalledWith({ budgetMs: 3_000, lingerMs: 100 });
+    expect((await post(app, "?linger=900", signed("/drain"))).status).toBe(401);
+    expect((await post(app, "?linger=900", signed("/drain?linger=100"))).status).toBe(401);
+    expect(drain).toHaveBeenCalledTimes(1);
+  });
+
+  it("maxLingerMs must be a whole number of ms below budgetMs (CONFIG)", () => {
+    const relay = createRelay({ outbox: memoryOutbox().outbox, transport: recordingTransport() });
+    expect(() => createRelayApp({ relay, auth: { drain: SECRET }, budgetMs: 1_000, maxLingerMs: 1_000 })).toThrow(/maxLingerMs must be less than budgetMs/);
+    expect(() => createRelayApp({ relay, auth: { drain: SECRET }, maxLingerMs: -1 })).toThrow(/maxLingerMs/);
+    expect(() => createRelayApp({ relay, auth: { drain: SECRET }, budgetMs: 2_000, maxLingerMs: 1_000 })).not.toThrow();
+  });
+});
+
 describe("auth on every route: scoped bearer secrets and QStash signatures (body + public URL)", () => {
   async function setup(qstashScopes: Array<"drain" | "read" | "admin"> = ["drain", "admin"]) {
     const { storage, outbox } = memoryOutbox();

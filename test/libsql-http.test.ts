@@ -99,4 +99,4 @@ describe("libsqlStorage over HTTP (sqld): interactive transactions", () => {
   }, 30_000);
 });
 
-storageConformance({ describe, it, expect }, { name: "libsql http (sqld)", create: () => httpFixture(), semantics: 2 });
+storageConformance({ describe, it, expect }, { name: "libsql http (sqld)", create: () => httpFixture(), semantics: 2, deliveryPositions: true });

@@ -404,7 +404,7 @@ describe("libsqlStorage: claims and settles", () => {
           { id: ms[3]!.id, outcome: "released" },
         ]);
         expect(r).toEqual({ applied: 4, lost: [] });
-        expect(counts.statements).toBe(6); // the not-applied check, counters, one statement per outcome kind
+        expect(counts.statements).toBe(7); // the not-applied check, counters, delivery positions, one statement per outcome kind
         if (protocol === "http") {
           expect(counts).toMatchObject({ batch: 1, transaction: 0, execute: 0 });
         } else {
@@ -736,7 +736,7 @@ describe("libsqlStorage: purge cost", () => {
     }
   });
 
-  it("schema version 2 upgrades a populated version-1 table in place", async () => {
+  it("schema versions 2 and 3 upgrade a populated version-1 table in place", async () => {
     const client = createClient({ url: ":memory:" });
     try {
       const v1 = [MIGRATIONS_TABLE_DDL, ...SCHEMA_V1.statements, recordVersionSql(1)].map((s) => renderSql(s, "outbox"));
@@ -744,13 +744,17 @@ describe("libsqlStorage: purge cost", () => {
       const old = libsqlStorage(client, { retainDeliveredMs: 60_000 });
       const ms = Array.from({ length: 30 }, (_, i) => message(i, { key: i % 2 ? "k" : null }));
       await client.batch([old.statement(ms)], "write");
-      const c = await old.claim({ limit: 20, leaseMs: 10_000 });
-      await old.settle(c.token, c.messages.map((m, i) => i % 2 ? { id: m.id, outcome: "delivered" as const } : { id: m.id, outcome: "dead" as const, error: "x" }));
+      // Half of the first 20 delivered (kept: retention), half dead, as a version-1 relay left them (this code's
+      // settle needs version 3's positions table, so the rows are written directly).
+      await client.execute(`UPDATE outbox SET status = CASE seq % 2 WHEN 0 THEN 'delivered' ELSE 'dead' END,
+        done_at = ${Date.now() - 1_000}, attempts = 1, last_error = CASE seq % 2 WHEN 0 THEN NULL ELSE 'x' END WHERE seq <= 20`);
       const before = (await client.execute("SELECT * FROM outbox ORDER BY seq")).rows;
 
       await old.migrate();
       const versions = (await client.execute("SELECT version FROM outbox_migrations ORDER BY version")).rows.map((r) => Number(r["version"]));
-      expect(versions).toEqual([1, 2]);
+      expect(versions).toEqual([1, 2, 3]);
+      const tables = (await client.execute("SELECT name FROM sqlite_master WHERE type = 'table'")).rows.map((r) => r["name"]);
+      expect(tables).toContain("outbox_positions");
       const indexes = (await client.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox'")).rows.map((r) => r["name"]);
       expect(indexes).toContain("outbox_dead_done");
       expect(indexes).toContain("outbox_delivered_done");
@@ -760,6 +764,14 @@ describe("libsqlStorage: purge cost", () => {
       expect(await old.purge({ status: "dead", olderThan: now + 1, limit: 100 })).toBe(10);
       expect(await old.purge({ status: "delivered", olderThan: now + 1, limit: 100 })).toBe(10);
       expect((await old.stats()).pending).toBe(10);
+      // The pending rows of key k flow, and their positions start with the first delivery after the upgrade.
+      const c = await old.claim({ limit: 100, leaseMs: 10_000 });
+      const k = c.messages.filter((m) => m.key === "k");
+      expect(k.length).toBe(5);
+      expect(k.map((m) => m.prevSeq)).toEqual([null, null, null, null, null]);
+      await old.settle(c.token, c.messages.map((m) => m.id === k[0]!.id ? { id: m.id, outcome: "delivered" as const } : { id: m.id, outcome: "released" as const }));
+      const next = await old.claim({ limit: 100, leaseMs: 10_000 });
+      expect(next.messages.filter((m) => m.key === "k").map((m) => m.prevSeq)).toEqual([k[0]!.seq, k[0]!.seq, k[0]!.seq, k[0]!.seq]);
       await old.migrate(); // idempotent
     } finally {
       client.close();
@@ -899,5 +911,5 @@ describe("libsqlStorage: busy databases", () => {
   });
 });
 
-storageConformance({ describe, it, expect }, { name: "libsql :memory:", create: () => libsqlMemoryFixture(), semantics: 2 });
-storageConformance({ describe, it, expect }, { name: "libsql file", create: () => libsqlFileFixture(), semantics: 2 });
+storageConformance({ describe, it, expect }, { name: "libsql :memory:", create: () => libsqlMemoryFixture(), semantics: 2, deliveryPositions: true });
+storageConformance({ describe, it, expect }, { name: "libsql file", create: () => libsqlFileFixture(), semantics: 2, deliveryPositions: true });

@@ -93,7 +93,7 @@ async function waitingOnLock(admin: Sql, appName: string): Promise<boolean> {
   return rows[0]!["n"] > 0;
 }
 
-storageConformance({ describe, it, expect }, { name: "postgres", create: () => postgresFixture(), semantics: 2 });
+storageConformance({ describe, it, expect }, { name: "postgres", create: () => postgresFixture(), semantics: 2, deliveryPositions: true });
 
 describe("postgresStorage: configuration", () => {
   it("rejects hostile table and schema names with CONFIG before any SQL is sent", async () => {
@@ -201,7 +201,7 @@ describe("postgresStorage: schema and migrations", () => {
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".my_outbox_migrations`);
       expect(versions.map((r) => r["version"])).toEqual(SCHEMA_VERSIONS.map((v) => v.version));
-      expect(LATEST_SCHEMA_VERSION).toBe(2);
+      expect(LATEST_SCHEMA_VERSION).toBe(3);
       await sql.begin((tx) => storage.enqueue(tx, [message(1)]));
       expect((await storage.stats()).pending).toBe(1);
     } finally {
@@ -224,13 +224,15 @@ describe("postgresStorage: schema and migrations", () => {
         "outbox_counters",
         "outbox_keys",
         "outbox_migrations",
+        "outbox_positions",
         "second",
         "second_counters",
         "second_keys",
         "second_migrations",
+        "second_positions",
       ]);
       const versions = await a.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3]);
       const indexes = await a`select indexname from pg_indexes where schemaname = ${schema} and tablename = 'outbox' order by 1`;
       expect(indexes.map((r) => r["indexname"])).toEqual([
         "outbox_dead",
@@ -274,7 +276,7 @@ describe("postgresStorage: schema v1 -> v2 upgrade", () => {
       const storage = postgresStorage(sql, { schema });
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3]);
       const keys = await sql.unsafe(`SELECT key FROM "${schema}".outbox_keys ORDER BY 1`);
       expect(keys.map((r) => r["key"])).toEqual(["k0", "k1", "k2"]);
       const indexes = await sql.unsafe(`SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'outbox'`, [schema]);

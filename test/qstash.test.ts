@@ -615,6 +615,104 @@ describe("qstashNudge and qstashFollowUp", () => {
     expect(e.deliveries.every((d) => d.status === 200)).toBe(true);
   });
 
+  it("linger: true: a burst of commits inside a window is delivered well before the window's end, through the emulator", async () => {
+    const e = await emulator();
+    const qstash = e.client();
+    const windowMs = 1_000;
+    let handler: ((r: Request) => Response | Promise<Response>) | null = null;
+    const server = await serveFetch((r) => handler!(r));
+    cleanups.push(() => server.close());
+    const drainUrl = `${server.url}/outbox/drain`;
+    const { storage, outbox } = memoryOutbox();
+    const deliveredAt = new Map<number, number>();
+    const real = createRelay({
+      outbox,
+      transport: { name: "timed", send: async (ms) => ms.map((m) => (deliveredAt.set((m.payload as { n: number }).n, Date.now()), { status: "delivered" as const })) },
+    });
+    const lingers: Array<number | undefined> = [];
+    const parent = new Hono();
+    parent.route("/outbox", createRelayApp({
+      relay: { drain: (o) => (lingers.push(o?.lingerMs), real.drain(o)) },
+      auth: { qstash: { verifier: new Receiver({ currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey, devMode: false }) } },
+      publicUrl: `${server.url}/outbox`,
+      budgetMs: 3_000,
+      maxLingerMs: windowMs,
+    }));
+    handler = (r) => parent.fetch(r);
+    const committedAt = new Map<number, number>();
+    const commitAndNudge = async (n: number): Promise<Awaited<ReturnType<typeof qstashNudge>>> => {
+      const h = storage.begin();
+      await outbox.enqueue(h.tx, event, { n });
+      await h.commit();
+      committedAt.set(n, Date.now());
+      return await qstashNudge(qstash, { url: drainUrl, windowMs, linger: true });
+    };
+    while (Date.now() % windowMs < 50 || Date.now() % windowMs > 150) await sleep(2);
+    const windowEnd = (Math.floor(Date.now() / windowMs) + 1) * windowMs;
+
+    // Commits ~10 ms apart (plus the nudge's publishes) until 400 ms before the window's end: without the linger
+    // all but the first would wait for the window's end.
+    const results: Array<Awaited<ReturnType<typeof qstashNudge>>> = [];
+    while (results.length < 5 || Date.now() < windowEnd - 400) {
+      results.push(await commitAndNudge(results.length));
+      await sleep(10);
+    }
+    const burst = results.length;
+    expect(Date.now()).toBeLessThan(windowEnd); // the burst stayed inside the window
+    await e.waitFor(() => deliveredAt.size === burst, 3_000);
+    const latencies = [...committedAt.values()].map((t, n) => deliveredAt.get(n)! - t).sort((a, b) => a - b);
+    console.log(`[qstash linger] ${burst} commits in one window: commit→delivery p50 ${latencies[Math.floor(burst / 2)]} ms, max ${latencies.at(-1)} ms`);
+    expect(latencies[Math.floor(burst / 2)]!).toBeLessThan(windowMs / 2); // median: the poll interval plus a drain, not half a window
+    expect(Math.max(...[...deliveredAt.values()])).toBeLessThan(windowEnd); // all of them before the trailing edge
+    expect(results[0]).toMatchObject({ edge: "leading", deduplicated: false });
+    expect(results.slice(1).every((r) => r.edge === "trailing" && r.deliverAt === windowEnd)).toBe(true);
+
+    // The trailing edge comes at the window's end and lingers through the next window: a commit there is quick too.
+    while (Date.now() < windowEnd + 300) await sleep(5);
+    const next = await commitAndNudge(burst);
+    expect(next).toMatchObject({ edge: "trailing", deliverAt: windowEnd + windowMs }); // its window's drain was already requested
+    await e.waitFor(() => deliveredAt.size === burst + 1, 3_000);
+    expect(deliveredAt.get(burst)! - committedAt.get(burst)!).toBeLessThan(windowMs / 2);
+
+    await e.idle(5_000);
+    const calls = e.messages.filter((m) => m.url.startsWith(drainUrl));
+    // Still one drain call per window plus one: leading edge, trailing edge (next window), the next trailing edge.
+    expect(calls).toHaveLength(3);
+    expect(calls.map((m) => new URL(m.url).searchParams.get("linger"))).toEqual([expect.stringMatching(/^\d+$/), "1000", "1000"]);
+    expect(Number(new URL(calls[0]!.url).searchParams.get("linger"))).toBeLessThanOrEqual(windowEnd - committedAt.get(0)!);
+    expect(e.deliveries.filter((d) => d.url.startsWith(drainUrl)).every((d) => d.status === 200)).toBe(true);
+    expect(lingers).toEqual([expect.any(Number), 1_000, 1_000]);
+    expect(storage.count().pending).toBe(0);
+  }, 20_000);
+
+  it("linger: true asks for ?linger= on the drain URL, keeps the URL's own query and the deduplication ids of the plain nudge", async () => {
+    const published: QstashPublishRequest[] = [];
+    let seen = new Set<string>();
+    const client = {
+      publish: async (r: QstashPublishRequest) => {
+        published.push(r);
+        const deduplicated = seen.has(r.deduplicationId!);
+        seen.add(r.deduplicationId!);
+        return { messageId: `m${published.length}`, ...(deduplicated ? { deduplicated: true } : {}) };
+      },
+    };
+    const at = 7_250; // 750 ms before the end of window 7
+    const lead = await qstashNudge(client, { url: "https://app.example/outbox/drain?tenant=a", linger: true, now: () => at });
+    const trail = await qstashNudge(client, { url: "https://app.example/outbox/drain?tenant=a", linger: true, now: () => at });
+    expect(lead).toMatchObject({ edge: "leading", deliverAt: at });
+    expect(trail).toMatchObject({ edge: "trailing", deliverAt: 8_000 });
+    expect(published.map((r) => r.url)).toEqual([
+      "https://app.example/outbox/drain?tenant=a&linger=750",
+      "https://app.example/outbox/drain?tenant=a&linger=750",
+      "https://app.example/outbox/drain?tenant=a&linger=1000",
+    ]);
+    seen = new Set();
+    const plainLead = await qstashNudge(client, { url: "https://app.example/outbox/drain?tenant=a", now: () => at });
+    expect(plainLead.dedupId).toBe(lead.dedupId);
+    expect(published.at(-1)!.url).toBe("https://app.example/outbox/drain?tenant=a");
+    expect(await codeOf(qstashNudge(client, { url: "https://x/drain", linger: "yes" as unknown as boolean }))).toBe("CONFIG");
+  });
+
   it("qstashFollowUp publishes one drain call per dedup id; the app's follow-up chain reaches the relay", async () => {
     const e = await emulator();
     const qstash = e.client();

@@ -172,3 +172,26 @@ describe("streaming drain", () => {
     expect((await storage.stats()).pending).toBeGreaterThan(0); // the failed group stays leased, to come back
   });
 });
+
+describe("delivery positions (prevSeq) sent with keyed messages", () => {
+  it("a key's rows in one claim carry its last delivered seq: the first the storage's, the rest the relay's; a dead one never advances it", async () => {
+    const { storage, outbox } = memoryOutbox();
+    await fill(storage, outbox, 4, { key: () => "k" });
+    const seen: { n: number; seq: number; prevSeq: number | null | undefined }[] = [];
+    const transport = functionTransport((m) => {
+      const c = m as OutboxMessage & { seq: number; prevSeq?: number | null };
+      seen.push({ n: n(m), seq: c.seq, prevSeq: c.prevSeq });
+      return n(m) === 1 ? { status: "dead", error: "poison" } : { status: "delivered" };
+    });
+    const relay = createRelay({ outbox, transport, batchSize: 10 });
+    expect(await relay.drain()).toMatchObject({ delivered: 3, dead: 1 });
+    const seq = seen.map((s) => s.seq);
+    expect(seen.map((s) => s.n)).toEqual([0, 1, 2, 3]); // one claim: the key's whole queue, sent one by one
+    // 0: nothing delivered before (storage: null); 1: after 0; 2: 1 died, so still after 0; 3: after 2.
+    expect(seen.map((s) => s.prevSeq)).toEqual([null, seq[0], seq[0], seq[2]]);
+    // The next drain's claim reads the position the settles recorded.
+    await fill(storage, outbox, 1, { key: () => "k", start: 4 });
+    await relay.drain();
+    expect(seen.at(-1)).toMatchObject({ n: 4, prevSeq: seq[3] });
+  });
+});

@@ -17,7 +17,7 @@ import { PG_URL } from "./postgres-fixtures.ts";
 /** The case names, recorded in Node from the same suite the worker bundles (the fixture is never called here). */
 function caseNames(name: string, interactiveTransactions: boolean): ReturnType<ReturnType<typeof caseHarness>["cases"]> {
   const names = caseHarness();
-  storageConformance(names, { name, create: () => Promise.reject(new Error("not run in Node")), semantics: 2, interactiveTransactions });
+  storageConformance(names, { name, create: () => Promise.reject(new Error("not run in Node")), semantics: 2, deliveryPositions: true, interactiveTransactions });
   return names.cases();
 }
 

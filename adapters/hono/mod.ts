@@ -9,6 +9,8 @@
  * - drain — `POST /drain` (and `GET /drain`, which Vercel Cron uses): one budgeted drain; answers the drain report as JSON. When the report says `more` and a
  *   `followUp` function is configured, it triggers one follow-up drain call, with a deduplication id derived from
  *   the incoming call (its `Upstash-Message-Id`, else its `Idempotency-Key`), so a retried call never fans out.
+ *   `?linger=<ms>` asks the drain to stay that long and drain what commits meanwhile (`relay.drain({ lingerMs })`;
+ *   `qstashNudge({ linger: true })` sends it), up to `maxLingerMs` (default 0: refused with 400 `VALIDATION`).
  * - metrics — `GET /metrics`: the same database counters in the Prometheus text format (`edge_outbox_pending`, `_due`,
  *   `_leased`, `_dead`, `_oldest_pending_age_seconds`, `_oldest_due_age_seconds`, and per `window_seconds`
  *   (`metricsWindowsMs`) `_window_delivered`, `_window_retried`, `_window_dead`, `_window_delivery_latency_avg_seconds`,
@@ -138,6 +140,22 @@ export interface RelayAppOptions {
    * `followUpTimeoutMs` when it triggers a follow-up): keep that under your platform's time limit. @default 8000
    */
   budgetMs?: number | undefined;
+  /**
+   * Longest linger a drain call may ask for with `?linger=<ms>`, ms (`relay.drain({ lingerMs })`: the drain stays
+   * that long after its start and drains what commits meanwhile, see `qstashNudge`'s `linger`). A call asking for
+   * more, or for any linger while this is 0, is refused with 400 `VALIDATION` and drains nothing, so a caller never
+   * holds a function open longer than you allowed. Must be less than `budgetMs`; a lingering call still answers
+   * within about `budgetMs` plus the relay's `sendTimeoutMs`. For nudges with `linger: true`, set it to at least
+   * their `windowMs`. @default 0 (lingering off)
+   * @example
+   * ```ts
+   * import { createRelayApp } from "edge-outbox/hono";
+   *
+   * // qstashNudge(qstash, { url, windowMs: 1_000, linger: true }) calls POST /drain?linger=…(≤ 1000)
+   * const relayApp = createRelayApp({ relay, auth: { drain: env.CRON_SECRET }, budgetMs: 8_000, maxLingerMs: 1_000 });
+   * ```
+   */
+  maxLingerMs?: number | undefined;
   /** Health thresholds of `GET /health`. @default { oldestPendingAgeMs: { degraded: 30000, unhealthy: 300000 } } */
   thresholds?: HealthThresholds | undefined;
   /**
@@ -226,6 +244,7 @@ const optionsSchema = v.pipe(
     auth: authSchema,
     routes: v.optional(v.strictObject({ drain: flag, metrics: flag, read: flag, admin: flag })),
     budgetMs: v.optional(int(100, 3_600_000), 8_000),
+    maxLingerMs: v.optional(int(0, 3_600_000), 0),
     thresholds: v.optional(v.unknown()),
     followUp: v.optional(fn("a function ({ dedupId, report }) => Promise")),
     followUpTimeoutMs: v.optional(int(1, 60_000), 2_000),
@@ -255,6 +274,7 @@ const optionsSchema = v.pipe(
     onError: v.optional(fn("a function (error, route) => void")),
   }),
   v.check((o) => o.auth.qstash === undefined || o.publicUrl !== undefined, "publicUrl is required with auth.qstash (QStash signs the URL it called)"),
+  v.check((o) => o.maxLingerMs < o.budgetMs, "maxLingerMs must be less than budgetMs (a linger is part of the drain's budget)"),
 );
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -266,7 +286,7 @@ const GROUP_SCOPE: Record<Group, RelayAppScope> = { drain: "drain", metrics: "me
  * Creates the relay's Hono app. Every route requires a credential of its scope (401 without one, 403 with one of
  * another scope), checked before the body is read; bodies over `maxBodyBytes` get 413.
  *
- * @param options relay, outbox, auth, routes, budgetMs (8000), thresholds, followUp, followUpTimeoutMs (2000),
+ * @param options relay, outbox, auth, routes, budgetMs (8000), maxLingerMs (0), thresholds, followUp, followUpTimeoutMs (2000),
  *   publicUrl, statsWindowMs (300000), metricsWindowsMs ([statsWindowMs]), dashboard, maxBodyBytes (4096), onError
  * @returns a Hono app with the route groups some credential grants: `POST /drain`; `GET /metrics`; `GET /health`,
  *   `GET /stats`, `GET /dead-letters` (and the dashboard `GET /` when given); `POST /dead-letters/:id/replay`,
@@ -289,7 +309,7 @@ export function createRelayApp(options: RelayAppOptions): Hono {
   const outbox = options.outbox;
   const followUp = options.followUp;
   const onError = options.onError ?? ((e: unknown, route: string) => console.error(`[edge-outbox:hono] ${route}:`, e));
-  const { budgetMs, followUpTimeoutMs, statsWindowMs, maxBodyBytes } = o;
+  const { budgetMs, maxLingerMs, followUpTimeoutMs, statsWindowMs, maxBodyBytes } = o;
   const metricsWindowsMs = o.metricsWindowsMs ?? [statsWindowMs];
   const publicUrl = o.publicUrl?.replace(/\/+$/, "");
   const creds = credentials(options.auth);
@@ -366,9 +386,11 @@ export function createRelayApp(options: RelayAppOptions): Hono {
     // POST for QStash schedules, nudges, follow-ups and most cron platforms; GET because Vercel Cron calls its path with
     // an HTTP GET (with `Authorization: Bearer $CRON_SECRET`). Same credentials, same handler.
     const drainRoute = async (c: Context): Promise<Response> => {
+      const lingerMs = lingerParam(c.req.query("linger"), maxLingerMs);
+      if (typeof lingerMs === "string") return invalid(c, lingerMs);
       let report: DrainReport;
       try {
-        report = await relay.drain({ budgetMs });
+        report = await relay.drain(lingerMs > 0 ? { budgetMs, lingerMs } : { budgetMs });
       } catch (e) {
         return fail(c, `${c.req.method} /drain`, e);
       }
@@ -501,6 +523,14 @@ function intParam(raw: string | undefined, name: string, min: number, max: numbe
   const n = /^\d{1,16}$/.test(raw) ? Number(raw) : NaN;
   if (!Number.isSafeInteger(n) || n < min || n > max) return `${name} must be an integer between ${min} and ${max}`;
   return n;
+}
+
+/** The `linger` query parameter of `/drain`, ms (0 when absent), or the error message (refused before any drain). */
+function lingerParam(raw: string | undefined, maxLingerMs: number): number | string {
+  if (raw === undefined) return 0;
+  if (maxLingerMs === 0 && raw !== "0") return "linger is not enabled on this relay app (set createRelayApp's maxLingerMs to allow it)";
+  const ms = intParam(raw, "linger", 0, maxLingerMs, 0);
+  return typeof ms === "string" ? `linger must be a whole number of ms between 0 and ${maxLingerMs} (this app's maxLingerMs)` : ms;
 }
 
 function error(c: Context, status: 400 | 401 | 403 | 404 | 413 | 500 | 503, code: string, message: string, retryable = false): Response {

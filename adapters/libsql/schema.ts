@@ -93,8 +93,28 @@ export const SCHEMA_V2: SchemaVersion = {
   ],
 };
 
+/**
+ * Version 3: per-key delivery positions, `<table>_positions`: for each key, the `seq` of its last delivered message
+ * (`seq`) and when it was delivered (`at`, epoch ms). Written only by a delivered settle, in the same write
+ * transaction (never by a retry, a dead letter or a release); read by the claim, which returns it as each keyed
+ * message's `prevSeq` (what a consumer's strict inbox holds on: `Outbox-Prev-Seq`). One small row per key; every
+ * `purge` call also drops up to `limit` positions not updated for 7 days. Upgrades a populated table (a new, empty
+ * table: the first delivery of each key after the upgrade records it).
+ */
+export const SCHEMA_V3: SchemaVersion = {
+  version: 3,
+  statements: [
+    `CREATE TABLE IF NOT EXISTS "{{table}}_positions" (
+  key TEXT PRIMARY KEY,
+  seq INTEGER NOT NULL,
+  at INTEGER NOT NULL
+) WITHOUT ROWID`,
+    `CREATE INDEX IF NOT EXISTS "{{table}}_positions_at" ON "{{table}}_positions" (at)`,
+  ],
+};
+
 /** Every schema version, oldest first. */
-export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1, SCHEMA_V2];
+export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /** The newest schema version. */
 export const LATEST_SCHEMA_VERSION: number = SCHEMA_VERSIONS[SCHEMA_VERSIONS.length - 1]!.version;

@@ -32,7 +32,8 @@ const ELIGIBLE = `o.status = 'pending' AND o.available_at <= ${NOW}
  * (libSQL has no `UPDATE … ORDER BY … LIMIT`, hence the subquery.)
  *
  * Each claimed row comes back as ONE column `m`, the JSON array `[seq, id, topic, key, payload, headers, created_at,
- * attempts, last_error, lease_until]` (payload and headers as JSON strings, so the payload text is returned exactly):
+ * attempts, last_error, lease_until, prev_seq]` (payload and headers as JSON strings, so the payload text is returned
+ * exactly; `prev_seq` the key's delivery position from `<table>_positions`, null for a keyless row or a key with none):
  * `@libsql/client` builds every result row with two `Object.defineProperty` calls per column, which at eleven
  * columns cost more than the claim itself (bench/README.md). The database's now is `lease_until - ?2`.
  */
@@ -40,7 +41,8 @@ export const CLAIM_SQL: string = `UPDATE "{{table}}"
 SET lease_token = ?1, lease_until = ${NOW} + CAST(?2 AS INTEGER), available_at = ${NOW} + CAST(?2 AS INTEGER),
   attempts = attempts + 1
 WHERE seq IN (SELECT o.seq FROM "{{table}}" AS o WHERE ${ELIGIBLE} ORDER BY o.seq LIMIT CAST(?3 AS INTEGER))
-RETURNING json_array(seq, id, topic, key, payload, headers, created_at, attempts, last_error, lease_until) AS m`;
+RETURNING json_array(seq, id, topic, key, payload, headers, created_at, attempts, last_error, lease_until,
+  (SELECT p.seq FROM "{{table}}_positions" AS p WHERE p.key = "{{table}}".key)) AS m`;
 
 /** The database clock. */
 export const NOW_SQL: string = `SELECT ${NOW} AS now`;
@@ -85,6 +87,26 @@ ON CONFLICT (bucket, shard) DO UPDATE SET
   latency_max_ms = MAX(latency_max_ms, excluded.latency_max_ms)`;
 
 const FENCE = `lease_token = ?1 AND status = 'pending'`;
+
+/**
+ * Records the delivery positions of a delivered settle (schema v3), before the rows are deleted or marked, from the
+ * rows that still carry the token: per key, the largest delivered `seq` (never moving a position back). `?1` token,
+ * `?2` JSON array of delivered ids.
+ */
+export const POSITIONS_SQL: string = `INSERT INTO "{{table}}_positions" (key, seq, at)
+SELECT o.key, MAX(o.seq), ${NOW} FROM "{{table}}" AS o
+WHERE o.id IN (SELECT value FROM json_each(?2)) AND o.lease_token = ?1 AND o.status = 'pending' AND o.key IS NOT NULL
+GROUP BY o.key
+ON CONFLICT (key) DO UPDATE SET seq = MAX(seq, excluded.seq), at = excluded.at`;
+
+/**
+ * Drops at most `?1` delivery positions not updated for 7 days (database clock), oldest first (schema v3): longer
+ * than any transport redelivers a message (QStash's default retries end after about 30 hours), so a key whose
+ * position is gone has nothing of it left in flight, and its next message simply carries no `prevSeq`.
+ */
+export const PURGE_POSITIONS_SQL: string = `DELETE FROM "{{table}}_positions" WHERE key IN (
+  SELECT key FROM "{{table}}_positions" WHERE at < ${NOW} - 604800000 ORDER BY at LIMIT CAST(?1 AS INTEGER)
+)`;
 
 /** Delivered, no retention: delete. `?1` token, `?2` JSON array of ids. */
 export const DELIVERED_DELETE_SQL: string =
@@ -212,6 +234,10 @@ export interface LibsqlSql {
   readonly settleLost: string;
   /** See {@link COUNT_SETTLE_SQL}. */
   readonly countSettle: string;
+  /** See {@link POSITIONS_SQL}. */
+  readonly positions: string;
+  /** See {@link PURGE_POSITIONS_SQL}. */
+  readonly purgePositions: string;
   /** See {@link DELIVERED_DELETE_SQL}. */
   readonly deliveredDelete: string;
   /** See {@link DELIVERED_MARK_SQL}. */
@@ -271,6 +297,8 @@ export function libsqlSql(table: string): LibsqlSql {
     hasDue: r(HAS_DUE_SQL),
     settleLost: r(SETTLE_LOST_SQL),
     countSettle: r(COUNT_SETTLE_SQL),
+    positions: r(POSITIONS_SQL),
+    purgePositions: r(PURGE_POSITIONS_SQL),
     deliveredDelete: r(DELIVERED_DELETE_SQL),
     deliveredMark: r(DELIVERED_MARK_SQL),
     retry: r(RETRY_SQL),

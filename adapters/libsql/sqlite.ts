@@ -150,7 +150,7 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
           { sql: sql.claim, args: [token, leaseMs, limit] },
           { sql: sql.now, args: [] },
         ]);
-        // Each row is one JSON array: [seq, id, topic, key, payload, headers, created_at, attempts, last_error, lease_until].
+        // Each row is one JSON array: [seq, id, topic, key, payload, headers, created_at, attempts, last_error, lease_until, prev_seq].
         const rows = claimed!.map((r) => JSON.parse(text(r["m"])) as unknown[]);
         const first = rows[0];
         // Every claimed row has the same lease_until (the claim's now + leaseMs); without rows, the clock statement.
@@ -166,6 +166,7 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
             createdAt: m[6],
             attempts: m[7],
             lastError: m[8],
+            prevSeq: m[10],
           })
         ).sort((a, b) => a.seq - b.seq);
         return { token, leaseUntil, now: leaseUntil - leaseMs, messages };
@@ -184,7 +185,11 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
           args: [token, JSON.stringify(p.delivered), JSON.stringify(p.retried.map((r) => r[0])), JSON.stringify(p.dead.map((d) => d[0]))],
         });
       }
-      if (p.delivered.length) stmts.push({ sql: retain > 0 ? sql.deliveredMark : sql.deliveredDelete, args: [token, JSON.stringify(p.delivered)] });
+      if (p.delivered.length) {
+        const delivered = JSON.stringify(p.delivered);
+        stmts.push({ sql: sql.positions, args: [token, delivered] }); // before the rows go (it reads their key and seq)
+        stmts.push({ sql: retain > 0 ? sql.deliveredMark : sql.deliveredDelete, args: [token, delivered] });
+      }
       if (p.retried.length) stmts.push({ sql: sql.retry, args: [token, JSON.stringify(p.retried)] });
       if (p.dead.length) stmts.push({ sql: sql.dead, args: [token, JSON.stringify(p.dead)] });
       if (p.released.length) stmts.push({ sql: sql.release, args: [token, JSON.stringify(p.released)] });
@@ -262,6 +267,7 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
         const [rows] = await driver.write([
           { sql: status === "dead" ? sql.purgeDead : sql.purgeDelivered, args: [Math.ceil(olderThan), limit] },
           { sql: sql.purgeCounters, args: [] },
+          { sql: sql.purgePositions, args: [limit] },
         ]);
         return rows!.length;
       });

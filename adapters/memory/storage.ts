@@ -83,6 +83,8 @@ interface Store {
   seq: number;
   rows: Map<string, Row>;
   buckets: Map<number, Bucket>;
+  /** Per-key delivery positions: the seq of the key's last delivered message and when (the SQL `_positions` table). */
+  positions: Map<string, { seq: number; at: number }>;
   /** Wake-up callbacks of `subscribe`, called after a commit that enqueued messages and after a replay. */
   listeners: Set<() => void>;
 }
@@ -132,7 +134,7 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
     if (!shared) throw new OutboxError("CONFIG", "memoryStorage options: shareWith must be a memory storage");
     store = shared;
   } else {
-    store = { id: crypto.randomUUID(), seq: 0, rows: new Map(), buckets: new Map(), listeners: new Set() };
+    store = { id: crypto.randomUUID(), seq: 0, rows: new Map(), buckets: new Map(), positions: new Map(), listeners: new Set() };
   }
   const capabilities: StorageCapabilities = {
     batchStatement: false,
@@ -178,6 +180,7 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
     attempts: r.attempts,
     lastError: r.lastError,
     seq: r.seq,
+    prevSeq: r.key === null ? null : store.positions.get(r.key)?.seq ?? null,
   });
   const insert = (m: NewMessage, t: number): void => {
     store.rows.set(m.id, {
@@ -292,6 +295,10 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
             b.delivered++;
             b.latencySum += latency;
             b.latencyMax = Math.max(b.latencyMax, latency);
+            if (r.key !== null) {
+              const p = store.positions.get(r.key);
+              store.positions.set(r.key, { seq: Math.max(p?.seq ?? 0, r.seq), at: t });
+            }
             if (retain > 0) {
               r.status = "delivered";
               r.doneAt = t;
@@ -414,6 +421,14 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
       }
       const horizon = clock() - 7 * 86_400_000;
       for (const k of store.buckets.keys()) if (k < horizon) store.buckets.delete(k);
+      let dropped = 0; // positions not updated for 7 days, at most `limit` (like the SQL storages)
+      for (const [k, p] of store.positions) {
+        if (dropped >= limit) break;
+        if (p.at < horizon) {
+          store.positions.delete(k);
+          dropped++;
+        }
+      }
       return Promise.resolve(n);
     },
     subscribe(onWake: () => void, signal: AbortSignal): Promise<void> {

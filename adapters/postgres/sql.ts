@@ -21,6 +21,8 @@ export const KEY_LOCK_NAMESPACE_SQL: string = `hashtext('edge-outbox:{{schema}}.
 
 /** The key table (`<table>_keys`, schema v2): one row per key that has pending rows. */
 const K = `"{{schema}}"."{{table}}_keys"`;
+/** The delivery positions (`<table>_positions`, schema v3): per key, the seq of its last delivered message. */
+const P = `"{{schema}}"."{{table}}_positions"`;
 
 /** The NOTIFY channel placeholder, replaced by {@link notifyChannel}'s name (a validated, quoted literal). */
 export const CHANNEL_PLACEHOLDER = "{{channel}}";
@@ -141,7 +143,8 @@ WITH lk AS (
     available_at = now() + {{lease}} * ${MS_INTERVAL}, attempts = t.attempts + 1
   WHERE t.seq IN (SELECT pick.seq FROM pick) AND t.status = 'pending'
   RETURNING t.seq, t.id::text AS id, t.topic, t.key, t.payload::text AS payload, t.headers::text AS headers,
-    ${ms("t.created_at")} AS created, t.attempts, t.last_error AS lasterror
+    ${ms("t.created_at")} AS created, t.attempts, t.last_error AS lasterror,
+    (SELECT p.seq FROM ${P} AS p WHERE p.key = t.key) AS prevseq
 ), h AS (
   SELECT pre.key, (array_agg(pre.available_at ORDER BY pre.seq))[1] AS head_at,
     EXISTS (SELECT 1 FROM c WHERE c.key = pre.key) AS claimed
@@ -194,7 +197,15 @@ const COUNTERS_UPSERT = `INSERT INTO "{{schema}}"."{{table}}_counters" AS c (buc
 
 const DELETE_DELIVERED = `DELETE FROM ${T} AS t USING json_array_elements_text($2::text::json) AS j(id)
   WHERE t.id = j.id::uuid AND ${FENCE}
-  RETURNING t.id, t.key, t.created_at`;
+  RETURNING t.id, t.key, t.created_at, t.seq`;
+
+/**
+ * Records the delivery positions of the delivered rows `d` (schema v3): per key, the largest delivered seq (never
+ * moving a position back), in the settle's own statement.
+ */
+const POSITIONS_UPSERT = `INSERT INTO ${P} AS p (key, seq, at)
+  SELECT d.key, max(d.seq), now() FROM d WHERE d.key IS NOT NULL GROUP BY d.key
+  ON CONFLICT (key) DO UPDATE SET seq = greatest(p.seq, excluded.seq), at = excluded.at`;
 
 /**
  * Keeps `<table>_keys` right after a settle (schema v2): for each key with a settled row, its new head is the first
@@ -252,7 +263,7 @@ function settleSql(deliveredCte: string): string {
 ), ${keyHints(JSON_IDS, ["d", "k"], ["r", "l"])}, a AS (
   SELECT x.delivered, (SELECT count(*) FROM r) AS retried, (SELECT count(*) FROM k) AS dead, x.latency_sum, x.latency_max
   FROM (${DELIVERED_STATS}) AS x
-), n AS (${COUNTERS_UPSERT})
+), n AS (${COUNTERS_UPSERT}), ps AS (${POSITIONS_UPSERT})
 SELECT x.id FROM (
   SELECT j.id FROM json_array_elements_text($2::text::json) AS j(id)
   UNION ALL SELECT j.v->>0 FROM json_array_elements($3::text::json) AS j(v)
@@ -280,10 +291,10 @@ export const SETTLE_SQL: string = settleSql(DELETE_DELIVERED);
  */
 export const SETTLE_DELIVERED_SQL: string = `WITH d AS (
   DELETE FROM ${T} AS t WHERE t.id = ANY ($2::uuid[]) AND ${FENCE}
-  RETURNING t.id, t.key, t.created_at
+  RETURNING t.id, t.key, t.created_at, t.seq
 ), ${keyHints("SELECT unnest($2::uuid[])", ["d"], [])}, a AS (
   SELECT x.delivered, 0 AS retried, 0 AS dead, x.latency_sum, x.latency_max FROM (${DELIVERED_STATS}) AS x
-), n AS (${COUNTERS_UPSERT})
+), n AS (${COUNTERS_UPSERT}), ps AS (${POSITIONS_UPSERT})
 SELECT j.id::text AS id FROM unnest($2::uuid[]) AS j(id)
 WHERE (SELECT count(*) FROM d) < cardinality($2::uuid[]) AND j.id NOT IN (SELECT id FROM d)`;
 
@@ -292,7 +303,7 @@ export const SETTLE_RETAIN_SQL: string = settleSql(`UPDATE ${T} AS t
   SET status = 'delivered', done_at = now(), lease_token = NULL, lease_until = NULL
   FROM json_array_elements_text($2::text::json) AS j(id)
   WHERE t.id = j.id::uuid AND ${FENCE}
-  RETURNING t.id, t.key, t.created_at`);
+  RETURNING t.id, t.key, t.created_at, t.seq`);
 
 /** Counts and windowed counters in one statement (one snapshot). `$1` window ms. */
 export const STATS_SQL: string = `SELECT ${ms("now()")} AS now,
@@ -340,7 +351,8 @@ SELECT u.id::text AS id FROM u, (SELECT count(*) FROM n) AS notified`;
 
 /**
  * Deletes at most `$3` rows of status `$1` done before `$2` (epoch ms), oldest first, and counter buckets older than
- * 7 days, in one statement. Returns the number of outbox rows deleted.
+ * 7 days, and at most `$3` delivery positions not updated for 7 days (schema v3), in one statement. Returns the number
+ * of outbox rows deleted.
  */
 export const PURGE_SQL: string = `WITH d AS (
   DELETE FROM ${T} WHERE seq IN (
@@ -349,6 +361,8 @@ export const PURGE_SQL: string = `WITH d AS (
   ) RETURNING 1
 ), c AS (
   DELETE FROM "{{schema}}"."{{table}}_counters" WHERE bucket < now() - interval '7 days'
+), ps AS (
+  DELETE FROM ${P} WHERE key IN (SELECT key FROM ${P} WHERE at < now() - interval '7 days' ORDER BY at LIMIT $3::int)
 )
 SELECT count(*)::int AS n FROM d`;
 

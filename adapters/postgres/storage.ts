@@ -289,7 +289,7 @@ export function createPostgresStorage(
         const clock = results[results.length - 1]![0]!;
         const messages = rows
           .map((r) =>
-            claimedMessage({ ...messageColumns(r), seq: r["seq"] })
+            claimedMessage({ ...messageColumns(r), seq: r["seq"], prevSeq: r["prevseq"] })
           )
           .sort((a, b) => a.seq - b.seq);
         return { token, leaseUntil: num(clock["until"]), now: num(clock["now"]), messages };

@@ -31,6 +31,11 @@ export interface RawMessageRow {
 export interface RawClaimedRow extends RawMessageRow {
   /** `seq`. */
   readonly seq: unknown;
+  /**
+   * The key's delivery position (the `seq` of its last delivered message), null when unknown or keyless; absent
+   * (undefined) for a storage that does not track positions.
+   */
+  readonly prevSeq?: unknown;
 }
 
 /**
@@ -58,6 +63,7 @@ export function claimedMessage(r: RawClaimedRow): ClaimedMessage {
     attempts: num(r.attempts),
     lastError: textOrNull(r.lastError),
     seq: num(r.seq),
+    ...(r.prevSeq === undefined ? {} : { prevSeq: r.key === null || r.key === undefined ? null : numOrNull(r.prevSeq) }),
   };
 }
 

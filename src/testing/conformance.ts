@@ -59,6 +59,7 @@ export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: Con
   const scale = options.scale ?? 1;
   const semantics = options.semantics ?? 1;
   const interactive = options.interactiveTransactions ?? true;
+  const positions = options.deliveryPositions ?? false;
 
   /** Runs a test body on a fresh fixture, closing it afterwards. */
   const withFixture = (fn: (f: ConformanceFixture<Tx, Stmt>) => Promise<void>) => async (): Promise<void> => {
@@ -501,6 +502,49 @@ export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: Con
         expect(c.messages.map((m) => m.id)).toContain(ms[1]!.id);
         expect(c.messages.map((m) => m.id)).toContain(ms[3]!.id);
       });
+
+      if (positions) {
+        test("claims carry each key's delivery position (prevSeq): the seq of its last delivered message; a retry, a dead letter, a release or a stale settle never moves it", async (f) => {
+          const a = [1, 2, 3, 4, 5].map((n) => message(n, { key: "a" }));
+          const free = message(6);
+          for (const m of [...a.slice(0, 4), free]) await enqueueCommitted(f, [m]);
+          const claim = () => f.storage.claim({ limit: 10, leaseMs: 10_000 });
+          const positionsOf = (c: { messages: readonly ClaimedMessage[] }) => c.messages.map((m) => [m.id, m.prevSeq]);
+          const settleAll = (c: { token: string; messages: readonly ClaimedMessage[] }, chosen: Record<string, "delivered" | "retry" | "dead">) =>
+            f.storage.settle(c.token, c.messages.map((m) => {
+              const outcome = chosen[m.id] ?? "released";
+              if (outcome === "retry") return { id: m.id, outcome, delayMs: 0, error: "503" };
+              if (outcome === "dead") return { id: m.id, outcome, error: "poison" };
+              return { id: m.id, outcome };
+            }));
+          // Nothing of key a delivered yet; a keyless row has no position.
+          const c1 = await claim();
+          expect(positionsOf(c1)).toEqual([...prefix(f, ids(a.slice(0, 4))), free.id].map((id) => [id, null]));
+          const seq1 = c1.messages[0]!.seq;
+          await settleAll(c1, { [a[0]!.id]: "delivered", [free.id]: "delivered" });
+          // a1 delivered (in a settle that also released rows): every row of key a in the next claim carries its seq.
+          const c2 = await claim();
+          expect(positionsOf(c2)).toEqual(prefix(f, ids(a.slice(1, 4))).map((id) => [id, seq1]));
+          await settleAll(c2, { [a[1]!.id]: "retry" });
+          const c3 = await claim(); // a2 retried: unchanged
+          expect(positionsOf(c3)).toEqual(prefix(f, ids(a.slice(1, 4))).map((id) => [id, seq1]));
+          await settleAll(c3, { [a[1]!.id]: "dead" });
+          const c4 = await claim(); // a2 dead: unchanged
+          expect(positionsOf(c4)).toEqual(prefix(f, ids(a.slice(2, 4))).map((id) => [id, seq1]));
+          const seq3 = c4.messages[0]!.seq;
+          await settleAll(c4, { [a[2]!.id]: "delivered" });
+          // A settle with a token that no longer holds the row changes nothing.
+          expect((await f.storage.settle(crypto.randomUUID(), [{ id: a[3]!.id, outcome: "delivered" }])).lost).toEqual([a[3]!.id]);
+          const other = await f.another(); // positions are in the database: another connection reads them
+          const c5 = await other.claim({ limit: 10, leaseMs: 10_000 });
+          expect(positionsOf(c5)).toEqual([[a[3]!.id, seq3]]);
+          await other.settle(c5.token, [{ id: a[3]!.id, outcome: "delivered" }]); // a settle of delivered rows only
+          await enqueueCommitted(f, [a[4]!]);
+          const c6 = await claim();
+          expect(positionsOf(c6)).toEqual([[a[4]!.id, c5.messages[0]!.seq]]);
+          expect(c5.messages[0]!.seq).toBeGreaterThan(seq3);
+        });
+      }
 
       test("a delayed head delays its key; a dead-lettered head unblocks it", async (f) => {
         const h = message(1, { key: "k", delayMs: 300 });

@@ -97,4 +97,11 @@ export interface ConformanceOptions<Tx, Stmt> {
    * @default true
    */
   interactiveTransactions?: boolean | undefined;
+  /**
+   * Whether claims return each keyed message's delivery position (`ClaimedMessage.prevSeq`: the seq of its key's
+   * last delivered message), which the transports send as `Outbox-Prev-Seq` for a consumer's strict inbox. Every
+   * storage of this project does.
+   * @default false
+   */
+  deliveryPositions?: boolean | undefined;
 }

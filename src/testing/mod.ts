@@ -16,6 +16,7 @@
  * storageConformance({ describe, it, expect }, {
  *   name: "my-storage",
  *   semantics: 2, // replay at the tail of its key, CONFLICT on a taken id, oldestDueAgeMs
+ *   deliveryPositions: true, // claims return ClaimedMessage.prevSeq
  *   async create() {
  *     const db = await openFreshDatabase();
  *     const storage = myStorage(db);

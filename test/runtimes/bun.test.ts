@@ -13,5 +13,5 @@ const harness: ConformanceHarness = {
   expect: expect as unknown as ConformanceHarness["expect"],
 };
 
-storageConformance(harness, { name: "memory (bun)", create: () => memoryFixture(), semantics: 2 });
-storageConformance(harness, { name: "libsql file (bun)", create: () => libsqlFileFixture(), semantics: 2 });
+storageConformance(harness, { name: "memory (bun)", create: () => memoryFixture(), semantics: 2, deliveryPositions: true });
+storageConformance(harness, { name: "libsql file (bun)", create: () => libsqlFileFixture(), semantics: 2, deliveryPositions: true });

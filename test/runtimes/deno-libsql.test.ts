@@ -3,4 +3,4 @@ import { storageConformance } from "../../src/testing/mod.ts";
 import { libsqlFileFixture } from "../libsql-fixtures.ts";
 import { harness } from "./deno-harness.ts";
 
-storageConformance(harness, { name: "libsql file (deno)", create: () => libsqlFileFixture(), semantics: 2 });
+storageConformance(harness, { name: "libsql file (deno)", create: () => libsqlFileFixture(), semantics: 2, deliveryPositions: true });

@@ -3,4 +3,4 @@ import { storageConformance } from "../../src/testing/mod.ts";
 import { memoryFixture } from "../memory-fixtures.ts";
 import { harness } from "./deno-harness.ts";
 
-storageConformance(harness, { name: "memory (deno)", create: () => memoryFixture(), semantics: 2 });
+storageConformance(harness, { name: "memory (deno)", create: () => memoryFixture(), semantics: 2, deliveryPositions: true });

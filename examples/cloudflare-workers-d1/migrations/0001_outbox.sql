@@ -36,3 +36,10 @@ CREATE INDEX IF NOT EXISTS "outbox_dead_done" ON "outbox" (done_at, seq) WHERE s
 CREATE INDEX IF NOT EXISTS "outbox_delivered_done" ON "outbox" (done_at, seq) WHERE status = 'delivered';
 DROP INDEX IF EXISTS "outbox_done";
 INSERT OR IGNORE INTO "outbox_migrations" (version, applied_at) VALUES (2, CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER));
+CREATE TABLE IF NOT EXISTS "outbox_positions" (
+  key TEXT PRIMARY KEY,
+  seq INTEGER NOT NULL,
+  at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS "outbox_positions_at" ON "outbox_positions" (at);
+INSERT OR IGNORE INTO "outbox_migrations" (version, applied_at) VALUES (3, CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER));

@@ -1,0 +1,43 @@
+// Profiling aid (not part of `npm run bench`): a Postgres drain over few keys with per-call storage timings.
+//   node --import tsx bench/profile-keys.ts [keys] [messages] [batch]
+import { createRelay } from "../mod.ts";
+import { cleanupAll, connect, noopTransport, pgFill, pgOutbox } from "./lib.ts";
+
+const [keysArg = "10", nArg = "20000", batchArg = "100"] = process.argv.slice(2);
+const keys = Number(keysArg), n = Number(nArg), batch = Number(batchArg);
+try {
+  const o = await pgOutbox(connect({ max: 4 }), "profkeys");
+  await pgFill(o, n, 10_000, keys);
+  const s = o.storage as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
+  const time: Record<string, number> = { claim: 0, settle: 0 };
+  const calls: Record<string, number> = { claim: 0, settle: 0 };
+  const rows: number[] = [];
+  for (const m of ["claim", "settle"] as const) {
+    const orig = s[m]!.bind(s);
+    s[m] = async (...a: unknown[]) => {
+      const t = performance.now();
+      calls[m]!++;
+      try {
+        const r = await orig(...a);
+        if (m === "claim") rows.push((r as { messages: unknown[] }).messages.length);
+        return r;
+      } finally {
+        time[m]! += performance.now() - t;
+      }
+    };
+  }
+  const transport = noopTransport();
+  const relay = createRelay({ outbox: o.outbox, transport, batchSize: batch, concurrency: 8, leaseMs: 30_000, sendTimeoutMs: 10_000 });
+  const t0 = performance.now();
+  for (;;) {
+    const r = await relay.drain({ budgetMs: 60_000, safetyMarginMs: 0 });
+    if (!r.more) break;
+  }
+  const total = performance.now() - t0;
+  const rate = transport.count / (total / 1000);
+  const hist = new Map<number, number>();
+  for (const r of rows) hist.set(r, (hist.get(r) ?? 0) + 1);
+  console.log(`pg ${keys} keys batch ${batch}: ${Math.round(rate)} msg/s; total ${Math.round(total)} ms; claims ${calls.claim} (${Math.round(time.claim!)} ms, ${(time.claim! / calls.claim!).toFixed(2)} ms each), settles ${calls.settle} (${Math.round(time.settle!)} ms, ${(time.settle! / calls.settle!).toFixed(2)} ms each); rows/claim ${JSON.stringify([...hist].sort((a, b) => b[1] - a[1]).slice(0, 6))}`);
+} finally {
+  await cleanupAll();
+}
