@@ -4,17 +4,16 @@
 import { Miniflare } from "miniflare";
 import { type D1Binding, type D1Statement, type D1StatementList, d1Storage, type D1Storage, type D1StorageOptions } from "../adapters/d1/mod.ts";
 import type { ConformanceFixture } from "../src/testing/mod.ts";
+import { D1_FETCH_WORKER, d1OverFetch } from "./fixtures/d1-over-fetch.ts";
 
 export type D1Fixture = ConformanceFixture<D1StatementList, D1Statement> & { storage: D1Storage; db: D1Binding };
 
 /** A Miniflare with one D1 database bound as `DB`. */
 export async function startD1(): Promise<{ db: D1Binding; dispose(): Promise<void> }> {
-  const mf = new Miniflare({
-    modules: true,
-    script: "export default { fetch() { return new Response('') } }",
-    d1Databases: ["DB"],
-  });
-  const db = (await mf.getD1Database("DB")) as unknown as D1Binding;
+  const mf = new Miniflare({ modules: true, script: D1_FETCH_WORKER, d1Databases: ["DB"] });
+  await mf.ready;
+  // Not mf.getD1Database(): its synchronous prepare() goes through Miniflare's SynchronousFetcher (see d1-over-fetch.ts).
+  const db = d1OverFetch(mf) as unknown as D1Binding;
   return { db, dispose: () => mf.dispose() };
 }
 

@@ -4,18 +4,19 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createInbox, isOutboxError } from "../mod.ts";
 import { type D1InboxDatabase, type D1InboxStatement, d1Inbox } from "../adapters/d1/inbox.ts";
 import { inboxConformance } from "../src/testing/mod.ts";
+import { D1_FETCH_WORKER, d1OverFetch } from "./fixtures/d1-over-fetch.ts";
 import { caught } from "./helpers.ts";
 
 let mf: Miniflare;
 let counter = 0;
 beforeAll(async () => {
-  mf = new Miniflare({ modules: true, script: "export default { fetch() { return new Response('') } }", d1Databases: ["DB"] });
+  mf = new Miniflare({ modules: true, script: D1_FETCH_WORKER, d1Databases: ["DB"] });
   await mf.ready;
 });
 afterAll(() => mf.dispose());
 
 async function fresh(): Promise<{ db: D1InboxDatabase; table: string }> {
-  const db = await mf.getD1Database("DB") as unknown as D1InboxDatabase;
+  const db = d1OverFetch(mf) as unknown as D1InboxDatabase; // not mf.getD1Database(): see fixtures/d1-over-fetch.ts
   return { db, table: `inbox_${++counter}` }; // one database, a fresh table set per test
 }
 
