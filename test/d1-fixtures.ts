@@ -5,6 +5,7 @@ import { Miniflare } from "miniflare";
 import { type D1Binding, type D1Statement, type D1StatementList, d1Storage, type D1Storage, type D1StorageOptions } from "../adapters/d1/mod.ts";
 import type { ConformanceFixture } from "../src/testing/mod.ts";
 import { D1_FETCH_WORKER, d1OverFetch } from "./fixtures/d1-over-fetch.ts";
+import { d1BatchTransaction, d1RunBatch } from "./fixtures/fixture-transactions.ts";
 
 export type D1Fixture = ConformanceFixture<D1StatementList, D1Statement> & { storage: D1Storage; db: D1Binding };
 
@@ -30,23 +31,9 @@ export async function d1Fixture(db: D1Binding, options: D1StorageOptions = {}): 
   return {
     storage,
     db,
-    begin: () => {
-      const list: D1StatementList = [];
-      return Promise.resolve({
-        tx: list,
-        commit: async () => {
-          await storage.batch(list);
-        },
-        rollback: () => {
-          list.length = 0;
-          return Promise.resolve();
-        },
-      });
-    },
+    begin: () => d1BatchTransaction(storage),
     another: () => Promise.resolve(d1Storage(db, { ...options, table })),
-    runBatch: async (statements) => {
-      await storage.batch(statements);
-    },
+    runBatch: (statements) => d1RunBatch(storage, statements),
     close: () => Promise.resolve(),
   };
 }

@@ -5,7 +5,7 @@
 import postgres from "postgres";
 import type { PostgresExecutor } from "../adapters/postgres/mod.ts";
 import { type PostgresStorage, postgresStorage, type PostgresStorageOptions } from "../adapters/postgres/mod.ts";
-import type { ConformanceFixture, FixtureTransaction } from "../src/testing/mod.ts";
+import type { ConformanceFixture } from "../src/testing/mod.ts";
 
 /** The server the tests use. */
 export const PG_URL: string = process.env["OUTBOX_PG_URL"] ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -58,22 +58,10 @@ export type PgFixture = ConformanceFixture<PostgresExecutor, never> & {
   anotherWith(options?: postgres.Options<Record<string, postgres.PostgresType>>): Promise<PostgresStorage>;
 };
 
-/** Opens a transaction on a reserved connection: BEGIN now, COMMIT or ROLLBACK later (a supported enqueue handle). */
-export async function reservedTransaction(sql: Sql): Promise<FixtureTransaction<PostgresExecutor>> {
-  const conn = await sql.reserve();
-  await conn.unsafe("BEGIN");
-  let done = false;
-  const finish = async (statement: string): Promise<void> => {
-    if (done) return;
-    done = true;
-    try {
-      await conn.unsafe(statement);
-    } finally {
-      conn.release();
-    }
-  };
-  return { tx: conn, commit: () => finish("COMMIT"), rollback: () => finish("ROLLBACK") };
-}
+import { reservedTransaction } from "./fixtures/fixture-transactions.ts";
+
+/** Opens a transaction on a reserved connection (see fixtures/fixture-transactions.ts). */
+export { reservedTransaction };
 
 /** A fresh, migrated, empty storage in its own schema. */
 export async function postgresFixture(

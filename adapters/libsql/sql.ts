@@ -42,7 +42,7 @@ SET lease_token = ?1, lease_until = ${NOW} + CAST(?2 AS INTEGER), available_at =
   attempts = attempts + 1
 WHERE seq IN (SELECT o.seq FROM "{{table}}" AS o WHERE ${ELIGIBLE} ORDER BY o.seq LIMIT CAST(?3 AS INTEGER))
 RETURNING json_array(seq, id, topic, key, payload, headers, created_at, attempts, last_error, lease_until,
-  (SELECT p.seq FROM "{{table}}_positions" AS p WHERE p.key = "{{table}}".key)) AS m`;
+  CASE WHEN key IS NOT NULL THEN (SELECT p.seq FROM "{{table}}_positions" AS p WHERE p.key = "{{table}}".key) END) AS m`;
 
 /** The database clock. */
 export const NOW_SQL: string = `SELECT ${NOW} AS now`;

@@ -144,7 +144,7 @@ WITH lk AS (
   WHERE t.seq IN (SELECT pick.seq FROM pick) AND t.status = 'pending'
   RETURNING t.seq, t.id::text AS id, t.topic, t.key, t.payload::text AS payload, t.headers::text AS headers,
     ${ms("t.created_at")} AS created, t.attempts, t.last_error AS lasterror,
-    (SELECT p.seq FROM ${P} AS p WHERE p.key = t.key) AS prevseq
+    CASE WHEN t.key IS NOT NULL THEN (SELECT p.seq FROM ${P} AS p WHERE p.key = t.key) END AS prevseq
 ), h AS (
   SELECT pre.key, (array_agg(pre.available_at ORDER BY pre.seq))[1] AS head_at,
     EXISTS (SELECT 1 FROM c WHERE c.key = pre.key) AS claimed
