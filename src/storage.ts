@@ -12,8 +12,9 @@
  * - A claim writes a fresh lease token and sets `available_at` to the lease expiry, so an expired lease makes the
  *   row due again by itself. Every settle is conditional on the token (fencing): a stale holder changes nothing.
  * - A keyed row is claimable only when no row of its key with a smaller `seq` is pending and not claimable now
- *   (leased, backing off or delayed). Claims take rows in `seq` order, so the claimed rows of a key are always a
- *   prefix of that key's queue; the relay then sends them one after another. An adapter whose concurrent claimers
+ *   (leased, backing off or delayed). Claims take each key's rows in `seq` order, so the claimed rows of a key are
+ *   always a prefix of that key's queue (the relay sends them one after another); which keys a claim serves first
+ *   is the adapter's choice (oldest first, in `seq` order of their heads or rows). An adapter whose concurrent claimers
  *   can read stale snapshots claims only each key's head (no earlier pending row at all) and declares
  *   `capabilities.keyPrefixClaims: false`.
  * - Counters (delivered, retried, dead, delivery latency) live in the database, written in the same statement

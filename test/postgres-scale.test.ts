@@ -55,8 +55,12 @@ describe("postgres claim at scale", () => {
         FROM generate_series(1, 1000000) AS i`);
       await f.sql.unsafe(`INSERT INTO "${f.schema}".outbox_keys (key) SELECT DISTINCT key FROM ${t}`);
       await f.sql.unsafe(`VACUUM ANALYZE ${t}`);
-      const heads = await f.storage.claim({ limit: 10, leaseMs: 300_000 });
-      expect(new Set(heads.messages.map((m) => m.key)).size).toBe(10); // one head per key (10 keys, limit 10)
+      // Lease every key's head: a claim takes whole prefixes of about half the due keys, so claim until all 10 are held.
+      const leased = new Set<string | null>();
+      for (let i = 0; i < 10 && leased.size < 10; i++) {
+        for (const m of (await f.storage.claim({ limit: 10, leaseMs: 300_000 })).messages) leased.add(m.key);
+      }
+      expect(leased.size).toBe(10);
       const blocked = [];
       for (let i = 0; i < 5; i++) blocked.push(await timed());
       const median = blocked.map((b) => b.ms).sort((a, b) => a - b)[2]!;

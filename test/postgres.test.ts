@@ -587,6 +587,49 @@ describe("postgresStorage: enqueue handles, ids, replay, stats, missing table, w
     }
   });
 
+  it("deep keys: a claim takes whole prefixes of about half the due keys, oldest heads first, and the next claim the rest; shallow keys all fit in one claim", async () => {
+    const f = await postgresFixture();
+    try {
+      // 10 keys x 30 rows, interleaved in commit order (k0, k1, …, k9, k0, …).
+      const deep = Array.from({ length: 300 }, (_, i) => message(i, { key: `k${i % 10}` }));
+      await f.sql.begin((tx) => f.storage.enqueue(tx, deep));
+      const perKey = (ms: readonly { key: string | null; id: string }[]): Map<string | null, string[]> => {
+        const m = new Map<string | null, string[]>();
+        for (const x of ms) m.set(x.key, [...(m.get(x.key) ?? []), x.id]);
+        return m;
+      };
+      const queue = (key: string): string[] => deep.filter((m) => m.key === key).map((m) => m.id);
+      const c1 = perKey((await f.storage.claim({ limit: 100, leaseMs: 10_000 })).messages);
+      // ceil(100 / ceil(10 / 2)) = 20 rows of each of the 5 keys with the oldest heads: k0..k4, each a prefix.
+      expect([...c1.keys()].sort()).toEqual(["k0", "k1", "k2", "k3", "k4"]);
+      for (const [key, got] of c1) expect(got).toEqual(queue(key!).slice(0, 20));
+      // Those 5 keys are leased; the next claims (another connection) serve the others at once, without a settle:
+      // again about half of the due keys each time (ceil(100 / ceil(5 / 2)) = 34 rows per key: k5, k6, k7 whole,
+      // the first 10 of k8), then the rest.
+      const other = await f.another();
+      const c2 = perKey((await other.claim({ limit: 100, leaseMs: 10_000 })).messages);
+      expect([...c2.keys()]).toEqual(["k5", "k6", "k7", "k8"]);
+      for (const [key, got] of c2) expect(got).toEqual(queue(key!).slice(0, key === "k8" ? 10 : 30));
+      const c3 = perKey((await other.claim({ limit: 100, leaseMs: 10_000 })).messages);
+      expect([...c3.keys()]).toEqual(["k9"]);
+      expect(c3.get("k9")).toEqual(queue("k9"));
+      expect((await f.storage.claim({ limit: 100, leaseMs: 10_000 })).messages).toHaveLength(0);
+
+      // Shallow keys (one row each) and keyless rows: one claim takes all 100, as before.
+      const g = await postgresFixture();
+      try {
+        const shallow = Array.from({ length: 100 }, (_, i) => message(i, { key: i % 4 === 0 ? null : `s${i}` }));
+        await g.sql.begin((tx) => g.storage.enqueue(tx, shallow));
+        const c = await g.storage.claim({ limit: 100, leaseMs: 10_000 });
+        expect(c.messages.map((m) => m.id).sort()).toEqual(shallow.map((m) => m.id).sort());
+      } finally {
+        await g.close();
+      }
+    } finally {
+      await f.close();
+    }
+  });
+
   it("stats().oldestDueAgeMs counts from when a row became due; delayed and leased rows do not count", async () => {
     const f = await postgresFixture();
     try {

@@ -95,10 +95,15 @@ export const ENQUEUE_UNDO_SQL: string = `DELETE FROM ${T} WHERE id IN (SELECT j.
  *    come, `FOR UPDATE SKIP LOCKED` (another claimer's keys are skipped, never waited for), in due order. Their names
  *    go into a transaction-local setting for the next statements.
  * 2. With a snapshot taken **after** those key locks were granted: for each of the n locked keys, its first
- *    ceil(limit / n) pending rows in `seq` order (one probe of the `_key` index each, so about `limit` rows are read
- *    in all), and of those the due prefix (every row due up to it);
- *    the due keyless rows (`_free` index, in due order, `FOR UPDATE SKIP LOCKED`); the union, cut to `limit` in `seq`
- *    order, is leased (fresh token, `available_at = lease_until = now() + lease`, attempts + 1). Each locked key's
+ *    ceil(limit / ceil(n / 2)) pending rows in `seq` order (one probe of the `_key` index each, so about 2 × `limit`
+ *    rows are read in all), and of those the due prefix (every row due up to it);
+ *    the due keyless rows (`_free` index, in due order, `FOR UPDATE SKIP LOCKED`); the union, ordered by the seq of
+ *    each row's key head (a keyless row: its own seq) then by seq and cut to `limit`, is leased (fresh token,
+ *    `available_at = lease_until = now() + lease`, attempts + 1). So when keys have deep queues a claim takes whole
+ *    prefixes of about half the due keys (oldest heads first) and leaves the others to the next claim, which the
+ *    relay can then make while this claim's rows are sent and settled: a claim of every key would have to wait for
+ *    their settles (measured: claims and settles alternate, bench/README.md "7 keys"). Shallow keys (a row or two
+ *    each) all fit in one claim as before. A locked key none of whose rows was taken keeps its `available_at`. Each locked key's
  *    `available_at` is then set: to the lease expiry when rows of it were claimed, to its head's due time when that
  *    is later than now. A locked key with no pending row is try-locked with the enqueue's advisory key lock.
  * 3. Deletes those empty key rows (rechecked with a fresh snapshot, so an enqueue that committed meanwhile is seen;
@@ -128,15 +133,17 @@ WITH lk AS (
   SELECT r.seq, r.key, r.available_at FROM lk CROSS JOIN LATERAL (
     SELECT o.seq, o.key, o.available_at FROM ${T} AS o
     WHERE o.key = lk.key AND o.status = 'pending' ORDER BY o.key, o.seq
-    LIMIT (SELECT greatest(1, ceil({{limit}}::float8 / greatest(1, count(*)))) FROM lk)) AS r
+    LIMIT (SELECT greatest(1, ceil({{limit}}::float8 / greatest(1, ceil(count(*) / 2.0)))) FROM lk)) AS r
 ), kp AS (
-  SELECT p.seq FROM (SELECT pre.seq, bool_and(pre.available_at <= now()) OVER (PARTITION BY pre.key ORDER BY pre.seq) AS ok
+  SELECT p.seq, p.head FROM (SELECT pre.seq, min(pre.seq) OVER (PARTITION BY pre.key) AS head,
+      bool_and(pre.available_at <= now()) OVER (PARTITION BY pre.key ORDER BY pre.seq) AS ok
     FROM pre) AS p WHERE p.ok
 ), fr AS (
   SELECT o.seq FROM ${T} AS o WHERE o.key IS NULL AND o.status = 'pending' AND o.available_at <= now()
   ORDER BY o.available_at, o.seq LIMIT {{limit}} FOR UPDATE SKIP LOCKED
 ), pick AS (
-  SELECT x.seq FROM (SELECT kp.seq FROM kp UNION ALL SELECT fr.seq FROM fr) AS x ORDER BY x.seq LIMIT {{limit}}
+  SELECT x.seq FROM (SELECT kp.seq, kp.head FROM kp UNION ALL SELECT fr.seq, fr.seq FROM fr) AS x
+  ORDER BY x.head, x.seq LIMIT {{limit}}
 ), c AS (
   UPDATE ${T} AS t
   SET lease_token = '{{token}}'::uuid, lease_until = now() + {{lease}} * ${MS_INTERVAL},
