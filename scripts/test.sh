@@ -3,7 +3,8 @@
 # scripts/count-results.mjs sums the real test cases from the reports and prints ONE last line
 # `N passed, N failed[, N skipped]`; the exit code is non-zero on any failure or missing report.
 #
-#   1. typecheck  tsc on the shipped sources (no Node types), on tests/bench/demo (Node types), and the dist/ build
+#   1. typecheck  tsc on the shipped sources (no Node types), on tests/bench/demo (Node types), on the bun test entry
+#                 (bun-types), and the dist/ build
 #   2. vitest     vitest run                                  -> test-results/vitest.json (JSON reporter)
 #   3. bun        bun test test/runtimes/bun.test.ts          -> test-results/bun.xml     (JUnit)
 #   4. deno       deno test test/runtimes/deno-*.test.ts      -> test-results/deno.xml    (JUnit)
@@ -54,6 +55,8 @@ typecheck() {
   "$BIN/tsc" -p tsconfig.test.json || code=1
   echo "--- tsc -p tsconfig.exact.json (a user's strict + exactOptionalPropertyTypes: undefined accepted by optional options)"
   "$BIN/tsc" -p tsconfig.exact.json || code=1
+  echo "--- tsc -p tsconfig.bun.json (the bun test entry, with bun-types)"
+  "$BIN/tsc" -p tsconfig.bun.json || code=1
   echo "--- tsc -p tsconfig.build.json (the npm build into dist/)"
   rm -rf dist
   "$BIN/tsc" -p tsconfig.build.json || code=1
