@@ -123,7 +123,10 @@ describe("edge-outbox CLI", () => {
     expect(file.stderr).not.toMatch(/\n\s+at /); // a message, not a stack trace
     // a server that accepts connections and never answers (a hung proxy, a firewall that lets the SYN through)
     const sockets = new Set<Socket>();
-    const silent = createServer((socket) => void sockets.add(socket));
+    const silent = createServer((socket) => {
+      sockets.add(socket);
+      socket.on("error", () => {}); // the CLI resets the connection when it gives up
+    });
     await new Promise<void>((ok) => silent.listen(0, "127.0.0.1", ok));
     const port = (silent.address() as AddressInfo).port;
     try {
