@@ -1,4 +1,4 @@
-// Exit codes and the mapping from failures to what the user should do. Documented in cli/README.md.
+// Exit codes and the mapping from failures to what the user should do. Documented in the README's CLI section.
 import { isOutboxError } from "../mod.ts";
 
 /** The CLI's exit codes. */
@@ -9,7 +9,7 @@ export const EXIT = {
   FAILURE: 1,
   /** Bad usage: unknown command or option, a bad value, a missing --db or transport. */
   USAGE: 2,
-  /** The database cannot be reached (refused, unknown host, timeout, bad credentials). */
+  /** The database cannot be reached or opened (refused, unknown host, no answer within --connect-timeout, bad credentials, a file that cannot be opened). */
   UNREACHABLE: 3,
   /** The outbox table does not exist: run `edge-outbox migrate`. */
   NO_SCHEMA: 4,

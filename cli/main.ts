@@ -1,11 +1,11 @@
 #!/usr/bin/env node
 // The `edge-outbox` command: migrate, stats, drain, dead-letter tools and serve, on a libSQL/SQLite/Turso or
-// PostgreSQL database. Runs under Node (the package's `bin`), Bun (`bunx edge-outbox`) and Deno
+// PostgreSQL database. Runs under Node (the package's `bin`), Bun (`bunx --bun edge-outbox`) and Deno
 // (`deno run -A npm:edge-outbox`). Exit codes: see cli/errors.ts (EXIT) and the README's CLI section.
 import { Command, CommanderError, Option } from "commander";
 import { createOutbox, createRelay, type DeadLetterPage, type DrainReport, type Outbox } from "../mod.ts";
-import { CliError, EXIT, toCliError, unreachable } from "./errors.ts";
-import { type DbOptions, type OpenedDb, openDb } from "./db.ts";
+import { CliError, EXIT, toCliError } from "./errors.ts";
+import { CONNECT_TIMEOUT_MS, contact, type DbOptions, type OpenedDb, openDb } from "./db.ts";
 import { emptyTotals, ProgressLine, renderProgress, type Totals } from "./progress.ts";
 import { resolveTransport, type TransportOptions } from "./transport.ts";
 
@@ -16,7 +16,12 @@ function withDb(cmd: Command): Command {
     .option("--db <url>", "database: file:app.db, libsql://… or http(s)://… (Turso/sqld), postgres://… (default $EDGE_OUTBOX_DB, $DATABASE_URL)")
     .option("--auth-token <token>", "libSQL/Turso auth token (default $LIBSQL_AUTH_TOKEN or $TURSO_AUTH_TOKEN)")
     .option("--table <name>", "outbox table name (default outbox)")
-    .option("--schema <name>", "PostgreSQL schema (default public)");
+    .option("--schema <name>", "PostgreSQL schema (default public)")
+    .addOption(
+      new Option("--connect-timeout <ms>", "how long the first contact with the database may take before it counts as unreachable (exit 3)")
+        .default(CONNECT_TIMEOUT_MS)
+        .argParser(positiveInt("--connect-timeout")),
+    );
 }
 
 function withTransport(cmd: Command): Command {
@@ -37,11 +42,13 @@ function positiveInt(name: string) {
 /** Opens the database, checks it answers, runs `fn`, closes it, and maps failures to exit codes. */
 async function withOutbox<T>(options: DbOptions, fn: (outbox: Outbox<unknown, unknown>, db: OpenedDb) => Promise<T>): Promise<T> {
   const db = await openDb(options);
+  let force = false;
   try {
     try {
-      await db.ping();
+      await contact(db, options.connectTimeout);
     } catch (e) {
-      throw unreachable(e, db.display);
+      force = true; // nothing to wait for: a connection still being attempted is dropped
+      throw e;
     }
     const outbox = createOutbox({ storage: db.storage }) as Outbox<unknown, unknown>;
     try {
@@ -50,7 +57,7 @@ async function withOutbox<T>(options: DbOptions, fn: (outbox: Outbox<unknown, un
       throw toCliError(e, db.display);
     }
   } finally {
-    await db.close().catch(() => {});
+    await db.close({ force }).catch(() => {});
   }
 }
 

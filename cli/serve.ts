@@ -1,9 +1,9 @@
 // `edge-outbox serve`: the relay app (edge-outbox/hono) on @hono/node-server. Secrets come from the environment,
 // never from flags (flags show up in `ps`).
 import { createRelay } from "../mod.ts";
-import { createRelayApp } from "../adapters/hono/mod.ts";
-import { CliError, EXIT, unreachable } from "./errors.ts";
-import { type DbOptions, openDb } from "./db.ts";
+import { createRelayApp, relayDashboard } from "../adapters/hono/mod.ts";
+import { CliError, EXIT } from "./errors.ts";
+import { contact, type DbOptions, openDb } from "./db.ts";
 import { createOutbox } from "../mod.ts";
 import { resolveTransport, type TransportOptions } from "./transport.ts";
 
@@ -35,10 +35,10 @@ export async function serve(o: DbOptions & TransportOptions & { port: number; ho
   }
   const db = await openDb(o);
   try {
-    await db.ping();
+    await contact(db, o.connectTimeout);
   } catch (e) {
-    await db.close().catch(() => {});
-    throw unreachable(e, db.display);
+    await db.close({ force: true }).catch(() => {});
+    throw e;
   }
   const outbox = createOutbox({ storage: db.storage });
   const relay = createRelay({ outbox, transport });
@@ -48,10 +48,13 @@ export async function serve(o: DbOptions & TransportOptions & { port: number; ho
     ...(admin ? { admin } : {}),
     ...(metrics ? { metrics } : {}),
   };
-  const app = createRelayApp({ relay, outbox, auth, budgetMs: o.budget });
+  // The dashboard page (GET /) comes with the read routes: a read or admin secret opens it.
+  const dashboard = read || admin ? relayDashboard() : undefined;
+  const app = createRelayApp({ relay, outbox, auth, budgetMs: o.budget, ...(dashboard ? { dashboard } : {}) });
   await new Promise<void>((resolveServe) => {
     const server = nodeServer.serve({ fetch: app.fetch, port: o.port, hostname: o.host }, (info) => {
-      process.stderr.write(`edge-outbox: relay app on http://${o.host}:${info.port} (database ${db.display})\n`);
+      const page = dashboard ? `, dashboard at http://${o.host}:${info.port}/` : "";
+      process.stderr.write(`edge-outbox: relay app on http://${o.host}:${info.port} (database ${db.display}${page})\n`);
     });
     const stop = () => server.close(() => resolveServe());
     process.once("SIGINT", stop);

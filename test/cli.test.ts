@@ -2,6 +2,7 @@
 // Deno) against a real libSQL file and the machine's PostgreSQL.
 import { execFile, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
+import { createServer, type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
@@ -114,6 +115,35 @@ describe("edge-outbox CLI", () => {
     expect(http.stderr).toContain("cannot reach the database http://127.0.0.1:1");
   }, 60_000);
 
+  it("a database that cannot be opened or does not answer exits 3, within --connect-timeout", async () => {
+    // a local file in a directory that does not exist: @libsql/client throws while creating the client
+    const file = await cli(["stats", "--db", `file:${join(dir, "no-such-dir", "x.db")}`]);
+    expect(file.code, file.stderr).toBe(3);
+    expect(file.stderr).toContain(`cannot reach the database file:${join(dir, "no-such-dir", "x.db")}`);
+    expect(file.stderr).not.toMatch(/\n\s+at /); // a message, not a stack trace
+    // a server that accepts connections and never answers (a hung proxy, a firewall that lets the SYN through)
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => {
+      sockets.add(socket);
+      socket.on("error", () => {}); // the CLI resets the connection when it gives up
+    });
+    await new Promise<void>((ok) => silent.listen(0, "127.0.0.1", ok));
+    const port = (silent.address() as AddressInfo).port;
+    try {
+      for (const db of [`http://127.0.0.1:${port}`, `postgres://u@127.0.0.1:${port}/test`]) {
+        const started = Date.now();
+        const r = await cli(["stats", "--db", db, "--connect-timeout", "500"]);
+        expect(r.code, `${db}: ${r.stderr}`).toBe(3);
+        expect(r.stderr).toContain(`cannot reach the database ${db}: no answer within 500 ms`);
+        expect(Date.now() - started, `${db}: the process exits soon after the timeout`).toBeLessThan(8_000);
+      }
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((ok) => silent.close(() => ok()));
+    }
+    expect((await cli(["stats", "--db", "file:empty.db", "--connect-timeout", "0"])).code).toBe(2);
+  }, 60_000);
+
   it("drains 100,000 messages from a libSQL file with a progress bar", async () => {
     await seedLibsql(join(dir, "big.db"), 100_000);
     const stats = JSON.parse((await cli(["stats", "--json", "--db", "file:big.db"])).stdout);
@@ -180,6 +210,53 @@ describe("edge-outbox CLI", () => {
     } finally {
       await sql.unsafe(`drop schema if exists ${schema} cascade`).catch(() => {});
       await sql.end({ timeout: 5 });
+    }
+  }, 60_000);
+
+  it("serve shows the dashboard page at GET / with a read secret, not without one", async () => {
+    await seedLibsql(join(dir, "page.db"), 3);
+    const start = (env: Record<string, string>) => {
+      const child = spawn(process.execPath, [bin, "serve", "--db", "file:page.db", "--port", "0", "--transport", TRANSPORT], {
+        cwd: dir,
+        env: { ...process.env, EDGE_OUTBOX_DRAIN_SECRET: "", CRON_SECRET: "", EDGE_OUTBOX_READ_SECRET: "", ...env },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      const started = new Promise<{ url: string; line: string }>((resolveUrl, reject) => {
+        let err = "";
+        child.stderr.on("data", (b: Buffer) => {
+          err += b.toString();
+          const m = /relay app on (http:\/\/\S+).*/.exec(err);
+          if (m) resolveUrl({ url: m[1]!, line: m[0] });
+        });
+        child.on("exit", (code) => reject(new Error(`serve exited ${code}: ${err}`)));
+        setTimeout(() => reject(new Error(`serve did not start: ${err}`)), 20_000);
+      });
+      return { child, started };
+    };
+    const withRead = start({ EDGE_OUTBOX_READ_SECRET: "read-secret-0123456789abcdef" });
+    try {
+      const { url, line } = await withRead.started;
+      expect(line).toContain(`dashboard at ${url}/`);
+      const page = await fetch(`${url}/`);
+      expect(page.status).toBe(200);
+      expect(page.headers.get("content-type")).toMatch(/^text\/html/);
+      const html = await page.text();
+      expect(html).toContain("<title>edge-outbox</title>");
+      const script = /src="\.\/(assets\/dashboard\.js)"/.exec(html);
+      expect(script, html).not.toBeNull();
+      expect((await fetch(`${url}/${script![1]}`)).status).toBe(200);
+      const health = await fetch(`${url}/health`, { headers: { authorization: "Bearer read-secret-0123456789abcdef" } });
+      expect(health.status).toBe(200);
+    } finally {
+      withRead.child.kill("SIGTERM");
+    }
+    const drainOnly = start({ EDGE_OUTBOX_DRAIN_SECRET: "s3cret-s3cret-s3cret-s3cret" });
+    try {
+      const { url, line } = await drainOnly.started;
+      expect(line).not.toContain("dashboard");
+      expect((await fetch(`${url}/`)).status).toBe(404);
+    } finally {
+      drainOnly.child.kill("SIGTERM");
     }
   }, 60_000);
 
