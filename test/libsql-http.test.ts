@@ -3,7 +3,7 @@
 // busy / timeout path of interactive transactions over HTTP (sqld, like Turso, rolls back a write transaction that holds
 // the lock for 5 s while another writer waits; Turso caps every interactive transaction at 5 s).
 import { type Client, createClient } from "@libsql/client";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type LibsqlExecutor, type LibsqlStatement, type LibsqlStorage, libsqlStorage, type LibsqlStorageOptions } from "../adapters/libsql/mod.ts";
 import { isOutboxError, type OutboxError } from "../src/errors.ts";
 import { type NewMessage, uuidv7 } from "../src/message.ts";
@@ -11,18 +11,31 @@ import { type ConformanceFixture, storageConformance } from "../src/testing/mod.
 import { type SqldServer, startSqld } from "./fixtures/sqld.ts";
 import { caught, sleep } from "./helpers.ts";
 
+// Two servers: the interactive-transaction cases make sqld roll back a transaction that held the write lock for 5 s
+// (its lock stealing), a path no other case takes; they get their own process, so whatever state that leaves in the
+// server cannot reach the conformance suite's concurrent writers (the suite stalled once in CI with sqld busy and
+// every write unanswered; not reproduced in 20 runs since).
 let sqld: SqldServer;
+let txSqld: SqldServer;
 const clients: Client[] = [];
 beforeAll(async () => {
-  sqld = await startSqld();
+  [sqld, txSqld] = await Promise.all([startSqld(), startSqld()]);
 }, 30_000);
 afterAll(async () => {
   for (const c of clients) c.close();
-  await sqld?.close();
+  await Promise.all([sqld?.close(), txSqld?.close()]);
 });
 
-function connect(): Client {
-  const c = createClient({ url: sqld.url });
+// A failing case prints what sqld logged (a stalled server is otherwise silent in the CI log).
+afterEach((ctx) => {
+  if (ctx.task.result?.state !== "fail") return;
+  for (const [name, server] of [["sqld", sqld], ["sqld (transactions)", txSqld]] as const) {
+    console.error(`${name} pid ${server?.pid} stderr tail:\n${server?.stderr().slice(-1_500) || "(empty)"}`);
+  }
+});
+
+function connect(server: SqldServer = sqld): Client {
+  const c = createClient({ url: server.url });
   clients.push(c);
   return c;
 }
@@ -30,9 +43,12 @@ function connect(): Client {
 let tables = 0;
 
 /** A fresh, migrated storage on its own table of the server; `another()` is a second client (a second HTTP stream). */
-async function httpFixture(options: LibsqlStorageOptions = {}): Promise<ConformanceFixture<LibsqlExecutor, LibsqlStatement> & { storage: LibsqlStorage; client: Client }> {
+async function httpFixture(
+  options: LibsqlStorageOptions = {},
+  server: () => SqldServer = () => sqld,
+): Promise<ConformanceFixture<LibsqlExecutor, LibsqlStatement> & { storage: LibsqlStorage; client: Client }> {
   const table = `outbox_${process.pid}_${++tables}`;
-  const client = connect();
+  const client = connect(server());
   const storage = libsqlStorage(client, { ...options, table });
   await storage.migrate();
   return {
@@ -42,7 +58,7 @@ async function httpFixture(options: LibsqlStorageOptions = {}): Promise<Conforma
       const tx = await storage.begin();
       return { tx, commit: () => tx.commit(), rollback: () => tx.rollback() };
     },
-    another: () => Promise.resolve(libsqlStorage(connect(), { ...options, table })),
+    another: () => Promise.resolve(libsqlStorage(connect(server()), { ...options, table })),
     runBatch: async (statements) => {
       await client.batch(statements, "write");
     },
@@ -56,7 +72,7 @@ function message(n: number): NewMessage {
 
 describe("libsqlStorage over HTTP (sqld): interactive transactions", () => {
   it("a claim while an interactive write transaction is open waits for it, without blocking the event loop", async () => {
-    const f = await httpFixture();
+    const f = await httpFixture({}, () => txSqld);
     const relay = await f.another();
     await f.client.batch([f.storage.statement([message(1)])], "write");
     const tx = await f.storage.begin();
@@ -75,7 +91,7 @@ describe("libsqlStorage over HTTP (sqld): interactive transactions", () => {
   });
 
   it("a transaction held past 5 s while the relay waits is rolled back by the server: the relay goes on, the enqueue is a retryable STORAGE error, nothing half-written", async () => {
-    const f = await httpFixture();
+    const f = await httpFixture({}, () => txSqld);
     const relay = await f.another();
     const tx = await f.storage.begin();
     const early = message(1);
