@@ -61,6 +61,24 @@ describe("documentation snippets", () => {
     expect(errors.map((e) => `${e.at}: ${e.message.split("\n")[0]}`)).toEqual([]);
   }, 60_000);
 
+  it("the SQL adapters' factories and DDL helpers accept undefined options, e.g. { table: process.env.X } (exactOptionalPropertyTypes)", () => {
+    const code = [
+      'import { libsqlInbox, libsqlInboxSchema, libsqlSchema, libsqlStorage } from "edge-outbox/libsql";',
+      'import { d1Inbox, d1Schema, d1Storage } from "edge-outbox/d1";',
+      'import { postgresInbox, postgresInboxSchema, postgresSchema, postgresStorage } from "edge-outbox/postgres";',
+      "const table = process.env.OUTBOX_TABLE;",
+      "const schema = process.env.OUTBOX_SCHEMA;",
+      "libsqlStorage(client, { table }); libsqlInbox(client, { table });",
+      "d1Storage(env.DB, { table }); d1Inbox(env.DB, { table });",
+      "postgresStorage(sql, { table, schema }); postgresInbox(sql, { table, schema });",
+      "const ddl: string[][] = [libsqlSchema({ table }), libsqlInboxSchema({ table }), d1Schema({ table }),",
+      "  postgresSchema({ table, schema }), postgresInboxSchema({ table, schema })];",
+      "void ddl;",
+    ].join("\n");
+    const errors = checkSnippets(root, [{ origin: "README.md:1", file: "README.md", line: 2, code }]);
+    expect(errors.map((e) => `${e.at}: ${e.message.split("\n")[0]}`)).toEqual([]);
+  }, 60_000);
+
   it("the shipped sources type-check under the same settings (a user compiling the .ts sources with exactOptionalPropertyTypes)", () => {
     expect(checkSources(root)).toEqual([]);
   }, 120_000);

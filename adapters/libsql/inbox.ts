@@ -97,7 +97,7 @@ export const INBOX_READ_LOCK_SQL: string = `SELECT 1 FROM "{{table}}_migrations"
  * await client.batch(libsqlInboxSchema({ table: "inbox" }), "write");
  * ```
  */
-export function libsqlInboxSchema(options: { table?: string } = {}): string[] {
+export function libsqlInboxSchema(options: { table?: string | undefined } = {}): string[] {
   const table = options.table ?? "inbox";
   const out = [renderSql(INBOX_MIGRATIONS_TABLE_DDL, table)];
   for (const v of INBOX_SCHEMA_VERSIONS) {

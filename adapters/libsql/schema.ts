@@ -151,7 +151,7 @@ export function renderSql(template: string, table: string = "outbox"): string {
  * await client.batch(libsqlSchema({ table: "outbox" }), "write");
  * ```
  */
-export function libsqlSchema(options: { table?: string } = {}): string[] {
+export function libsqlSchema(options: { table?: string | undefined } = {}): string[] {
   const table = options.table ?? "outbox";
   const out = [renderSql(MIGRATIONS_TABLE_DDL, table)];
   for (const v of SCHEMA_VERSIONS) {

@@ -124,7 +124,7 @@ export interface PostgresInbox extends InboxStorage<PostgresExecutor, never> {
  * });
  * ```
  */
-export function postgresInboxSchema(options: { table?: string; schema?: string } = {}): string[] {
+export function postgresInboxSchema(options: { table?: string | undefined; schema?: string | undefined } = {}): string[] {
   const names = postgresNames({ table: options.table ?? "inbox", schema: options.schema });
   const out: string[] = [];
   if (names.schema !== "public") out.push(renderSql(CREATE_SCHEMA_DDL, names));

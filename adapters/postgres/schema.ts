@@ -250,7 +250,7 @@ export function recordVersionSql(version: number): string {
  * });
  * ```
  */
-export function postgresSchema(options: { table?: string; schema?: string } = {}): string[] {
+export function postgresSchema(options: { table?: string | undefined; schema?: string | undefined } = {}): string[] {
   const names = postgresNames(options);
   const out: string[] = [];
   if (names.schema !== "public") out.push(renderSql(CREATE_SCHEMA_DDL, names));
