@@ -139,7 +139,7 @@ export interface Relay {
 const int = (min: number, max: number) => v.pipe(v.number(), v.integer(), v.minValue(min), v.maxValue(max));
 
 const relayOptionsSchema = v.pipe(
-  v.object({
+  v.strictObject({
     outbox: v.custom<object>(
       (o) => typeof o === "object" && o !== null && typeof (o as { storage?: { claim?: unknown } }).storage?.claim === "function",
       "must be an outbox made by createOutbox",
@@ -180,7 +180,7 @@ const abortSignal = v.custom<AbortSignal>(
   "must be an AbortSignal",
 );
 
-const drainOptionsSchema = v.object({
+const drainOptionsSchema = v.strictObject({
   budgetMs: v.optional(int(1, 86_400_000), 10_000),
   signal: v.optional(abortSignal),
   safetyMarginMs: v.optional(int(0, 86_400_000)),
@@ -188,7 +188,7 @@ const drainOptionsSchema = v.object({
   lingerPollMs: v.optional(int(1, 60_000), 25),
 });
 
-const runOptionsSchema = v.object({
+const runOptionsSchema = v.strictObject({
   signal: abortSignal,
   pollIntervalMs: v.optional(int(1, 3_600_000), 500),
   budgetMs: v.optional(int(1, 86_400_000), 30_000),

@@ -64,7 +64,7 @@ const COUNTS = ["claimed", "delivered", "retried", "dead", "released", "leaseLos
 
 const int = (min: number, max: number) => v.pipe(v.number(), v.integer(), v.minValue(min), v.maxValue(max));
 
-const optionsSchema = v.object({
+const optionsSchema = v.strictObject({
   budgetMs: int(1, 86_400_000),
   drainBudgetMs: v.optional(int(1, 86_400_000)),
   minDrainMs: v.optional(int(1, 86_400_000)),

@@ -1,6 +1,6 @@
 import * as v from "valibot";
 import { describe, expect, it } from "vitest";
-import { createOutbox, createRelay, defineTopic, type EnqueueOptions, evaluateHealth, isOutboxError, type StandardSchemaV1 } from "../mod.ts";
+import { createOutbox, createRelay, defineTopic, type EnqueueOptions, evaluateHealth, isOutboxError, scheduledDrain, type StandardSchemaV1 } from "../mod.ts";
 import { memoryStorage, recordingTransport } from "../adapters/memory/mod.ts";
 import { caught, codeOf, event, memoryOutbox } from "./helpers.ts";
 
@@ -160,6 +160,22 @@ describe("createOutbox", () => {
     expect(await message(() => createRelay({ outbox, transport, backoff: { base: 5 } as never }))).toBe(
       "createRelay options: unknown option backoff.base (did you mean baseMs?)",
     );
+    // A misspelt option is refused, never ignored (a silently ignored maxAttemps would keep the default of 10).
+    expect(await message(() => createRelay({ outbox, transport, batchsize: 5 } as never))).toBe(
+      "createRelay options: unknown option batchsize (did you mean batchSize?)",
+    );
+    expect(await message(() => createRelay({ outbox, transport, maxAttemps: 3 } as never))).toBe(
+      "createRelay options: unknown option maxAttemps (did you mean maxAttempts?)",
+    );
+    const relay = createRelay({ outbox, transport });
+    expect(await message(() => relay.drain({ budgetMS: 100 } as never))).toBe("drain options: unknown option budgetMS (did you mean budgetMs?)");
+    expect(await message(() => relay.run({ signal: AbortSignal.abort(), pollIntervalMS: 5 } as never))).toBe(
+      "run options: unknown option pollIntervalMS (did you mean pollIntervalMs?)",
+    );
+    expect(await message(() => scheduledDrain(relay, { budgetMs: 1_000, maxdrains: 2 } as never))).toBe(
+      "scheduledDrain options: unknown option maxdrains (did you mean maxDrains?)",
+    );
+    expect(transport.calls).toBe(0);
     expect(await message(() => createRelay({ outbox } as never))).toBe("createRelay options: transport is required");
     expect(await message(() => createRelay({ outbox, transport: undefined } as never))).toBe("createRelay options: transport is required");
     expect(await message(() => createOutbox({ storage, maxpayloadbytes: 5 } as never))).toBe(

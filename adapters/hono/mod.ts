@@ -230,7 +230,7 @@ const fn = (what: string) => v.custom<(...args: never[]) => unknown>((f) => type
 const flag = v.optional(v.boolean());
 
 const optionsSchema = v.pipe(
-  v.object({
+  v.strictObject({
     relay: v.custom<object>(
       (r) => typeof r === "object" && r !== null && typeof (r as { drain?: unknown }).drain === "function",
       "must be a relay made by createRelay",

@@ -19,7 +19,7 @@ export interface QstashFollowUpOptions {
   timeoutMs?: number | undefined;
 }
 
-const followUpOptionsSchema = v.object({
+const followUpOptionsSchema = v.strictObject({
   url: v.pipe(v.string(), v.check(isHttpUrl, "must be an absolute http(s) URL")),
   retries: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(100))),
   timeoutMs: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(60_000)), 3_000),

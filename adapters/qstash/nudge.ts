@@ -63,7 +63,7 @@ export interface NudgeResult {
   readonly deliverAt: number;
 }
 
-const nudgeOptionsSchema = v.object({
+const nudgeOptionsSchema = v.strictObject({
   url: v.pipe(v.string(), v.check(isHttpUrl, "must be an absolute http(s) URL")),
   windowMs: v.optional(
     v.pipe(v.number(), v.integer(), v.minValue(1_000), v.maxValue(86_400_000), v.check((n) => n % 1_000 === 0, "must be a multiple of 1000 (QStash schedules in whole seconds)")),

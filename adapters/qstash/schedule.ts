@@ -31,7 +31,7 @@ export interface EnsureScheduleResult {
   readonly status: "created" | "updated" | "unchanged";
 }
 
-const scheduleOptionsSchema = v.object({
+const scheduleOptionsSchema = v.strictObject({
   url: v.pipe(v.string(), v.check(isHttpUrl, "must be an absolute http(s) URL")),
   cron: v.pipe(v.string(), v.regex(/^(CRON_TZ=\S+\s+)?\S+(\s+\S+){4}$/, "must be a 5-field cron expression, e.g. \"* * * * *\"")),
   scheduleId: v.optional(v.pipe(v.string(), v.regex(/^[A-Za-z0-9._-]{1,200}$/, "must be 1 to 200 of A-Z a-z 0-9 . _ -"))),

@@ -56,7 +56,7 @@ export const MESSAGE_HEADERS: Readonly<{ id: string; topic: string; key: string 
 
 const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$/;
 
-const transportOptionsSchema = v.object({
+const transportOptionsSchema = v.strictObject({
   destination: v.union([
     v.pipe(v.string(), v.check(isHttpUrl, "must be an absolute http(s) URL")),
     v.function(),
