@@ -1,13 +1,14 @@
-// Profiling aid (not part of `npm run bench`): a Postgres drain over few keys with per-call storage timings.
-//   node --import tsx bench/profile-keys.ts [keys] [messages] [batch]
+// Profiling aid (not part of `npm run bench`): a drain over few keys with per-call storage timings.
+//   node --import tsx bench/profile-keys.ts [keys] [messages] [batch] [pg|libsql]
 import { createRelay } from "../mod.ts";
-import { cleanupAll, connect, noopTransport, pgFill, pgOutbox } from "./lib.ts";
+import { cleanupAll, connect, libsqlFill, libsqlOutbox, noopTransport, pgFill, pgOutbox } from "./lib.ts";
 
-const [keysArg = "10", nArg = "20000", batchArg = "100"] = process.argv.slice(2);
+const [keysArg = "10", nArg = "20000", batchArg = "100", db = "pg"] = process.argv.slice(2);
 const keys = Number(keysArg), n = Number(nArg), batch = Number(batchArg);
 try {
-  const o = await pgOutbox(connect({ max: 4 }), "profkeys");
-  await pgFill(o, n, 10_000, keys);
+  const o = db === "pg" ? await pgOutbox(connect({ max: 4 }), "profkeys") : await libsqlOutbox();
+  if ("sql" in o) await pgFill(o, n, 10_000, keys);
+  else await libsqlFill(o, n, 10_000, keys);
   const s = o.storage as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
   const time: Record<string, number> = { claim: 0, settle: 0 };
   const calls: Record<string, number> = { claim: 0, settle: 0 };
@@ -37,7 +38,7 @@ try {
   const rate = transport.count / (total / 1000);
   const hist = new Map<number, number>();
   for (const r of rows) hist.set(r, (hist.get(r) ?? 0) + 1);
-  console.log(`pg ${keys} keys batch ${batch}: ${Math.round(rate)} msg/s; total ${Math.round(total)} ms; claims ${calls.claim} (${Math.round(time.claim!)} ms, ${(time.claim! / calls.claim!).toFixed(2)} ms each), settles ${calls.settle} (${Math.round(time.settle!)} ms, ${(time.settle! / calls.settle!).toFixed(2)} ms each); rows/claim ${JSON.stringify([...hist].sort((a, b) => b[1] - a[1]).slice(0, 6))}`);
+  console.log(`${db} ${keys} keys batch ${batch}: ${Math.round(rate)} msg/s; total ${Math.round(total)} ms; claims ${calls.claim} (${Math.round(time.claim!)} ms, ${(time.claim! / calls.claim!).toFixed(2)} ms each), settles ${calls.settle} (${Math.round(time.settle!)} ms, ${(time.settle! / calls.settle!).toFixed(2)} ms each); rows/claim ${JSON.stringify([...hist].sort((a, b) => b[1] - a[1]).slice(0, 6))}`);
 } finally {
   await cleanupAll();
 }

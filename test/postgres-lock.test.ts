@@ -416,4 +416,37 @@ describe("pgAdvisoryLock", () => {
     expect(await holders(admin, key)).toHaveLength(0);
     expect(released).toHaveLength(1);
   });
+
+  it("behind a pooler that reuses the most recent server session for every client (PgBouncer's default), acquire refuses with CONFIG", async () => {
+    // PgBouncer hands the most recently used server connection to the next transaction (server_round_robin = 0): on a
+    // lightly loaded pool, the reserved connection's statements AND the pool's land on one server session. Before this
+    // check, acquire took the lock there (by hand against PgBouncer 1.18 in transaction mode: two clients both "held"
+    // one key, and after both released the lock stayed held on the server session). Model it: one real session
+    // serves the "pool" and the "reserved connection" alike.
+    const key = `test:${randomSuffix()}`;
+    const base = client(`${app}-lifo`, 2);
+    const admin = client();
+    const session = await base.reserve();
+    const released: number[] = [];
+    const pooled = Object.assign(Object.create(null) as object, {
+      unsafe: (q: string, p?: never[], o?: never) => session.unsafe(q, p, o),
+      options: { max: 2 },
+      reserve: async () => ({
+        unsafe: (q: string, p?: never[], o?: never) => session.unsafe(q, p, o),
+        release: () => released.push(1),
+      }),
+    });
+    try {
+      const lock = pgAdvisoryLock(pooled as never);
+      const e = await lock.acquire(key, 5_000).then((l) => l, (x: unknown) => x);
+      const took = e !== null && !isOutboxError(e);
+      if (took) await (e as Lease).release();
+      expect(isOutboxError(e, "CONFIG"), took ? "acquire took the lock on the shared session" : String(e)).toBe(true);
+      expect(String((e as Error).message)).toMatch(/transaction-mode pooler/);
+      expect(await holders(admin, key)).toHaveLength(0); // given up again, not left on the shared session
+      expect(released).toHaveLength(1);
+    } finally {
+      session.release();
+    }
+  });
 });

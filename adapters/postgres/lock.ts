@@ -47,6 +47,15 @@ const TRY_LOCK_SQL = `SELECT CASE
     WHEN $3::text IS NULL THEN 'held'
     ELSE 'held' || left(set_config('idle_session_timeout', $3::text, false), 0)
   END AS state, pg_backend_pid() AS pid`;
+/**
+ * Asked through the pool (another client connection: the reserved one is taken) once the lock is held: whether that
+ * statement runs in the session the reserved connection marked (`$1` the token). On a direct or session-mode
+ * connection two client connections never share a server session, so this is false. Behind a transaction-mode pooler
+ * that hands the most recently used server connection to the next transaction (PgBouncer's default,
+ * `server_round_robin = 0`), the reserved connection's statements on a lightly loaded pool all land on one session, so
+ * {@link TRY_LOCK_SQL} cannot tell; the pool's statement then lands there too, and this is true.
+ */
+const SHARED_SQL = `SELECT current_setting('edge_outbox.lock_session', true) IS NOT DISTINCT FROM $1::text AS shared`;
 /** Moves the idle-session deadline (`$2` ms) of the marked session (`$1` token); null when the session moved. */
 const EXTEND_SQL = `SELECT CASE WHEN current_setting('edge_outbox.lock_session', true) = $1::text
   THEN set_config('idle_session_timeout', $2::text, false) END AS idle`;
@@ -209,8 +218,11 @@ export const POOLER_HINT: string =
  * **Transaction-mode poolers** (PgBouncer `pool_mode = transaction`, Supavisor's transaction port 6543, Neon's
  * `-pooler` host): session advisory locks do not work there, since consecutive statements of one client may run on
  * different server sessions. `acquire` marks its session and takes the lock only in a statement that still runs in
- * that session; when not, it rejects with CONFIG ({@link POOLER_HINT}) and takes no lock. (Two statements can land on
- * the same server session by chance, so this detects the pooler most of the time, not always.) Give the lock a
+ * that session, and gives the lock up again when a statement of the pool (another client connection) runs in that
+ * session too; either way it rejects with CONFIG ({@link POOLER_HINT}) and holds nothing. (The first check catches a
+ * pooler that spreads one client's statements over sessions, the second one that hands the most recently used server
+ * connection to the next transaction, PgBouncer's default. Statements can still land just so by chance, so this
+ * detects the pooler most of the time, not always.) Give the lock a
  * client on a direct or session-mode connection (postgres.js with `max: 2` is enough), or use another Lock. The
  * storage itself works behind such a pooler with postgres.js's `prepare: false`.
  *
@@ -283,6 +295,14 @@ export function pgAdvisoryLock(sql: PostgresLockClient, options: PgAdvisoryLockO
       if (state !== "held") {
         conn.release();
         return null;
+      }
+      // Another client connection landing on this session is a pooler sharing it: unlock and refuse. No answer in
+      // time (a client whose other connections are all busy) leaves the lock held, as before this check.
+      const shared = await within(sql.unsafe(SHARED_SQL, [session.token]), QUERY_WAIT_MS).catch((): typeof TIMED_OUT => TIMED_OUT);
+      if (shared !== TIMED_OUT && shared[0]?.["shared"] === true) {
+        await within(conn.unsafe(UNLOCK_SQL, [k, session.token, session.idle]), QUERY_WAIT_MS).catch(() => {});
+        conn.release();
+        throw new OutboxError("CONFIG", `${PREFIX} pgAdvisoryLock("${key}"): ${POOLER_HINT}`);
       }
     } catch (e) {
       if (isOutboxError(e)) throw e;
