@@ -63,7 +63,7 @@ function conformanceInWorkerd(
 }
 
 conformanceInWorkerd("libsql http (workerd)", "conformance-libsql-worker.ts", true, async () => {
-  const sqld: SqldServer = await startSqld();
+  const sqld: SqldServer = await startSqld({ wal: "libsql-wal" }); // many concurrent writers: see startSqld's `wal`
   return { options: { bindings: { LIBSQL_URL: sqld.url } }, close: () => sqld.close() };
 });
 
