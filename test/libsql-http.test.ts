@@ -112,6 +112,19 @@ describe("libsqlStorage over HTTP (sqld): interactive transactions", () => {
     await f.client.batch([f.storage.statement([early])], "write");
     expect((await relay.claim({ limit: 10, leaseMs: 10_000 })).messages.map((m) => m.id)).toEqual([early.id]);
   }, 30_000);
+
+  it("a transaction idle past the server's 10 s stream expiry is gone: the next enqueue is a retryable STORAGE error, nothing written", async () => {
+    const f = await httpFixture(); // the libsql-wal server: a lock holder is not rolled back, its idle stream expires
+    const tx = await f.storage.begin();
+    await f.storage.enqueue(tx, [message(1)]);
+    await sleep(11_000);
+    const e = await caught(f.storage.enqueue(tx, [message(2)]));
+    expect(isOutboxError(e, "STORAGE"), String(e)).toBe(true);
+    expect((e as OutboxError).message).toContain("STREAM_EXPIRED");
+    expect((e as OutboxError).retryable).toBe(true);
+    tx.close();
+    expect((await f.storage.stats()).pending).toBe(0);
+  }, 30_000);
 });
 
 storageConformance({ describe, it, expect }, { name: "libsql http (sqld)", create: () => httpFixture(), semantics: 2, deliveryPositions: true });

@@ -72,9 +72,10 @@ const BUSY_CODES = new Set(["SQLITE_BUSY", "SQLITE_LOCKED", "TRANSACTION_ACTIVE"
 /**
  * Server-side failures a later call can get past. `TRANSACTION_TIMEOUT`: sqld / Turso rolled back an interactive
  * transaction that held the write lock too long (Turso: 5 s; sqld: 5 s once another writer waits), so the whole
- * transaction must be retried.
+ * transaction must be retried. `STREAM_EXPIRED`: the server dropped an interactive transaction's stream after 10 s
+ * without a request (rolled back; retry the whole transaction).
  */
-const TRANSIENT_CODES = new Set(["HRANA_WEBSOCKET_ERROR", "HRANA_CLOSED_ERROR", "SERVER_ERROR", "TRANSACTION_TIMEOUT"]);
+const TRANSIENT_CODES = new Set(["HRANA_WEBSOCKET_ERROR", "HRANA_CLOSED_ERROR", "SERVER_ERROR", "TRANSACTION_TIMEOUT", "STREAM_EXPIRED"]);
 
 /**
  * Tells whether a driver error means "the database is busy right now": `SQLITE_BUSY` or `SQLITE_LOCKED` (any
