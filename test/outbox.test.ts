@@ -176,6 +176,9 @@ describe("createOutbox", () => {
       "scheduledDrain options: unknown option maxdrains (did you mean maxDrains?)",
     );
     expect(transport.calls).toBe(0);
+    expect(await message(() => memoryStorage({ retainDelivered: 5 } as never))).toBe(
+      "memoryStorage options: unknown option retainDelivered (known: now, retainDeliveredMs, shareWith)",
+    );
     expect(await message(() => createRelay({ outbox } as never))).toBe("createRelay options: transport is required");
     expect(await message(() => createRelay({ outbox, transport: undefined } as never))).toBe("createRelay options: transport is required");
     expect(await message(() => createOutbox({ storage, maxpayloadbytes: 5 } as never))).toBe(

@@ -102,6 +102,8 @@ interface Tx extends MemoryTransaction {
   store: Store;
 }
 
+const OPTION_KEYS = ["now", "retainDeliveredMs", "shareWith"];
+
 /**
  * Creates an in-memory storage with real transactions, for tests and demos. It passes the same conformance
  * suite as the database adapters.
@@ -123,6 +125,12 @@ interface Tx extends MemoryTransaction {
  * ```
  */
 export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage {
+  for (const key of Object.keys(options)) {
+    if (!OPTION_KEYS.includes(key)) {
+      const message = `unknown option ${key} (known: ${OPTION_KEYS.join(", ")})`;
+      throw new OutboxError("CONFIG", `memoryStorage options: ${message}`, { cause: [{ path: key, message }] });
+    }
+  }
   const clock = options.now ?? Date.now;
   const retain = options.retainDeliveredMs ?? 0;
   if (!Number.isInteger(retain) || retain < 0) {
