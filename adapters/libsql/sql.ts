@@ -28,15 +28,8 @@ const ELIGIBLE = `o.status = 'pending' AND o.available_at <= ${NOW}
     WHERE p.status = 'pending' AND p.key = o.key AND p.seq < o.seq AND p.available_at > ${NOW}))`;
 
 /**
- * Claims rows. `?1` token, `?2` lease ms, `?3` limit. RETURNING order is arbitrary: sort by seq.
+ * Claims rows in `seq` order. `?1` token, `?2` lease ms, `?3` limit. RETURNING order is arbitrary: sort by seq.
  * (libSQL has no `UPDATE … ORDER BY … LIMIT`, hence the subquery.)
- *
- * Which rows: the first 2 × limit claimable rows in `seq` order (the walk stops there), ordered by the seq of their
- * key's first candidate (a keyless row: its own seq), then by seq, cut to `limit`. Each key's rows are a prefix of
- * its claimable queue either way; when keys have deep queues this takes whole prefixes of about half the keys
- * (oldest heads first) and leaves the others claimable, so the relay's next claim can serve them while this claim's
- * rows are sent and settled (a claim of every key would have to wait for their settles); shallow keys and keyless
- * rows come in plain `seq` order, as before.
  *
  * Each claimed row comes back as ONE column `m`, the JSON array `[seq, id, topic, key, payload, headers, created_at,
  * attempts, last_error, lease_until, prev_seq]` (payload and headers as JSON strings, so the payload text is returned
@@ -47,10 +40,7 @@ const ELIGIBLE = `o.status = 'pending' AND o.available_at <= ${NOW}
 export const CLAIM_SQL: string = `UPDATE "{{table}}"
 SET lease_token = ?1, lease_until = ${NOW} + CAST(?2 AS INTEGER), available_at = ${NOW} + CAST(?2 AS INTEGER),
   attempts = attempts + 1
-WHERE seq IN (SELECT c.seq FROM (
-    SELECT c.seq, CASE WHEN c.key IS NULL THEN c.seq ELSE min(c.seq) OVER (PARTITION BY c.key) END AS head
-    FROM (SELECT o.seq, o.key FROM "{{table}}" AS o WHERE ${ELIGIBLE} ORDER BY o.seq LIMIT 2 * CAST(?3 AS INTEGER)) AS c
-  ) AS c ORDER BY c.head, c.seq LIMIT CAST(?3 AS INTEGER))
+WHERE seq IN (SELECT o.seq FROM "{{table}}" AS o WHERE ${ELIGIBLE} ORDER BY o.seq LIMIT CAST(?3 AS INTEGER))
 RETURNING json_array(seq, id, topic, key, payload, headers, created_at, attempts, last_error, lease_until,
   CASE WHEN key IS NOT NULL THEN (SELECT p.seq FROM "{{table}}_positions" AS p WHERE p.key = "{{table}}".key) END) AS m`;
 
