@@ -231,6 +231,7 @@ const STOPPED: unique symbol = Symbol("stopped");
 export function createRelay(options: RelayOptions): Relay {
   const o = parseOptions("createRelay options", relayOptionsSchema, options);
   const storage: OutboxStorage<unknown, unknown> = options.outbox.storage;
+  const serialWrites = storage.capabilities.serialWrites;
   const transport = options.transport;
   const lock = options.lock;
   const maxBatch = transport.maxBatchSize ?? 1;
@@ -373,7 +374,8 @@ export function createRelay(options: RelayOptions): Relay {
    * - Claims are costly (a write transaction: an fsync on SQLite, a round trip on a remote database), so a claim runs
    *   only when it can pay. Ahead of need, while sends go on, when fewer than `lowWater` claimed rows could start
    *   soon (queued keyless rows, plus one per key: a key's rows go one by one): after a full claim whose rows were
-   *   mostly not repeats of held keys (a keyless or many-keyed backlog) or while such claims find rows (the last one
+   *   mostly not repeats of held keys (a keyless or many-keyed backlog; where claims and settles can overlap, also one
+   *   that brought two or more keys not held before) or while such claims find rows (the last one
    *   ahead of need was not empty), or once half of the keys held at the last claim are free again (all their rows
    *   settled: their next rows became claimable).
    *   When everything is idle: if the last claim was full, or a settle has landed since it started. Otherwise the
@@ -606,12 +608,20 @@ export function createRelay(options: RelayOptions): Relay {
         const claim = await storage.claim({ limit: batchSize, leaseMs });
         report.claimed += claim.messages.length;
         let repeats = 0;
+        let newKeys = 0;
         const state: ClaimState = { token: claim.token, deadline: claimStarted + leaseMs - leaseReserveMs };
         for (const m of claim.messages) {
           if (m.key !== null && heldPerKey.has(m.key)) repeats++;
+          else if (m.key !== null) newKeys++; // hold() marks the key held: its later rows count as repeats
           hold(m, state);
         }
-        last = { full: claim.messages.length >= batchSize, spread: repeats * 2 <= claim.messages.length, epoch };
+        // Spread: mostly rows that are not repeats of held keys (a keyless or many-keyed backlog). Where claims and
+        // settles can run at once (not serialWrites), also a claim of two or more keys not held before: Postgres
+        // gives whole prefixes of about half the due keys when queues are deep, so such a claim leaves other keys
+        // claimable for a claim ahead of need. (On SQLite every claim and settle queue for the one writer: claims
+        // ahead over deep keys only delay the settles.)
+        const spread = repeats * 2 <= claim.messages.length || (!serialWrites && newKeys >= 2);
+        last = { full: claim.messages.length >= batchSize, spread, epoch };
         if (ahead) aheadFinds = claim.messages.length > 0;
         keysAtClaim = heldPerKey.size;
         freedSinceClaim = 0;

@@ -94,6 +94,31 @@ describe("streaming drain", () => {
     expect(keylessBeforeHotEnded).toBeGreaterThanOrEqual(80);
   });
 
+  it("deep keys: after a claim of several keys not held before, a storage without serialWrites is claimed again ahead of need, before any settle; a serialWrites one waits for settles", async () => {
+    const claimsBackToBack = async (serialWrites: boolean): Promise<number> => {
+      const { storage, outbox } = memoryOutbox();
+      await fill(storage, outbox, 300, { key: (i) => `k${i % 10}` });
+      const calls: string[] = [];
+      const transport = functionTransport(() => sleep(3));
+      const wrapped: OutboxStorage<unknown, never> = {
+        ...storage,
+        capabilities: { ...storage.capabilities, serialWrites },
+        claim: (o) => (calls.push("claim"), storage.claim(o)),
+        settle: (token, s) => (calls.push("settle"), storage.settle(token, s)),
+      };
+      const report = await createRelay({ outbox: createOutbox({ storage: wrapped }), transport, batchSize: 100, concurrency: 10 })
+        .drain({ budgetMs: 20_000 });
+      expect(report).toMatchObject({ claimed: 300, delivered: 300 });
+      return calls.filter((c, i) => c === "claim" && calls[i - 1] === "claim").length;
+    };
+    // Each claim of 100 rows over 10 keys (10 rows each: 90 repeats of keys within the claim) brings 10 keys not held
+    // before: without serialWrites the relay claims again at once (Postgres would serve other keys), after most of the
+    // three batches (2-3 here; 1 before this policy); with serialWrites only the first claim's probe does (it finds
+    // nothing, and is not repeated).
+    expect(await claimsBackToBack(false)).toBeGreaterThanOrEqual(2);
+    expect(await claimsBackToBack(true)).toBeLessThanOrEqual(1);
+  });
+
   it("settles in small groups, not one settle per message", async () => {
     const { storage, outbox } = memoryOutbox();
     await fill(storage, outbox, 160);
