@@ -7,6 +7,11 @@ import { checkSnippets, checkSources, collectSnippets, exampleSnippets, markdown
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 
+/** The first line of each type error of `lines`, checked as if it were a README block (the snippet prelude applies). */
+const typeErrors = (lines: readonly string[]): string[] =>
+  checkSnippets(root, [{ origin: "README.md:1", file: "README.md", line: 2, code: lines.join("\n") }])
+    .map((e) => `${e.at}: ${e.message.split("\n")[0]}`);
+
 /**
  * Snippets that did not type-check when this test landed, in files other helpers own (snippetKey: file + hash of the
  * block's code, so edits elsewhere in the file keep the key). Fix the block and delete its line; an edited block gets
@@ -56,9 +61,8 @@ describe("documentation snippets", () => {
       "const verify: VerifyWebhookOptions = { toleranceMs: maybe, now: undefined };",
       "upstashLock(redis, { prefix: undefined, leaseMs: maybe, renewEveryMs: maybe, autoRenew: undefined, timeoutMs: maybe });",
       "void verify;",
-    ].join("\n");
-    const errors = checkSnippets(root, [{ origin: "README.md:1", file: "README.md", line: 2, code }]);
-    expect(errors.map((e) => `${e.at}: ${e.message.split("\n")[0]}`)).toEqual([]);
+    ];
+    expect(typeErrors(code)).toEqual([]);
   }, 60_000);
 
   it("the SQL adapters' factories and DDL helpers accept undefined options, e.g. { table: process.env.X } (exactOptionalPropertyTypes)", () => {
@@ -74,9 +78,8 @@ describe("documentation snippets", () => {
       "const ddl: string[][] = [libsqlSchema({ table }), libsqlInboxSchema({ table }), d1Schema({ table }),",
       "  postgresSchema({ table, schema }), postgresInboxSchema({ table, schema })];",
       "void ddl;",
-    ].join("\n");
-    const errors = checkSnippets(root, [{ origin: "README.md:1", file: "README.md", line: 2, code }]);
-    expect(errors.map((e) => `${e.at}: ${e.message.split("\n")[0]}`)).toEqual([]);
+    ];
+    expect(typeErrors(code)).toEqual([]);
   }, 60_000);
 
   it("the shipped sources type-check under the same settings (a user compiling the .ts sources with exactOptionalPropertyTypes)", () => {

@@ -44,10 +44,10 @@ let tables = 0;
 /** A fresh, migrated storage on its own table of the server; `another()` is a second client (a second HTTP stream). */
 async function httpFixture(
   options: LibsqlStorageOptions = {},
-  server: () => SqldServer = () => sqld,
+  server: SqldServer = sqld,
 ): Promise<ConformanceFixture<LibsqlExecutor, LibsqlStatement> & { storage: LibsqlStorage; client: Client }> {
   const table = `outbox_${process.pid}_${++tables}`;
-  const client = connect(server());
+  const client = connect(server);
   const storage = libsqlStorage(client, { ...options, table });
   await storage.migrate();
   return {
@@ -57,7 +57,7 @@ async function httpFixture(
       const tx = await storage.begin();
       return { tx, commit: () => tx.commit(), rollback: () => tx.rollback() };
     },
-    another: () => Promise.resolve(libsqlStorage(connect(server()), { ...options, table })),
+    another: () => Promise.resolve(libsqlStorage(connect(server), { ...options, table })),
     runBatch: async (statements) => {
       await client.batch(statements, "write");
     },
@@ -71,7 +71,7 @@ function message(n: number): NewMessage {
 
 describe("libsqlStorage over HTTP (sqld): interactive transactions", () => {
   it("a claim while an interactive write transaction is open waits for it, without blocking the event loop", async () => {
-    const f = await httpFixture({}, () => txSqld);
+    const f = await httpFixture({}, txSqld);
     const relay = await f.another();
     await f.client.batch([f.storage.statement([message(1)])], "write");
     const tx = await f.storage.begin();
@@ -90,7 +90,7 @@ describe("libsqlStorage over HTTP (sqld): interactive transactions", () => {
   });
 
   it("a transaction held past 5 s while the relay waits is rolled back by the server: the relay goes on, the enqueue is a retryable STORAGE error, nothing half-written", async () => {
-    const f = await httpFixture({}, () => txSqld);
+    const f = await httpFixture({}, txSqld);
     const relay = await f.another();
     const tx = await f.storage.begin();
     const early = message(1);

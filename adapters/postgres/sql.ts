@@ -103,9 +103,9 @@ export const ENQUEUE_UNDO_SQL: string = `DELETE FROM ${T} WHERE id IN (SELECT j.
  *    prefixes of about half the due keys (oldest heads first) and leaves the others to the next claim, which the
  *    relay can then make while this claim's rows are sent and settled: a claim of every key would have to wait for
  *    their settles (measured: claims and settles alternate, bench/README.md "7 keys"). Shallow keys (a row or two
- *    each) all fit in one claim as before. A locked key none of whose rows was taken keeps its `available_at`. Each locked key's
- *    `available_at` is then set: to the lease expiry when rows of it were claimed, to its head's due time when that
- *    is later than now. A locked key with no pending row is try-locked with the enqueue's advisory key lock.
+ *    each) all fit in one claim. Each locked key's `available_at` is then set: to the lease expiry when rows of it
+ *    were claimed, to its head's due time when that is later than now (a locked key none of whose rows was taken
+ *    keeps it). A locked key with no pending row is try-locked with the enqueue's advisory key lock.
  * 3. Deletes those empty key rows (rechecked with a fresh snapshot, so an enqueue that committed meanwhile is seen;
  *    one still running holds the advisory lock, so its key was not try-locked).
  * 4. The clock (for an empty claim).
