@@ -201,7 +201,7 @@ describe("postgresStorage: schema and migrations", () => {
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".my_outbox_migrations`);
       expect(versions.map((r) => r["version"])).toEqual(SCHEMA_VERSIONS.map((v) => v.version));
-      expect(LATEST_SCHEMA_VERSION).toBe(3);
+      expect(LATEST_SCHEMA_VERSION).toBe(4);
       await sql.begin((tx) => storage.enqueue(tx, [message(1)]));
       expect((await storage.stats()).pending).toBe(1);
     } finally {
@@ -232,7 +232,7 @@ describe("postgresStorage: schema and migrations", () => {
         "second_positions",
       ]);
       const versions = await a.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4]);
       const indexes = await a`select indexname from pg_indexes where schemaname = ${schema} and tablename = 'outbox' order by 1`;
       expect(indexes.map((r) => r["indexname"])).toEqual([
         "outbox_dead",
@@ -276,7 +276,7 @@ describe("postgresStorage: schema v1 -> v2 upgrade", () => {
       const storage = postgresStorage(sql, { schema });
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4]);
       const keys = await sql.unsafe(`SELECT key FROM "${schema}".outbox_keys ORDER BY 1`);
       expect(keys.map((r) => r["key"])).toEqual(["k0", "k1", "k2"]);
       const indexes = await sql.unsafe(`SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'outbox'`, [schema]);
@@ -302,6 +302,48 @@ describe("postgresStorage: schema v1 -> v2 upgrade", () => {
       }
       expect((await storage.stats()).dead).toBe(1);
       expect((await sql.unsafe(`SELECT count(*)::int AS n FROM "${schema}".outbox_keys`))[0]!["n"]).toBeLessThanOrEqual(3);
+    } finally {
+      await sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
+      await sql.end({ timeout: 5 });
+    }
+  }, 60_000);
+});
+
+describe("postgresStorage: schema v3 -> v4 (the claim function)", () => {
+  it("a relay on a v3 schema gets CONFIG naming migrate(); migrate() adds <table>_claim to the populated table, which then drains in key order", async () => {
+    const schema = `eo_test_v4_${randomSuffix()}`;
+    const sql = connect(`eo-test-v4-${randomSuffix()}`, { max: 4 });
+    try {
+      // A v3 install, as version 3 of migrate() left it, with rows written by this version's enqueue.
+      await sql.begin(async (tx) => {
+        await tx.unsafe(`CREATE SCHEMA "${schema}"`);
+        await tx.unsafe(renderSql(MIGRATIONS_TABLE_DDL, { schema }));
+        for (const version of SCHEMA_VERSIONS.filter((v) => v.version <= 3)) {
+          for (const s of version.statements) await tx.unsafe(renderSql(s, { schema }));
+          await tx.unsafe(renderSql(recordVersionSql(version.version), { schema }));
+        }
+      });
+      const storage = postgresStorage(sql, { schema });
+      const sent = Array.from({ length: 60 }, (_, i) => message(i, { key: i % 4 === 3 ? null : `k${i % 4}` }));
+      await sql.begin((tx) => storage.enqueue(tx, sent));
+      const e = expectCode(await caught(storage.claim({ limit: 10, leaseMs: 10_000 })), "CONFIG");
+      expect(e.message).toBe(
+        `[edge-outbox:postgres] the claim function ${schema}.outbox_claim does not exist: the schema predates version 4 ` +
+          "of edge-outbox's Postgres schema; call storage.migrate() (or install the DDL from postgresSchema())",
+      );
+      expect((await storage.stats()).leased).toBe(0); // the failed claim changed nothing
+      await storage.migrate();
+      const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4]);
+      const fns = await sql.unsafe(`SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1`, [schema]);
+      expect(fns.map((r) => r["proname"])).toEqual(["outbox_claim"]);
+      const transport = recordingTransport();
+      const relay = createRelay({ outbox: createOutbox({ storage }), transport, batchSize: 7, concurrency: 4 });
+      for (let i = 0; i < 20 && transport.delivered.length < 60; i++) await relay.drain({ budgetMs: 2_000 });
+      expect(transport.delivered.map((m) => m.id).sort()).toEqual(sent.map((m) => m.id).sort());
+      for (const key of ["k0", "k1", "k2"]) {
+        expect(transport.delivered.filter((m) => m.key === key).map((m) => m.id)).toEqual(sent.filter((m) => m.key === key).map((m) => m.id));
+      }
     } finally {
       await sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
       await sql.end({ timeout: 5 });

@@ -155,8 +155,129 @@ export const SCHEMA_V3: SchemaVersion = {
   ],
 };
 
+/**
+ * The advisory-lock namespace of one outbox table (the first `int4` of `pg_advisory_xact_lock(int4, int4)`): a hash of
+ * its qualified name, so two outbox tables never wait on each other's keys.
+ */
+export const KEY_LOCK_NAMESPACE_SQL: string = `hashtext('edge-outbox:{{schema}}.{{table}}')`;
+
+const OUTBOX = `"{{schema}}"."{{table}}"`;
+const KEYS = `"{{schema}}"."{{table}}_keys"`;
+const POSITIONS = `"{{schema}}"."{{table}}_positions"`;
+const LEASE = `p_lease * interval '1 millisecond'`;
+
+/**
+ * The claim function `<table>_claim(p_token uuid, p_lease bigint, p_limit integer)` (schema v4), which the adapter's
+ * claim calls (`CLAIM_SQL` in `sql.ts`, after `SET TRANSACTION ISOLATION LEVEL READ COMMITTED`). It leases up to
+ * `p_limit` rows with token `p_token` for `p_lease` ms and returns them, with the database clock on every row.
+ *
+ * 1. Lock keys: up to `p_limit` rows of `<table>_keys` whose `available_at` (when the key's head may be claimable) has
+ *    come, `FOR UPDATE SKIP LOCKED` (another claimer's keys are skipped, never waited for), in due order.
+ * 2. With a snapshot taken **after** those key locks were granted (a VOLATILE function takes a fresh snapshot for each
+ *    statement under READ COMMITTED): for each of the n locked keys, its first ceil(limit / ceil(n / 2)) pending rows
+ *    in `seq` order (one probe of the `_key` index each, so about 2 × `limit` rows are read in all), and of those the
+ *    due prefix (every row due up to it); the due keyless rows (`_free` index, in due order, `FOR UPDATE SKIP
+ *    LOCKED`); the union, ordered by the seq of each row's key head (a keyless row: its own seq) then by seq and cut
+ *    to `limit`, is leased (fresh token, `available_at = lease_until = now() + lease`, attempts + 1). So when keys
+ *    have deep queues a claim takes whole prefixes of about half the due keys (oldest heads first) and leaves the
+ *    others to the next claim, which the relay can then make while this claim's rows are sent and settled: a claim of
+ *    every key would have to wait for their settles (measured: claims and settles alternate, bench/README.md "7
+ *    keys"). Shallow keys (a row or two each) all fit in one claim. Each locked key's `available_at` is then set: to
+ *    the lease expiry when rows of it were claimed, to its head's due time when that is later than now (a locked key
+ *    none of whose rows was taken keeps it). A locked key with no pending row is try-locked with the enqueue's
+ *    advisory key lock. Each keyed row comes with its key's delivery position (`prevseq`, `<table>_positions`).
+ * 3. Deletes those empty key rows (rechecked with a fresh snapshot, so an enqueue that committed meanwhile is seen;
+ *    one still running holds the advisory lock, so its key was not try-locked).
+ *
+ * Why a function: its statements are parsed once per connection and kept, where the same text sent as a simple query
+ * was parsed, analysed and planned statement by statement on every claim. Plans stay custom
+ * (`plan_cache_mode = force_custom_plan`: each is planned with the call's values, as the inlined literals were;
+ * measured, a generic plan of this claim ran about twice as slow). JIT is off (the planner cannot see the per-key
+ * limit and may estimate enough rows to JIT-compile, which costs far more than the claim itself). Every table name is
+ * schema-qualified. Every per-key read is `ORDER BY o.key, o.seq` so it walks `_key` (key, seq) within that key, never the
+ * primary key filtered by key. `SECURITY INVOKER` (the default): it runs with the caller's privileges.
+ *
+ * Why this is safe with concurrent claimers (`keyPrefixClaims: true`): every claim of a key holds that key's row
+ * lock until it commits, so two claims of one key never overlap, and step 2's snapshot is taken after the lock was
+ * granted, so it sees every claim and settle of that key that committed before (a settle writes the key row, hence
+ * waits for the lock too). A key's rows are therefore read as they are, never from a stale snapshot, and the prefix
+ * taken is exactly the key's due head and what follows it. Rows of a key behind a leased or backing-off head are
+ * never read: the key row's `available_at` is in the future, so a claim costs O(rows claimed + keys probed), not
+ * O(rows queued behind blocked heads).
+ */
+export const CLAIM_FUNCTION_DDL: string = `CREATE OR REPLACE FUNCTION "{{schema}}"."{{table}}_claim"(p_token uuid, p_lease bigint, p_limit integer)
+RETURNS TABLE (seq bigint, id text, topic text, key text, payload text, headers text, created float8, attempts integer,
+  lasterror text, prevseq bigint, now float8, until float8)
+LANGUAGE plpgsql VOLATILE
+SET jit = off
+SET plan_cache_mode = force_custom_plan
+AS $claim$
+#variable_conflict use_column
+DECLARE
+  v_keys text[];
+BEGIN
+  SELECT coalesce(array_agg(s.key), '{}') INTO v_keys FROM (
+    SELECT k.key FROM ${KEYS} AS k WHERE k.available_at <= now() ORDER BY k.available_at LIMIT p_limit
+    FOR UPDATE SKIP LOCKED) AS s;
+  RETURN QUERY WITH lk AS (
+    SELECT j.key FROM unnest(v_keys) AS j(key)
+  ), pre AS MATERIALIZED (
+    SELECT r.seq, r.key, r.available_at FROM lk CROSS JOIN LATERAL (
+      SELECT o.seq, o.key, o.available_at FROM ${OUTBOX} AS o
+      WHERE o.key = lk.key AND o.status = 'pending' ORDER BY o.key, o.seq
+      LIMIT greatest(1, ceil(p_limit::float8 / greatest(1, ceil(cardinality(v_keys) / 2.0))))) AS r
+  ), kp AS (
+    SELECT p.seq, p.head FROM (SELECT pre.seq, min(pre.seq) OVER (PARTITION BY pre.key) AS head,
+        bool_and(pre.available_at <= now()) OVER (PARTITION BY pre.key ORDER BY pre.seq) AS ok
+      FROM pre) AS p WHERE p.ok
+  ), fr AS (
+    SELECT o.seq FROM ${OUTBOX} AS o WHERE o.key IS NULL AND o.status = 'pending' AND o.available_at <= now()
+    ORDER BY o.available_at, o.seq LIMIT p_limit FOR UPDATE SKIP LOCKED
+  ), pick AS (
+    SELECT x.seq FROM (SELECT kp.seq, kp.head FROM kp UNION ALL SELECT fr.seq, fr.seq FROM fr) AS x
+    ORDER BY x.head, x.seq LIMIT p_limit
+  ), c AS (
+    UPDATE ${OUTBOX} AS t
+    SET lease_token = p_token, lease_until = now() + ${LEASE}, available_at = now() + ${LEASE}, attempts = t.attempts + 1
+    WHERE t.seq IN (SELECT pick.seq FROM pick) AND t.status = 'pending'
+    RETURNING t.seq, t.id::text AS id, t.topic, t.key, t.payload::text AS payload, t.headers::text AS headers,
+      ${epochMs("t.created_at")} AS created, t.attempts, t.last_error AS lasterror
+  ), h AS (
+    SELECT pre.key, (array_agg(pre.available_at ORDER BY pre.seq))[1] AS head_at,
+      EXISTS (SELECT 1 FROM c WHERE c.key = pre.key) AS claimed
+    FROM pre GROUP BY pre.key
+  ), kh AS (
+    UPDATE ${KEYS} AS k SET available_at = CASE WHEN h.claimed THEN now() + ${LEASE} ELSE h.head_at END
+    FROM h WHERE k.key = h.key AND (h.claimed OR h.head_at > now())
+  ), em AS MATERIALIZED (
+    SELECT lk.key FROM lk WHERE NOT EXISTS (SELECT 1 FROM pre WHERE pre.key = lk.key)
+  ), e AS (
+    SELECT set_config('edge_outbox.claim_empty', coalesce((SELECT json_agg(em.key)::text FROM em
+      WHERE pg_try_advisory_xact_lock(${KEY_LOCK_NAMESPACE_SQL}, hashtext(em.key))), '[]'), true) AS empty
+  )
+  SELECT c.seq, c.id, c.topic, c.key, c.payload, c.headers, c.created, c.attempts, c.lasterror, ps.seq,
+    ${epochMs("now()")}, ${epochMs(`now() + ${LEASE}`)}
+  FROM e LEFT JOIN c ON true LEFT JOIN ${POSITIONS} AS ps ON ps.key = c.key;
+  IF current_setting('edge_outbox.claim_empty') <> '[]' THEN
+    DELETE FROM ${KEYS} AS k USING json_array_elements_text(current_setting('edge_outbox.claim_empty')::json) AS j(key)
+    WHERE k.key = j.key AND NOT EXISTS (SELECT 1 FROM ${OUTBOX} AS o WHERE o.key = j.key AND o.status = 'pending');
+  END IF;
+END
+$claim$`;
+
+/**
+ * Version 4: the claim as a function, `<table>_claim` ({@link CLAIM_FUNCTION_DDL}): the same statements the claim
+ * used to send as one simple query, kept parsed per connection. Tables and rows are unchanged, so it applies to a
+ * populated table at once; an edge-outbox that predates it never calls it. A relay of this version on a schema
+ * without it gets a CONFIG error naming `storage.migrate()`.
+ */
+export const SCHEMA_V4: SchemaVersion = {
+  version: 4,
+  statements: [CLAIM_FUNCTION_DDL],
+};
+
 /** Every schema version, oldest first. */
-export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /** The newest schema version. */
 export const LATEST_SCHEMA_VERSION: number = SCHEMA_VERSIONS[SCHEMA_VERSIONS.length - 1]!.version;

@@ -11,7 +11,7 @@ import type { NewMessage } from "../../src/message.ts";
 import type { Claim, DeadLetterPage, OutboxStats, OutboxStorage, SettleResult, Settlement, StorageCapabilities } from "../../src/storage.ts";
 import { claimArgs, listDeadArgs, purgeArgs, settleToken, statsWindow } from "../../src/sql/args.ts";
 import { hasMethod, num, text } from "../../src/sql/coerce.ts";
-import { sqlErrors } from "../../src/sql/errors.ts";
+import { missingTableError, sqlErrors } from "../../src/sql/errors.ts";
 import { busyRetrier } from "../../src/sql/retry.ts";
 import { claimedMessage, deadLetter, outboxStats, type RawMessageRow } from "../../src/sql/rows.ts";
 import { partitionSettlements, settleResult } from "../../src/sql/settle.ts";
@@ -282,11 +282,26 @@ export function createPostgresStorage(
       const { limit, leaseMs } = args;
       return relaySide("claim", async () => {
         const token = crypto.randomUUID();
-        // One result per statement that returns rows (postgres.js folds a row-less statement into the one before).
-        const results = (await client.unsafe(claimSql(sql.claim, token, leaseMs, limit))) as unknown as readonly ClaimResult[];
-        const claimed = results.find((x) => x.columns?.some((c) => c.name === "lasterror"));
-        const rows = (claimed ?? []).filter((r) => r["id"] !== null && r["id"] !== undefined);
-        const clock = results[results.length - 1]![0]!;
+        // The function call's rows come last (the SET before it returns none); the clock is on every row, and an
+        // empty claim is one row whose message columns are null.
+        let results: readonly ClaimResult[];
+        try {
+          results = (await client.unsafe(claimSql(sql.claim, token, leaseMs, limit))) as unknown as readonly ClaimResult[];
+        } catch (e) {
+          if ((e as { code?: unknown } | null)?.code !== "42883") throw e; // undefined_function
+          const [found] = await query(client, "SELECT to_regclass($1::text) IS NOT NULL AS present", [`"${schema}"."${table}"`], false);
+          if (found?.["present"] !== true) throw missingTableError("postgres", `${schema}.${table}`, e);
+          throw new OutboxError(
+            "CONFIG",
+            `${errors.prefix} the claim function ${schema}.${table}_claim does not exist: the schema predates version 4 ` +
+              "of edge-outbox's Postgres schema; call storage.migrate() (or install the DDL from postgresSchema())",
+            { cause: e },
+          );
+        }
+        const claimed = results.find((x) => x.columns?.some((c) => c.name === "lasterror")) ?? [];
+        const rows = claimed.filter((r) => r["id"] !== null && r["id"] !== undefined);
+        const clock = claimed[0];
+        if (clock === undefined) throw new Error("the claim function returned no row");
         const messages = rows
           .map((r) =>
             claimedMessage({ ...messageColumns(r), seq: r["seq"], prevSeq: r["prevseq"] })
