@@ -238,10 +238,13 @@ describe("postgres per-key order = commit order, with concurrent writers", () =>
     }
   }, 300_000);
 
-  it("the same run against a variant that takes the key lock after seq is drawn DOES deliver out of commit order", async () => {
+  it("the same writers against a variant that takes the key lock after seq is drawn DO deliver out of commit order (relays after the writers)", async () => {
     const f = await postgresFixture();
     try {
-      const run = await commitOrderRun(f, lateLockVariant(f), shape);
+      // The relays drain once the writers are done, so every swap of seq against commit order is seen: a relay that
+      // drains alongside delivers the row that committed first before the other one commits whenever it is quick
+      // enough, and hides the swap (measured: 0 or 1 inversions in 8,000 with today's relay, so that control flaked).
+      const run = await commitOrderRun(f, lateLockVariant(f), { ...shape, relaysAfterWriters: true });
       console.log(`[commit order] variant, lock after seq: ${JSON.stringify(run)}`);
       expect(run.distinct).toBe(run.total);
       expect(run.inversions).toBeGreaterThan(0);

@@ -52,10 +52,11 @@ export interface RawClaimedRow extends RawMessageRow {
 export function claimedMessage(r: RawClaimedRow): ClaimedMessage {
   const body = text(r.payload);
   const headers = text(r.headers);
-  return {
+  const key = textOrNull(r.key);
+  const m: { -readonly [K in keyof ClaimedMessage]: ClaimedMessage[K] } = {
     id: text(r.id),
     topic: text(r.topic),
-    key: textOrNull(r.key),
+    key,
     payload: JSON.parse(body),
     body,
     headers: headers === "{}" ? {} : JSON.parse(headers),
@@ -63,8 +64,10 @@ export function claimedMessage(r: RawClaimedRow): ClaimedMessage {
     attempts: num(r.attempts),
     lastError: textOrNull(r.lastError),
     seq: num(r.seq),
-    ...(r.prevSeq === undefined ? {} : { prevSeq: r.key === null || r.key === undefined ? null : numOrNull(r.prevSeq) }),
   };
+  // Assigned, not spread: an object spread per row cost more than the rest of this function (a claim builds 100s).
+  if (r.prevSeq !== undefined) m.prevSeq = key === null ? null : numOrNull(r.prevSeq);
+  return m;
 }
 
 /** The raw columns of a dead-letter row. */
