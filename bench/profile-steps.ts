@@ -1,15 +1,16 @@
-// Profiling aid (not part of `npm run bench`): one Postgres claim + settle of 100 keyless rows at a time, serially, as
-// the raw-SQL floor does it (claim, DELETE) and as edge-outbox does it (storage.claim / settle, and their SQL sent bare).
-//   node --import tsx bench/profile-steps.ts
+// Profiling aid (not part of `npm run bench`): one Postgres claim + settle of 100 rows at a time, serially, as the
+// raw-SQL floor does it (claim, DELETE; keyless) and as edge-outbox does it (storage.claim / settle, and their SQL sent
+// bare), on 20,000 rows over `keys` keys (0: keyless).
+//   node --import tsx bench/profile-steps.ts [keys]
 import { cleanupAll, connect, pgFill, pgOutbox } from "./lib.ts";
 import { pgFloorSql } from "./drain.ts";
 import { claimSql, postgresSql } from "../adapters/postgres/sql.ts";
-const rows = 20000, claims = 100;
+const rows = 20000, claims = 100, keys = Number(process.argv[2] ?? 0);
 try {
   const sql = connect({ max: 2 });
   const a = await pgOutbox(sql, "psa"); await pgFill(a, rows);
-  const b = await pgOutbox(sql, "psb"); await pgFill(b, rows);
-  const c = await pgOutbox(sql, "psc"); await pgFill(c, rows);
+  const b = await pgOutbox(sql, "psb"); await pgFill(b, rows, 10_000, keys);
+  const c = await pgOutbox(sql, "psc"); await pgFill(c, rows, 10_000, keys);
   const q = pgFloorSql(a.table);
   const cs = postgresSql({ schema: c.schema, table: "outbox" });
   const t: Record<string, number> = {};

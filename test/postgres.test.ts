@@ -717,6 +717,38 @@ describe("postgresStorage: enqueue handles, ids, replay, stats, missing table, w
     }
   });
 
+  it("an all-keyless enqueue uses the keyless statement (no key locks, no key rows) and still checks ids and wakes; a call with any key uses the keyed one", async () => {
+    const f = await postgresFixture();
+    const listener = f.connect({ max: 2 });
+    const controller = new AbortController();
+    try {
+      const sql = postgresSql({ schema: f.schema, table: "outbox" });
+      const sent: string[] = [];
+      const recording = (tx: PostgresExecutor): PostgresExecutor => ({ unsafe: (q, p, o) => (sent.push(q), tx.unsafe(q, p as never, o)) });
+      const wakes: number[] = [];
+      await postgresStorage(listener, f.options).subscribe!(() => wakes.push(1), controller.signal);
+      const keyless = [message(1), message(2, { key: undefined }), message(3, { delayMs: 60_000 })];
+      await f.sql.begin((tx) => f.storage.enqueue(recording(tx), keyless));
+      expect(sent).toEqual([sql.enqueueKeyless]);
+      await until(() => wakes.length > 0, 2_000, "the keyless enqueue's wake-up");
+      // No key row, no advisory lock: a keyless call takes none.
+      expect((await f.sql.unsafe(`SELECT count(*)::int AS n FROM "${f.schema}".outbox_keys`))[0]!["n"]).toBe(0);
+      // A taken id is still CONFLICT, with nothing of the call kept.
+      const again = message(4);
+      expectCode(await caught(f.sql.begin((tx) => f.storage.enqueue(recording(tx), [again, keyless[0]!]))), "CONFLICT");
+      expect(sent.slice(1, 3)).toEqual([sql.enqueueKeyless, sql.enqueueUndo]);
+      sent.length = 0;
+      await f.sql.begin((tx) => f.storage.enqueue(recording(tx), [message(5), message(6, { key: "k" })]));
+      expect(sent).toEqual([sql.enqueue]);
+      const claim = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+      expect(claim.messages.map((m) => (m.payload as { n: number }).n)).toEqual([1, 2, 5, 6]); // 3 is delayed, 4 was refused
+      expect(claim.messages.map((m) => m.key)).toEqual([null, null, null, "k"]);
+    } finally {
+      controller.abort();
+      await f.close();
+    }
+  });
+
   it("subscribe: a wake arrives within milliseconds of the commit (LISTEN/NOTIFY), never before it", async () => {
     const f = await postgresFixture();
     const listener = f.connect({ max: 2 });

@@ -204,7 +204,8 @@ export function createPostgresStorage(
   /** Inserts on `tx`; CONFLICT (rows of this call deleted again, the transaction still usable) when an id exists. */
   async function insert(tx: PostgresExecutor, messages: readonly NewMessage[]): Promise<void> {
     const rows = messages.map((m) => [m.id, m.topic, m.key ?? null, m.payload, m.headers ?? "{}", m.delayMs ?? 0]);
-    const [r] = await query(tx, sql.enqueue, [JSON.stringify(rows)]);
+    const keyless = messages.every((m) => m.key === null || m.key === undefined);
+    const [r] = await query(tx, keyless ? sql.enqueueKeyless : sql.enqueue, [JSON.stringify(rows)]);
     if (r?.["ids"] === null || r?.["ids"] === undefined) return;
     const inserted: string[] = JSON.parse(text(r["ids"]) || "[]") ?? [];
     if (inserted.length > 0) await query(tx, sql.enqueueUndo, [JSON.stringify(inserted)]);
