@@ -12,7 +12,7 @@ import {
   libsqlStorage,
   type LibsqlTransaction,
 } from "../adapters/libsql/mod.ts";
-import { isRetryableError } from "../adapters/libsql/client.ts";
+import { isRetryableError, runWrite } from "../adapters/libsql/client.ts";
 import {
   MIGRATIONS_TABLE_DDL,
   recordVersionSql,
@@ -913,3 +913,46 @@ describe("libsqlStorage: busy databases", () => {
 
 storageConformance({ describe, it, expect }, { name: "libsql :memory:", create: () => libsqlMemoryFixture(), semantics: 2, deliveryPositions: true });
 storageConformance({ describe, it, expect }, { name: "libsql file", create: () => libsqlFileFixture(), semantics: 2, deliveryPositions: true });
+
+describe("libSQL local file: this process's relay-side writes take turns and commit together", () => {
+  it("concurrent writes on one client never meet as SQLITE_BUSY; those queued together share one commit, each in its own savepoint", async () => {
+    const f = await libsqlFileFixture();
+    try {
+      await f.client.execute("CREATE TABLE w (k TEXT PRIMARY KEY)");
+      const lock = libsqlSql("outbox").lock;
+      const write = (...keys: string[]) => runWrite(f.client, keys.map((k) => ({ sql: "INSERT INTO w (k) VALUES (?)", args: [k] })), lock);
+      // Issued at once: the first runs alone; the others queue meanwhile and go in one transaction. Without the
+      // queue, each would open its own transaction on its own pooled connection and all but one fail with BUSY.
+      const outcomes = await Promise.allSettled([write("a"), write("b1", "b2"), write("c1", "a"), write("d"), write("e")]);
+      expect(outcomes.map((o) => o.status)).toEqual(["fulfilled", "fulfilled", "rejected", "fulfilled", "fulfilled"]);
+      expect(String((outcomes[2] as PromiseRejectedResult).reason)).toMatch(/UNIQUE constraint failed/);
+      // The failed write was rolled back alone, its first statement too ("c1"); its neighbours were committed.
+      const rows = await f.client.execute("SELECT k FROM w ORDER BY k");
+      expect(rows.rows.map((r) => r["k"])).toEqual(["a", "b1", "b2", "d", "e"]);
+      // 40 writes at once (a relay's claims and settles, many relays on one client): all apply, none is BUSY.
+      const many = await Promise.allSettled(Array.from({ length: 40 }, (_, i) => write(`m${i}`)));
+      expect(many.filter((o) => o.status === "rejected")).toEqual([]);
+      expect(Number((await f.client.execute("SELECT count(*) AS n FROM w")).rows[0]!["n"])).toBe(45);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("a write of another connection (your own transaction) still meets a queued write as SQLITE_BUSY (the caller retries), and the queue moves on after it", async () => {
+    const f = await libsqlFileFixture();
+    try {
+      await f.client.execute("CREATE TABLE w (k TEXT PRIMARY KEY)");
+      const lock = libsqlSql("outbox").lock;
+      const other = f.connect();
+      const tx = await other.transaction("write");
+      await tx.execute("INSERT INTO w (k) VALUES ('held')");
+      const e = await caught(runWrite(f.client, [{ sql: "INSERT INTO w (k) VALUES ('x')", args: [] }], lock));
+      expect(isBusyError(e), String(e)).toBe(true);
+      await tx.commit();
+      await runWrite(f.client, [{ sql: "INSERT INTO w (k) VALUES ('x')", args: [] }], lock); // the queue is not stuck
+      expect((await f.client.execute("SELECT k FROM w ORDER BY k")).rows.map((r) => r["k"])).toEqual(["held", "x"]);
+    } finally {
+      await f.close();
+    }
+  });
+});
