@@ -5,6 +5,8 @@
 // due rows are added. A timed claim takes 100 rows (keyless: the 10 keys are blocked), an untimed release gives them
 // back, so every claim sees the same table; claims on the small and the big table alternate so drift hits both alike.
 // With schema v1's claim (a walk of every pending row in seq order) the big claim read all 1,000,000 rows (~3.6 s).
+// Second row: claims on a connection whose first claims saw the table empty, once 300,000 rows are there and before
+// any ANALYZE, against the same after ANALYZE (target ≤ 1.5×; see `staleStats`).
 //
 //   flock /tmp/edge-outbox-bench.lock node --expose-gc --import tsx bench/claim-scaling.ts [--quick]
 //
@@ -51,6 +53,50 @@ async function claimOnce(o: PgOutbox): Promise<number> {
   const r = await o.storage.settle(c.token, c.messages.map((m) => ({ id: m.id, outcome: "released" as const })));
   if (r.applied !== CLAIM_ROWS) throw new Error(`released ${r.applied} rows`);
   return ms;
+}
+
+const STALE_ROWS = 300_000;
+
+/** ms of one claim of 100 rows (any keys), then an untimed release of them. */
+async function claimAny(o: PgOutbox): Promise<number> {
+  const t0 = performance.now();
+  const c = await o.storage.claim({ limit: CLAIM_ROWS, leaseMs: 30_000 });
+  const ms = performance.now() - t0;
+  if (c.messages.length !== CLAIM_ROWS) throw new Error(`claimed ${c.messages.length} rows, expected ${CLAIM_ROWS}`);
+  const r = await o.storage.settle(c.token, c.messages.map((m) => ({ id: m.id, outcome: "released" as const })));
+  if (r.applied !== CLAIM_ROWS) throw new Error(`released ${r.applied} rows`);
+  return ms;
+}
+
+/**
+ * Stale statistics: a relay whose first claims saw an empty outbox (a drained one, a new deployment), then a backlog
+ * of 300,000 rows (half over 10 keys, half keyless) before any ANALYZE (autovacuum off for the table, as when it has not
+ * come round yet). Timed claims on that connection, then the same after `ANALYZE`: a plan made once from the empty
+ * table's statistics and kept (a cached generic plan) scanned a whole index per claim (150–500 ms).
+ */
+async function staleStats(repeats: number): Promise<{ staleMs: number; analysedMs: number }> {
+  const sql = connect({ max: 1 });
+  const o = await pgOutbox(sql, "claimscale_stale");
+  try {
+    await sql.unsafe(`ALTER TABLE ${o.table} SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)`);
+    await sql.unsafe(`ANALYZE ${o.table}`);
+    for (let i = 0; i < 8; i++) await o.storage.claim({ limit: CLAIM_ROWS, leaseMs: 30_000 });
+    await sql.unsafe(`INSERT INTO ${o.table} (id, topic, key, payload, headers, status, created_at, available_at)
+      SELECT gen_random_uuid(), '${TOPIC}', CASE WHEN i % 2 = 0 THEN 'customer-' || (i % ${KEYS}) END,
+        json_build_object('orderId', 'o-' || i), '{}'::json, 'pending', now(), now()
+      FROM generate_series(1, ${STALE_ROWS}) AS i`);
+    await sql.unsafe(`INSERT INTO "${o.schema}".outbox_keys (key) SELECT 'customer-' || k FROM generate_series(0, ${KEYS - 1}) AS k`);
+    const stale: number[] = [];
+    for (let i = 0; i < repeats; i++) stale.push(await claimAny(o));
+    await sql.unsafe(`ANALYZE ${o.table}`);
+    await sql.unsafe(`ANALYZE "${o.schema}".outbox_keys`);
+    const analysed: number[] = [];
+    for (let i = 0; i < repeats; i++) analysed.push(await claimAny(o));
+    return { staleMs: median(stale), analysedMs: median(analysed) };
+  } finally {
+    await o.drop();
+    await sql.end({ timeout: 5 });
+  }
 }
 
 /** The figures of the section. */
@@ -100,6 +146,16 @@ export async function claimScalingSection(cfg: BenchConfig, results: Results): P
       { name: `at ${SMALL.toLocaleString("en-US")} pending in ${KEYS} keys`, value: figures.smallMs },
       { kind: "max", value: 1.5 },
       `+${KEYLESS.toLocaleString("en-US")} keyless due rows in both; big table filled in ${fillS.toFixed(1)} s`,
+    );
+    const st = await staleStats(cfg.claimRepeats);
+    results.compare(
+      SECTION,
+      `Postgres: claim of ${CLAIM_ROWS} at ${STALE_ROWS.toLocaleString("en-US")} pending, statistics of an empty table (median of ${cfg.claimRepeats})`,
+      st.staleMs,
+      "ms",
+      { name: "the same after ANALYZE", value: st.analysedMs },
+      { kind: "max", value: 1.5 },
+      "the connection's first claims saw the table empty; half the rows over 10 keys, half keyless; autovacuum off",
     );
     return figures;
   } finally {

@@ -189,17 +189,20 @@ const LEASE = `p_lease * interval '1 millisecond'`;
  * 3. Deletes those empty key rows (rechecked with a fresh snapshot, so an enqueue that committed meanwhile is seen;
  *    one still running holds the advisory lock, so its key was not try-locked).
  *
- * Why a function: its main statement is parsed and planned once per connection and its plan kept
- * (`plan_cache_mode = force_generic_plan`), where the same text sent as a simple query was parsed and planned on every
- * claim (planning alone: about 0.7 ms of a 3 ms claim of 100 rows). A generic plan cannot see the call's values, so
- * the statement is written to need none: the rows to update and the key rows to move are matched with
- * `= ANY (ARRAY(…))` (an index probe per value, whatever the estimate; the `IN (…)` form got a hash join over a
- * sequential scan of the whole outbox in its generic plan, about twice as slow at 20,000 rows), a keyed row's
- * position is a per-row index probe, not a join. Step 1 is planned on every call with its limit inlined
- * (`EXECUTE format(…)`): a plan for an unknown LIMIT could walk the whole key table. JIT is off (the planner cannot see the per-key
- * limit and may estimate enough rows to JIT-compile, which costs far more than the claim itself). Every table name is
- * schema-qualified. Every per-key read is `ORDER BY o.key, o.seq` so it walks `_key` (key, seq) within that key, never the
- * primary key filtered by key. `SECURITY INVOKER` (the default): it runs with the caller's privileges.
+ * Why a function: its statements are parsed once per connection and kept, where the same text sent as a simple query
+ * was parsed, analysed and planned statement by statement on every claim; and when no key is due, a much smaller
+ * statement claims the keyless rows (planning the full one took about 0.7 ms of a 3 ms claim of 100 rows). Plans
+ * stay custom (`plan_cache_mode = force_custom_plan`: planned on every call with its values and the tables' current
+ * size). A cached generic plan was faster still, but it is made once per connection from the statistics of that
+ * moment: made on an empty outbox (a drained one, or a new deployment), it kept scanning a whole index once a backlog
+ * of 300,000 rows had built up, 150–500 ms per claim until autovacuum analysed the table. The statements are the ones
+ * the claim sent before version 4, in the same shapes (`IN (SELECT …)`, joins, a LIMIT the planner cannot fold),
+ * whose plans hold with stale statistics: with the call's values folded in, a planner that still believed the
+ * table empty read all 30,000 rows of each key and sorted them (`bench/scratch` runs, 124–240 ms per claim).
+ * JIT is off (the planner cannot see the per-key limit and may estimate enough rows to JIT-compile, which costs far
+ * more than the claim itself). Every table name is schema-qualified. Every per-key read is `ORDER BY o.key, o.seq` so
+ * it walks `_key` (key, seq) within that key, never the primary key filtered by key. `SECURITY INVOKER` (the
+ * default): it runs with the caller's privileges.
  *
  * Why this is safe with concurrent claimers (`keyPrefixClaims: true`): every claim of a key holds that key's row
  * lock until it commits, so two claims of one key never overlap, and step 2's snapshot is taken after the lock was
@@ -214,23 +217,42 @@ RETURNS TABLE (seq bigint, id text, topic text, key text, payload text, headers 
   lasterror text, prevseq bigint, now float8, until float8)
 LANGUAGE plpgsql VOLATILE
 SET jit = off
-SET plan_cache_mode = force_generic_plan
+SET plan_cache_mode = force_custom_plan
 AS $claim$
 #variable_conflict use_column
 DECLARE
   v_keys text[];
 BEGIN
-  -- Planned with this call's limit (a plan for an unknown LIMIT may walk the whole key table).
-  EXECUTE format($keys$SELECT coalesce(array_agg(s.key), '{}') FROM (
-    SELECT k.key FROM ${KEYS} AS k WHERE k.available_at <= now() ORDER BY k.available_at LIMIT %s
-    FOR UPDATE SKIP LOCKED) AS s$keys$, p_limit) INTO v_keys;
+  SELECT coalesce(array_agg(s.key), '{}') INTO v_keys FROM (
+    SELECT k.key FROM ${KEYS} AS k WHERE k.available_at <= now() ORDER BY k.available_at LIMIT p_limit
+    FOR UPDATE SKIP LOCKED) AS s;
+  IF cardinality(v_keys) = 0 THEN
+    -- No key is due: only keyless rows can be claimed, and this much smaller statement claims exactly what the one
+    -- below would (its planning costs a quarter of that one's).
+    -- fr is a materialized CTE, evaluated once, as in the full statement: written as UPDATE … FROM (SELECT … LIMIT
+    -- FOR UPDATE SKIP LOCKED), a conformance case claimed 20 rows for a limit of 10 (20 rows committed one by one).
+    RETURN QUERY WITH fr AS MATERIALIZED (
+      SELECT o.seq FROM ${OUTBOX} AS o WHERE o.key IS NULL AND o.status = 'pending' AND o.available_at <= now()
+      ORDER BY o.available_at, o.seq LIMIT p_limit FOR UPDATE SKIP LOCKED
+    ), c AS (
+      UPDATE ${OUTBOX} AS t
+      SET lease_token = p_token, lease_until = now() + ${LEASE}, available_at = now() + ${LEASE}, attempts = t.attempts + 1
+      WHERE t.seq IN (SELECT fr.seq FROM fr) AND t.status = 'pending'
+      RETURNING t.seq, t.id::text AS id, t.topic, t.key, t.payload::text AS payload, t.headers::text AS headers,
+        ${epochMs("t.created_at")} AS created, t.attempts, t.last_error AS lasterror
+    )
+    SELECT c.seq, c.id, c.topic, c.key, c.payload, c.headers, c.created, c.attempts, c.lasterror, NULL::bigint,
+      ${epochMs("now()")}, ${epochMs(`now() + ${LEASE}`)}
+    FROM (SELECT 1) AS one LEFT JOIN c ON true;
+    RETURN;
+  END IF;
   RETURN QUERY WITH lk AS (
     SELECT j.key FROM unnest(v_keys) AS j(key)
   ), pre AS MATERIALIZED (
     SELECT r.seq, r.key, r.available_at FROM lk CROSS JOIN LATERAL (
       SELECT o.seq, o.key, o.available_at FROM ${OUTBOX} AS o
       WHERE o.key = lk.key AND o.status = 'pending' ORDER BY o.key, o.seq
-      LIMIT greatest(1, ceil(p_limit::float8 / greatest(1, ceil(cardinality(v_keys) / 2.0))))) AS r
+      LIMIT (SELECT greatest(1, ceil(p_limit::float8 / greatest(1, ceil(count(*) / 2.0)))) FROM lk)) AS r
   ), kp AS (
     SELECT p.seq, p.head FROM (SELECT pre.seq, min(pre.seq) OVER (PARTITION BY pre.key) AS head,
         bool_and(pre.available_at <= now()) OVER (PARTITION BY pre.key ORDER BY pre.seq) AS ok
@@ -244,7 +266,7 @@ BEGIN
   ), c AS (
     UPDATE ${OUTBOX} AS t
     SET lease_token = p_token, lease_until = now() + ${LEASE}, available_at = now() + ${LEASE}, attempts = t.attempts + 1
-    WHERE t.seq = ANY (ARRAY(SELECT pick.seq FROM pick)) AND t.status = 'pending'
+    WHERE t.seq IN (SELECT pick.seq FROM pick) AND t.status = 'pending'
     RETURNING t.seq, t.id::text AS id, t.topic, t.key, t.payload::text AS payload, t.headers::text AS headers,
       ${epochMs("t.created_at")} AS created, t.attempts, t.last_error AS lasterror,
       CASE WHEN t.key IS NOT NULL THEN (SELECT p.seq FROM ${POSITIONS} AS p WHERE p.key = t.key) END AS prevseq
@@ -253,9 +275,8 @@ BEGIN
       EXISTS (SELECT 1 FROM c WHERE c.key = pre.key) AS claimed
     FROM pre GROUP BY pre.key
   ), kh AS (
-    UPDATE ${KEYS} AS k
-    SET available_at = (SELECT CASE WHEN h.claimed THEN now() + ${LEASE} ELSE h.head_at END FROM h WHERE h.key = k.key)
-    WHERE k.key = ANY (ARRAY(SELECT h.key FROM h WHERE h.claimed OR h.head_at > now()))
+    UPDATE ${KEYS} AS k SET available_at = CASE WHEN h.claimed THEN now() + ${LEASE} ELSE h.head_at END
+    FROM h WHERE k.key = h.key AND (h.claimed OR h.head_at > now())
   ), em AS MATERIALIZED (
     SELECT lk.key FROM lk WHERE NOT EXISTS (SELECT 1 FROM pre WHERE pre.key = lk.key)
   ), e AS (
@@ -266,9 +287,8 @@ BEGIN
     ${epochMs("now()")}, ${epochMs(`now() + ${LEASE}`)}
   FROM e LEFT JOIN c ON true;
   IF current_setting('edge_outbox.claim_empty') <> '[]' THEN
-    DELETE FROM ${KEYS} AS k
-    WHERE k.key = ANY (ARRAY(SELECT json_array_elements_text(current_setting('edge_outbox.claim_empty')::json)))
-      AND NOT EXISTS (SELECT 1 FROM ${OUTBOX} AS o WHERE o.key = k.key AND o.status = 'pending' ORDER BY o.key, o.seq LIMIT 1);
+    DELETE FROM ${KEYS} AS k USING json_array_elements_text(current_setting('edge_outbox.claim_empty')::json) AS j(key)
+    WHERE k.key = j.key AND NOT EXISTS (SELECT 1 FROM ${OUTBOX} AS o WHERE o.key = j.key AND o.status = 'pending');
   END IF;
 END
 $claim$`;
