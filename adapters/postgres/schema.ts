@@ -198,7 +198,8 @@ const LEASE = `p_lease * interval '1 millisecond'`;
  * of 300,000 rows had built up, 150–500 ms per claim until autovacuum analysed the table. The statements are the ones
  * the claim sent before version 4, in the same shapes (`IN (SELECT …)`, joins, a LIMIT the planner cannot fold),
  * whose plans hold with stale statistics: with the call's values folded in, a planner that still believed the
- * table empty read all 30,000 rows of each key and sorted them (`bench/scratch` runs, 124–240 ms per claim).
+ * table empty read all 30,000 rows of each key and sorted them (124–240 ms per claim). The keyless rows' `FOR UPDATE
+ * SKIP LOCKED … LIMIT` is a `MATERIALIZED` CTE in both statements, so it is evaluated once whatever the plan.
  * JIT is off (the planner cannot see the per-key limit and may estimate enough rows to JIT-compile, which costs far
  * more than the claim itself). Every table name is schema-qualified. Every per-key read is `ORDER BY o.key, o.seq` so
  * it walks `_key` (key, seq) within that key, never the primary key filtered by key. `SECURITY INVOKER` (the
@@ -257,7 +258,7 @@ BEGIN
     SELECT p.seq, p.head FROM (SELECT pre.seq, min(pre.seq) OVER (PARTITION BY pre.key) AS head,
         bool_and(pre.available_at <= now()) OVER (PARTITION BY pre.key ORDER BY pre.seq) AS ok
       FROM pre) AS p WHERE p.ok
-  ), fr AS (
+  ), fr AS MATERIALIZED (
     SELECT o.seq FROM ${OUTBOX} AS o WHERE o.key IS NULL AND o.status = 'pending' AND o.available_at <= now()
     ORDER BY o.available_at, o.seq LIMIT p_limit FOR UPDATE SKIP LOCKED
   ), pick AS (
