@@ -20,7 +20,6 @@ import {
   MIGRATIONS_TABLE_DDL,
   recordVersionSql,
   renderSql,
-  SCHEMA_V1,
   SCHEMA_VERSIONS,
   TABLE_PLACEHOLDER,
 } from "../adapters/postgres/schema.ts";
@@ -250,18 +249,24 @@ describe("postgresStorage: schema and migrations", () => {
   });
 });
 
+/** Creates `schema` with the outbox as schema versions 1 … `upTo` left it (recorded as applied). */
+async function installUpTo(sql: Sql, schema: string, upTo: number): Promise<void> {
+  await sql.begin(async (tx) => {
+    await tx.unsafe(`CREATE SCHEMA "${schema}"`);
+    await tx.unsafe(renderSql(MIGRATIONS_TABLE_DDL, { schema }));
+    for (const version of SCHEMA_VERSIONS.filter((v) => v.version <= upTo)) {
+      for (const s of version.statements) await tx.unsafe(renderSql(s, { schema }));
+      await tx.unsafe(renderSql(recordVersionSql(version.version), { schema }));
+    }
+  });
+}
+
 describe("postgresStorage: schema v1 -> v2 upgrade", () => {
   it("migrate() upgrades a POPULATED v1 table (keys table filled, _pending dropped); the backlog then drains in key order", async () => {
     const schema = `eo_test_up_${randomSuffix()}`;
     const sql = connect(`eo-test-up-${randomSuffix()}`, { max: 4 });
     try {
-      // A v1 install, exactly as version 1 of migrate() left it.
-      await sql.begin(async (tx) => {
-        await tx.unsafe(`CREATE SCHEMA "${schema}"`);
-        await tx.unsafe(renderSql(MIGRATIONS_TABLE_DDL, { schema }));
-        for (const s of SCHEMA_V1.statements) await tx.unsafe(renderSql(s, { schema }));
-        await tx.unsafe(renderSql(recordVersionSql(1), { schema }));
-      });
+      await installUpTo(sql, schema, 1); // a v1 install, exactly as version 1 of migrate() left it
       // Its rows, written as v1's enqueue wrote them (no key table then): 3 keys + keyless, one dead, one delayed.
       const ids: string[] = [];
       for (let i = 0; i < 300; i++) {
@@ -314,15 +319,7 @@ describe("postgresStorage: schema v3 -> v4 (the claim function)", () => {
     const schema = `eo_test_v4_${randomSuffix()}`;
     const sql = connect(`eo-test-v4-${randomSuffix()}`, { max: 4 });
     try {
-      // A v3 install, as version 3 of migrate() left it, with rows written by this version's enqueue.
-      await sql.begin(async (tx) => {
-        await tx.unsafe(`CREATE SCHEMA "${schema}"`);
-        await tx.unsafe(renderSql(MIGRATIONS_TABLE_DDL, { schema }));
-        for (const version of SCHEMA_VERSIONS.filter((v) => v.version <= 3)) {
-          for (const s of version.statements) await tx.unsafe(renderSql(s, { schema }));
-          await tx.unsafe(renderSql(recordVersionSql(version.version), { schema }));
-        }
-      });
+      await installUpTo(sql, schema, 3); // a v3 install, as version 3 of migrate() left it, with rows from this enqueue
       const storage = postgresStorage(sql, { schema });
       const sent = Array.from({ length: 60 }, (_, i) => message(i, { key: i % 4 === 3 ? null : `k${i % 4}` }));
       await sql.begin((tx) => storage.enqueue(tx, sent));

@@ -165,6 +165,16 @@ const OUTBOX = `"{{schema}}"."{{table}}"`;
 const KEYS = `"{{schema}}"."{{table}}_keys"`;
 const POSITIONS = `"{{schema}}"."{{table}}_positions"`;
 const LEASE = `p_lease * interval '1 millisecond'`;
+/** Leases the outbox rows whose seq the CTE `cte` lists (both claim statements). */
+const LEASE_ROWS = (cte: string): string => `UPDATE ${OUTBOX} AS t
+    SET lease_token = p_token, lease_until = now() + ${LEASE}, available_at = now() + ${LEASE}, attempts = t.attempts + 1
+    WHERE t.seq IN (SELECT ${cte}.seq FROM ${cte}) AND t.status = 'pending'`;
+/** The message columns a claim returns (its RETURNING list), and the same read back from the CTE `c`. */
+const CLAIMED_COLUMNS = `t.seq, t.id::text AS id, t.topic, t.key, t.payload::text AS payload, t.headers::text AS headers,
+      ${epochMs("t.created_at")} AS created, t.attempts, t.last_error AS lasterror`;
+const CLAIMED_FROM_C = "c.seq, c.id, c.topic, c.key, c.payload, c.headers, c.created, c.attempts, c.lasterror";
+/** The database clock on every returned row: now and the lease expiry, epoch ms. */
+const CLAIM_CLOCK = `${epochMs("now()")}, ${epochMs(`now() + ${LEASE}`)}`;
 
 /**
  * The claim function `<table>_claim(p_token uuid, p_lease bigint, p_limit integer)` (schema v4), which the adapter's
@@ -236,14 +246,10 @@ BEGIN
       SELECT o.seq FROM ${OUTBOX} AS o WHERE o.key IS NULL AND o.status = 'pending' AND o.available_at <= now()
       ORDER BY o.available_at, o.seq LIMIT p_limit FOR UPDATE SKIP LOCKED
     ), c AS (
-      UPDATE ${OUTBOX} AS t
-      SET lease_token = p_token, lease_until = now() + ${LEASE}, available_at = now() + ${LEASE}, attempts = t.attempts + 1
-      WHERE t.seq IN (SELECT fr.seq FROM fr) AND t.status = 'pending'
-      RETURNING t.seq, t.id::text AS id, t.topic, t.key, t.payload::text AS payload, t.headers::text AS headers,
-        ${epochMs("t.created_at")} AS created, t.attempts, t.last_error AS lasterror
+      ${LEASE_ROWS("fr")}
+      RETURNING ${CLAIMED_COLUMNS}
     )
-    SELECT c.seq, c.id, c.topic, c.key, c.payload, c.headers, c.created, c.attempts, c.lasterror, NULL::bigint,
-      ${epochMs("now()")}, ${epochMs(`now() + ${LEASE}`)}
+    SELECT ${CLAIMED_FROM_C}, NULL::bigint, ${CLAIM_CLOCK}
     FROM (SELECT 1) AS one LEFT JOIN c ON true;
     RETURN;
   END IF;
@@ -265,11 +271,8 @@ BEGIN
     SELECT x.seq FROM (SELECT kp.seq, kp.head FROM kp UNION ALL SELECT fr.seq, fr.seq FROM fr) AS x
     ORDER BY x.head, x.seq LIMIT p_limit
   ), c AS (
-    UPDATE ${OUTBOX} AS t
-    SET lease_token = p_token, lease_until = now() + ${LEASE}, available_at = now() + ${LEASE}, attempts = t.attempts + 1
-    WHERE t.seq IN (SELECT pick.seq FROM pick) AND t.status = 'pending'
-    RETURNING t.seq, t.id::text AS id, t.topic, t.key, t.payload::text AS payload, t.headers::text AS headers,
-      ${epochMs("t.created_at")} AS created, t.attempts, t.last_error AS lasterror,
+    ${LEASE_ROWS("pick")}
+    RETURNING ${CLAIMED_COLUMNS},
       CASE WHEN t.key IS NOT NULL THEN (SELECT p.seq FROM ${POSITIONS} AS p WHERE p.key = t.key) END AS prevseq
   ), h AS (
     SELECT pre.key, (array_agg(pre.available_at ORDER BY pre.seq))[1] AS head_at,
@@ -284,8 +287,7 @@ BEGIN
     SELECT set_config('edge_outbox.claim_empty', coalesce((SELECT json_agg(em.key)::text FROM em
       WHERE pg_try_advisory_xact_lock(${KEY_LOCK_NAMESPACE_SQL}, hashtext(em.key))), '[]'), true) AS empty
   )
-  SELECT c.seq, c.id, c.topic, c.key, c.payload, c.headers, c.created, c.attempts, c.lasterror, c.prevseq,
-    ${epochMs("now()")}, ${epochMs(`now() + ${LEASE}`)}
+  SELECT ${CLAIMED_FROM_C}, c.prevseq, ${CLAIM_CLOCK}
   FROM e LEFT JOIN c ON true;
   IF current_setting('edge_outbox.claim_empty') <> '[]' THEN
     DELETE FROM ${KEYS} AS k USING json_array_elements_text(current_setting('edge_outbox.claim_empty')::json) AS j(key)

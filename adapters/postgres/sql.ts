@@ -22,6 +22,19 @@ const P = `"{{schema}}"."{{table}}_positions"`;
 export const CHANNEL_PLACEHOLDER = "{{channel}}";
 const NOTIFY = `pg_notify('${CHANNEL_PLACEHOLDER}', '')`;
 
+/** The enqueue's INSERT and the values of one message `m.v` (`[id, topic, key, payload, headers, delayMs]`), `key` its key. */
+const enqueueInsert = (key: string): string =>
+  `INSERT INTO ${T} (id, topic, key, payload, headers, status, created_at, available_at, attempts)
+  SELECT (m.v->>0)::uuid, m.v->>1, ${key}, (m.v->>3)::json, (m.v->>4)::json, 'pending', now(),
+    now() + (m.v->>5)::bigint * ${MS_INTERVAL}, 0`;
+
+/** The end of both enqueue statements: the `pg_notify` when a row was inserted, then the inserted count and ids. */
+const ENQUEUE_RESULT = `), n AS (
+  SELECT ${NOTIFY} FROM (SELECT 1 FROM i LIMIT 1) AS one
+)
+SELECT x.inserted, CASE WHEN x.inserted < json_array_length($1::text::json) THEN (SELECT coalesce(json_agg(i.id)::text, '[]') FROM i) END AS ids
+FROM (SELECT count(*) AS inserted FROM i) AS x, (SELECT count(*) FROM n) AS notified`;
+
 /**
  * Inserts messages. `$1`: a JSON array of `[id, topic, key, payload, headers, delayMs]` arrays (payload and headers
  * as JSON text). Array order is insertion order, so `seq` follows it.
@@ -59,9 +72,7 @@ export const ENQUEUE_SQL: string = `WITH m AS (
   SELECT pg_advisory_xact_lock(${KEY_LOCK_NAMESPACE_SQL}, k.h)
   FROM (SELECT DISTINCT hashtext(m.v->>2) AS h FROM m WHERE m.v->>2 IS NOT NULL ORDER BY 1) AS k
 ), i AS (
-  INSERT INTO ${T} (id, topic, key, payload, headers, status, created_at, available_at, attempts)
-  SELECT (m.v->>0)::uuid, m.v->>1, m.v->>2, (m.v->>3)::json, (m.v->>4)::json, 'pending', now(),
-    now() + (m.v->>5)::bigint * ${MS_INTERVAL}, 0
+  ${enqueueInsert("m.v->>2")}
   FROM m
   WHERE (SELECT count(*) FROM l) >= 0
   ORDER BY m.ord
@@ -71,11 +82,7 @@ export const ENQUEUE_SQL: string = `WITH m AS (
   INSERT INTO ${K} (key, available_at)
   SELECT i.key, min(i.available_at) FROM i WHERE i.key IS NOT NULL GROUP BY i.key
   ON CONFLICT (key) DO NOTHING
-), n AS (
-  SELECT ${NOTIFY} FROM (SELECT 1 FROM i LIMIT 1) AS one
-)
-SELECT x.inserted, CASE WHEN x.inserted < json_array_length($1::text::json) THEN (SELECT coalesce(json_agg(i.id)::text, '[]') FROM i) END AS ids
-FROM (SELECT count(*) AS inserted FROM i) AS x, (SELECT count(*) FROM n) AS notified`;
+${ENQUEUE_RESULT}`;
 
 /**
  * {@link ENQUEUE_SQL} for a call whose messages are all keyless (the usual single event of a transaction without a
@@ -84,18 +91,12 @@ FROM (SELECT count(*) AS inserted FROM i) AS x, (SELECT count(*) FROM n) AS noti
  * instead of 1.07–1.12×).
  */
 export const ENQUEUE_KEYLESS_SQL: string = `WITH i AS (
-  INSERT INTO ${T} (id, topic, key, payload, headers, status, created_at, available_at, attempts)
-  SELECT (m.v->>0)::uuid, m.v->>1, NULL, (m.v->>3)::json, (m.v->>4)::json, 'pending', now(),
-    now() + (m.v->>5)::bigint * ${MS_INTERVAL}, 0
+  ${enqueueInsert("NULL")}
   FROM json_array_elements($1::text::json) WITH ORDINALITY AS m(v, ord)
   ORDER BY m.ord
   ON CONFLICT (id) DO NOTHING
   RETURNING id
-), n AS (
-  SELECT ${NOTIFY} FROM (SELECT 1 FROM i LIMIT 1) AS one
-)
-SELECT x.inserted, CASE WHEN x.inserted < json_array_length($1::text::json) THEN (SELECT coalesce(json_agg(i.id)::text, '[]') FROM i) END AS ids
-FROM (SELECT count(*) AS inserted FROM i) AS x, (SELECT count(*) FROM n) AS notified`;
+${ENQUEUE_RESULT}`;
 
 /** Deletes the rows of a refused enqueue again (`$1` JSON array of ids), in the caller's transaction. */
 export const ENQUEUE_UNDO_SQL: string = `DELETE FROM ${T} WHERE id IN (SELECT j.id::uuid FROM json_array_elements_text($1::text::json) AS j(id))`;
