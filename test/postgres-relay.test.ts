@@ -62,6 +62,44 @@ describe("postgres relays", () => {
     }
   }, 120_000);
 
+  it("one relay runs claims beside each other (instant sends): over keyless rows and 3 deep keys on the real claim, each row delivered exactly once and every key in seq order", async () => {
+    const f = await postgresFixture();
+    try {
+      const total = 6_000;
+      const rows = Array.from({ length: total }, (_, i) => message({ n: i }, { key: i % 2 === 0 ? null : `k${i % 6}` }));
+      await f.sql.begin((tx) => f.storage.enqueue(tx, rows));
+      let claiming = 0;
+      let most = 0;
+      const storage: OutboxStorage<unknown, never> = {
+        ...f.storage,
+        async claim(o) {
+          most = Math.max(most, ++claiming);
+          try {
+            return await f.storage.claim(o);
+          } finally {
+            claiming--;
+          }
+        },
+      };
+      const transport = recordingTransport({ maxBatchSize: 1_000 });
+      const relay = createRelay({ outbox: createOutbox({ storage }), transport, batchSize: 100, concurrency: 8 });
+      let delivered = 0;
+      for (let round = 0; round < 20 && delivered < total; round++) delivered += (await relay.drain({ budgetMs: 20_000 })).delivered;
+      expect(delivered).toBe(total);
+      expect(most).toBeGreaterThanOrEqual(2);
+      expect(transport.attempts).toHaveLength(total); // nothing was sent twice
+      expect(new Set(transport.delivered.map((m) => m.id)).size).toBe(total);
+      const seqOf = new Map(rows.map((m, i) => [m.id, i]));
+      const perKey = new Map<string, number[]>();
+      for (const m of transport.delivered) if (m.key !== null) perKey.set(m.key, [...(perKey.get(m.key) ?? []), seqOf.get(m.id)!]);
+      expect(perKey.size).toBe(3);
+      for (const order of perKey.values()) expect(order).toEqual([...order].sort((a, b) => a - b));
+      expect((await f.storage.stats()).pending).toBe(0);
+    } finally {
+      await f.close();
+    }
+  }, 120_000);
+
   it("a relay that stalls past its lease loses its rows; its late settle is rejected and counted; the new holder delivers", async () => {
     const f = await postgresFixture();
     try {

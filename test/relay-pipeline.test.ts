@@ -119,6 +119,43 @@ describe("streaming drain", () => {
     expect(await claimsBackToBack(true)).toBeLessThanOrEqual(1);
   });
 
+  it("claims are the bottleneck: up to three run at once over a keyless backlog, two over a few deep keys, one on a serialWrites storage; every row delivered once, keys in order", async () => {
+    const run = async (serialWrites: boolean, key?: (i: number) => string | null) => {
+      const { storage, outbox } = memoryOutbox();
+      await fill(storage, outbox, 1_200, key ? { key } : {});
+      let claiming = 0;
+      let most = 0;
+      const wrapped: OutboxStorage<unknown, never> = {
+        ...storage,
+        capabilities: { ...storage.capabilities, serialWrites },
+        async claim(o) {
+          most = Math.max(most, ++claiming);
+          try {
+            await sleep(15); // a claim costs more than the instant sends of its rows
+            return await storage.claim(o);
+          } finally {
+            claiming--;
+          }
+        },
+      };
+      const seen = new Map<string, number[]>();
+      const delivered: number[] = [];
+      const transport = functionTransport((m) => {
+        delivered.push(n(m));
+        if (m.key !== null) seen.set(m.key, [...(seen.get(m.key) ?? []), n(m)]);
+      });
+      const report = await createRelay({ outbox: createOutbox({ storage: wrapped }), transport, batchSize: 100, concurrency: 8 })
+        .drain({ budgetMs: 20_000 });
+      expect(report).toMatchObject({ claimed: 1_200, delivered: 1_200, released: 0, more: false });
+      expect(new Set(delivered).size).toBe(1_200);
+      for (const ns of seen.values()) expect(ns).toEqual([...ns].sort((a, b) => a - b));
+      return most;
+    };
+    expect(await run(false)).toBe(3);
+    expect(await run(false, (i) => `k${i % 4}`)).toBe(2);
+    expect(await run(true)).toBe(1);
+  });
+
   it("settles in small groups, not one settle per message", async () => {
     const { storage, outbox } = memoryOutbox();
     await fill(storage, outbox, 160);
