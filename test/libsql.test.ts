@@ -835,15 +835,15 @@ describe("libsqlStorage: busy databases", () => {
       await holder.execute("INSERT INTO outbox_counters (bucket, shard) VALUES (1, 1)");
       try {
         for (const [what, p] of [
-          ["claim", impatient.claim({ limit: 1, leaseMs: 1_000 })],
-          ["settle", impatient.settle("t", [{ id: uuidv7(), outcome: "delivered" }])],
-          ["purge", impatient.purge({ status: "dead", olderThan: 0, limit: 1 })],
-          ["replayDead", impatient.replayDead(uuidv7())],
-          ["migrate", impatient.migrate()],
-          ["begin", impatient.begin()],
-          ["enqueue", impatient.enqueue(other, [message(1)])],
+          ["claim", () => impatient.claim({ limit: 1, leaseMs: 1_000 })],
+          ["settle", () => impatient.settle("t", [{ id: uuidv7(), outcome: "delivered" }])],
+          ["purge", () => impatient.purge({ status: "dead", olderThan: 0, limit: 1 })],
+          ["replayDead", () => impatient.replayDead(uuidv7())],
+          ["migrate", () => impatient.migrate()],
+          ["begin", () => impatient.begin()],
+          ["enqueue", () => impatient.enqueue(other, [message(1)])],
         ] as const) {
-          const e = expectCode(await caught(p), "STORAGE");
+          const e = expectCode(await caught(p()), "STORAGE");
           expect(e.retryable).toBe(true);
           expect(e.message).toContain(`[edge-outbox:libsql] ${what} failed: SQLITE_BUSY`);
           expect((e.cause as { code?: string }).code).toBe("SQLITE_BUSY");
@@ -921,8 +921,8 @@ describe("libSQL local file: this process's relay-side writes take turns and com
       await f.client.execute("CREATE TABLE w (k TEXT PRIMARY KEY)");
       const lock = libsqlSql("outbox").lock;
       const write = (...keys: string[]) => runWrite(f.client, keys.map((k) => ({ sql: "INSERT INTO w (k) VALUES (?)", args: [k] })), lock);
-      // Issued at once: the first runs alone; the others queue meanwhile and go in one transaction. Without the
-      // queue, each would open its own transaction on its own pooled connection and all but one fail with BUSY.
+      // Issued at once: they queue and go in one transaction. Without the queue, each would open its own
+      // transaction on its own pooled connection and all but one fail with BUSY.
       const outcomes = await Promise.allSettled([write("a"), write("b1", "b2"), write("c1", "a"), write("d"), write("e")]);
       expect(outcomes.map((o) => o.status)).toEqual(["fulfilled", "fulfilled", "rejected", "fulfilled", "fulfilled"]);
       expect(String((outcomes[2] as PromiseRejectedResult).reason)).toMatch(/UNIQUE constraint failed/);
@@ -933,6 +933,32 @@ describe("libSQL local file: this process's relay-side writes take turns and com
       const many = await Promise.allSettled(Array.from({ length: 40 }, (_, i) => write(`m${i}`)));
       expect(many.filter((o) => o.status === "rejected")).toEqual([]);
       expect(Number((await f.client.execute("SELECT count(*) AS n FROM w")).rows[0]!["n"])).toBe(45);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("writes issued in the same turn of the event loop (a relay's claim ahead and the settle of the rows it just sent) share one transaction, in the order issued", async () => {
+    const f = await libsqlFileFixture();
+    try {
+      await f.client.execute("CREATE TABLE w (k TEXT PRIMARY KEY, at INTEGER)");
+      const lock = libsqlSql("outbox").lock;
+      let transactions = 0;
+      const open = f.client.transaction.bind(f.client);
+      f.client.transaction = ((mode) => (transactions++, open(mode))) as typeof f.client.transaction;
+      const write = (k: string) =>
+        runWrite(f.client, [{ sql: "INSERT INTO w (k, at) VALUES (?, (SELECT count(*) FROM w))", args: [k] }], lock);
+      const first = write("claim");
+      // The settle is issued a few promise hops later, as the relay's is (a send resolves, then its outcome settles).
+      for (let i = 0; i < 5; i++) await Promise.resolve();
+      const second = write("settle");
+      await Promise.all([first, second]);
+      expect(transactions).toBe(1);
+      const rows = await f.client.execute("SELECT k, at FROM w ORDER BY at");
+      expect(rows.rows.map((r) => [r["k"], Number(r["at"])])).toEqual([["claim", 0], ["settle", 1]]);
+      // A write issued once the queue is idle again opens a transaction of its own.
+      await write("later");
+      expect(transactions).toBe(2);
     } finally {
       await f.close();
     }

@@ -256,9 +256,20 @@ export async function runWrite(client: LibsqlClient, stmts: LibsqlStatement[], l
     let q = WRITE_QUEUES.get(client);
     if (!q) WRITE_QUEUES.set(client, q = { waiting: [], running: false });
     q.waiting.push({ stmts, lockSql, resolve, reject });
-    if (!q.running) void runQueued(client, q);
+    if (!q.running) {
+      // The group starts on the next turn of the event loop, so writes issued in this one join it: a relay's claim
+      // ahead of need and the settle of the rows it has just sent then share one commit, where starting at once ran
+      // the claim alone and the settle after it, two fsync'd commits per batch (measured, `node --expose-gc --import
+      // tsx bench/profile.ts libsql 100 40000`: 7,916 msg/s before, 10,283 after; batch 500: 17,986, 20,453).
+      q.running = true;
+      nextTurn(() => void runQueued(client, q!));
+    }
   });
 }
+
+/** Runs `f` on the next turn of the event loop: `setImmediate` where there is one (Node, Bun), else a 0 ms timer. */
+const nextTurn: (f: () => void) => void = (globalThis as { setImmediate?: (f: () => void) => void }).setImmediate ??
+  ((f) => void setTimeout(f, 0));
 
 /** A write waiting for its turn on a local file (see {@link runQueued}). */
 interface QueuedWrite {
@@ -285,7 +296,6 @@ const MAX_GROUP = 32;
  * (`storage.begin()`), still meet these as SQLITE_BUSY and are retried.
  */
 async function runQueued(client: LibsqlClient, q: { waiting: QueuedWrite[]; running: boolean }): Promise<void> {
-  q.running = true;
   try {
     while (q.waiting.length > 0) await runGroup(client, q.waiting.splice(0, MAX_GROUP));
   } finally {
