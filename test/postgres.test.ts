@@ -200,7 +200,7 @@ describe("postgresStorage: schema and migrations", () => {
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".my_outbox_migrations`);
       expect(versions.map((r) => r["version"])).toEqual(SCHEMA_VERSIONS.map((v) => v.version));
-      expect(LATEST_SCHEMA_VERSION).toBe(4);
+      expect(LATEST_SCHEMA_VERSION).toBe(5);
       await sql.begin((tx) => storage.enqueue(tx, [message(1)]));
       expect((await storage.stats()).pending).toBe(1);
     } finally {
@@ -231,7 +231,7 @@ describe("postgresStorage: schema and migrations", () => {
         "second_positions",
       ]);
       const versions = await a.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5]);
       const indexes = await a`select indexname from pg_indexes where schemaname = ${schema} and tablename = 'outbox' order by 1`;
       expect(indexes.map((r) => r["indexname"])).toEqual([
         "outbox_dead",
@@ -281,7 +281,7 @@ describe("postgresStorage: schema v1 -> v2 upgrade", () => {
       const storage = postgresStorage(sql, { schema });
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5]);
       const keys = await sql.unsafe(`SELECT key FROM "${schema}".outbox_keys ORDER BY 1`);
       expect(keys.map((r) => r["key"])).toEqual(["k0", "k1", "k2"]);
       const indexes = await sql.unsafe(`SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'outbox'`, [schema]);
@@ -314,6 +314,52 @@ describe("postgresStorage: schema v1 -> v2 upgrade", () => {
   }, 60_000);
 });
 
+describe("postgresStorage: schema v4 -> v5 (the claim function's clock)", () => {
+  it("a relay of this version claims on a v4 schema; migrate() replaces <table>_claim while a claim is outstanding, which then settles; createdAt is the stored time cut to ms, on ms boundaries too", async () => {
+    const schema = `eo_test_v5_${randomSuffix()}`;
+    const sql = connect(`eo-test-v5-${randomSuffix()}`, { max: 4 });
+    try {
+      await installUpTo(sql, schema, 4);
+      const storage = postgresStorage(sql, { schema });
+      const sent = Array.from({ length: 6 }, (_, i) => message(i));
+      await sql.begin((tx) => storage.enqueue(tx, sent));
+      // Stored times whose cut to ms is easy to get wrong in float arithmetic: exact ms, .999999 s, far ahead.
+      const stamps = [
+        ["2026-12-01 10:00:00.123+00", Date.UTC(2026, 11, 1, 10, 0, 0, 123)],
+        ["2026-12-01 10:00:00.999999+00", Date.UTC(2026, 11, 1, 10, 0, 0, 999)],
+        ["2038-01-19 03:14:08.001+00", Date.UTC(2038, 0, 19, 3, 14, 8, 1)],
+        ["2099-12-31 23:59:59.999999+00", Date.UTC(2099, 11, 31, 23, 59, 59, 999)],
+        ["1999-12-31 23:59:59.000001+00", Date.UTC(1999, 11, 31, 23, 59, 59, 0)],
+        ["2001-09-09 01:46:40+00", Date.UTC(2001, 8, 9, 1, 46, 40, 0)],
+      ] as const;
+      for (const [i, [at]] of stamps.entries()) {
+        await sql.unsafe(`UPDATE "${schema}".outbox SET created_at = $1::timestamptz WHERE id = $2::uuid`, [at, sent[i]!.id]);
+      }
+      const before = await storage.claim({ limit: 3, leaseMs: 30_000 }); // on the v4 schema
+      await storage.migrate();
+      const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5]);
+      const body = await sql.unsafe(
+        `SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 AND p.proname = 'outbox_claim'`,
+        [schema],
+      );
+      expect(body).toHaveLength(1);
+      expect(String(body[0]!["prosrc"])).toContain("v_now float8");
+      const after = await storage.claim({ limit: 3, leaseMs: 30_000 });
+      const created = new Map([...before.messages, ...after.messages].map((m) => [m.id, m.createdAt]));
+      expect(stamps.map((_, i) => created.get(sent[i]!.id))).toEqual(stamps.map(([, ms]) => ms));
+      expect(after.leaseUntil - after.now).toBe(30_000);
+      const settled = await storage.settle(before.token, before.messages.map((m) => ({ id: m.id, outcome: "delivered" as const })));
+      expect(settled).toEqual({ applied: 3, lost: [] });
+      expect((await storage.settle(after.token, after.messages.map((m) => ({ id: m.id, outcome: "delivered" as const })))).applied).toBe(3);
+      expect((await storage.stats()).pending).toBe(0);
+    } finally {
+      await sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
+      await sql.end({ timeout: 5 });
+    }
+  });
+});
+
 describe("postgresStorage: schema v3 -> v4 (the claim function)", () => {
   it("a relay on a v3 schema gets CONFIG naming migrate(); migrate() adds <table>_claim to the populated table, which then drains in key order", async () => {
     const schema = `eo_test_v4_${randomSuffix()}`;
@@ -331,7 +377,7 @@ describe("postgresStorage: schema v3 -> v4 (the claim function)", () => {
       expect((await storage.stats()).leased).toBe(0); // the failed claim changed nothing
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5]);
       const fns = await sql.unsafe(`SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1`, [schema]);
       expect(fns.map((r) => r["proname"])).toEqual(["outbox_claim"]);
       const transport = recordingTransport();

@@ -129,7 +129,8 @@ export const HAS_DUE_SQL: string = `SELECT (SELECT count(*) FROM (
     ORDER BY k.available_at LIMIT 1) AS keyed) > 0 AS due`;
 
 const FENCE = `t.lease_token = $1::uuid AND t.status = 'pending'`;
-const LATENCY = `greatest(0, floor(extract(epoch FROM (now() - d.created_at)) * 1000))::bigint`;
+/** Enqueue-to-delivery ms of a delivered row `d` (float8: a statistic; numeric arithmetic cost about 1.5 µs a row). */
+const LATENCY = `greatest(0, floor(date_part('epoch', now() - d.created_at) * 1000))::bigint`;
 
 /** Count and latency (sum, max) of the delivered rows `d`, the latency computed once per row. */
 const DELIVERED_STATS = `SELECT count(*) AS delivered, coalesce(sum(dl.ms), 0) AS latency_sum, coalesce(max(dl.ms), 0) AS latency_max
