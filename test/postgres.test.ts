@@ -395,6 +395,35 @@ describe("postgresStorage: schema v3 -> v4 (the claim function)", () => {
 });
 
 describe("postgresStorage: writes", () => {
+  it("a late settle of an expired claim, which still applies to its row that kept its token, leaves a key another claim holds as that claim set it", async () => {
+    const f = await postgresFixture();
+    try {
+      const keyed = [message(0, { key: "k" }), message(1, { key: "k" })];
+      const keyless = message(2);
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [...keyed, keyless]));
+      const a = await f.storage.claim({ limit: 10, leaseMs: 1 });
+      expect(a.messages).toHaveLength(3);
+      await sleep(20); // A's lease has expired
+      const b = await f.storage.claim({ limit: 2, leaseMs: 60_000 }); // takes key k's rows; the keyless row keeps A's token
+      expect(b.messages.map((m) => m.id)).toEqual(keyed.map((m) => m.id));
+      const keyAt = async (): Promise<number> =>
+        Number((await f.sql.unsafe(`SELECT ${"floor(extract(epoch FROM available_at) * 1000)::float8"} AS at FROM "${f.schema}".outbox_keys WHERE key = 'k'`))[0]!["at"]);
+      const held = await keyAt();
+      expect(held).toBeGreaterThan(b.now + 59_000); // B's lease
+      // A settles all three late: its keyless row still carries A's token and applies; k's rows are B's and are lost.
+      const late = await f.storage.settle(a.token, a.messages.map((m) => ({ id: m.id, outcome: "delivered" as const })));
+      expect(late.applied).toBe(1);
+      expect([...late.lost].sort()).toEqual(keyed.map((m) => m.id).sort());
+      expect(await keyAt()).toBe(held); // not moved to "due now" by A
+      expect((await f.storage.claim({ limit: 10, leaseMs: 60_000 })).messages).toEqual([]);
+      // B's own settle moves the key (its rows are gone: the key is due now, and the next claim drops its row).
+      expect((await f.storage.settle(b.token, b.messages.map((m) => ({ id: m.id, outcome: "delivered" as const })))).applied).toBe(2);
+      expect(await keyAt()).toBeLessThanOrEqual(Date.now() + 1_000);
+    } finally {
+      await f.close();
+    }
+  });
+
   it("enqueue keeps array order as seq order in one statement; a rollback leaves nothing", async () => {
     const f = await postgresFixture();
     try {
