@@ -789,7 +789,7 @@ describe("postgresStorage: enqueue handles, ids, replay, stats, missing table, w
     }
   });
 
-  it("an all-keyless enqueue uses the keyless statement (no key locks, no key rows) and still checks ids and wakes; a call with any key uses the keyed one", async () => {
+  it("an all-keyless enqueue uses the keyless statement (no key locks, no key rows) and still checks ids and wakes; a call with any key uses the keyed one; one keyless message uses the typed one-row statement", async () => {
     const f = await postgresFixture();
     const listener = f.connect({ max: 2 });
     const controller = new AbortController();
@@ -812,9 +812,24 @@ describe("postgresStorage: enqueue handles, ids, replay, stats, missing table, w
       sent.length = 0;
       await f.sql.begin((tx) => f.storage.enqueue(recording(tx), [message(5), message(6, { key: "k" })]));
       expect(sent).toEqual([sql.enqueue]);
+      // One keyless message (the usual call) goes as typed parameters: the same row, wake-up and id check.
+      sent.length = 0;
+      const single = message(7, { delayMs: 0, headers: '{"x-h":"1"}' });
+      const before = wakes.length;
+      await f.sql.begin((tx) => f.storage.enqueue(recording(tx), [single]));
+      expect(sent).toEqual([sql.enqueueOne]);
+      await until(() => wakes.length > before, 2_000, "the single enqueue's wake-up");
+      const e = expectCode(await caught(f.sql.begin((tx) => f.storage.enqueue(recording(tx), [{ ...message(8), id: single.id }]))), "CONFLICT");
+      expect(e.message).toContain(`message id ${single.id} already exists`);
+      await f.sql.begin(async (tx) => { // the transaction stays usable after a refused single enqueue
+        expectCode(await caught(f.storage.enqueue(tx, [{ ...message(9), id: single.id }])), "CONFLICT");
+        await f.storage.enqueue(tx, [message(10)]);
+      });
       const claim = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
-      expect(claim.messages.map((m) => (m.payload as { n: number }).n)).toEqual([1, 2, 5, 6]); // 3 is delayed, 4 was refused
-      expect(claim.messages.map((m) => m.key)).toEqual([null, null, null, "k"]);
+      expect(claim.messages.map((m) => (m.payload as { n: number }).n)).toEqual([1, 2, 5, 6, 7, 10]); // 3 is delayed; 4, 8, 9 refused
+      expect(claim.messages.map((m) => m.key)).toEqual([null, null, null, "k", null, null]);
+      expect(claim.messages[4]!.headers).toEqual({ "x-h": "1" });
+      expect(claim.messages[4]!.body).toBe(single.payload);
     } finally {
       controller.abort();
       await f.close();

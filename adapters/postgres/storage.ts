@@ -203,6 +203,12 @@ export function createPostgresStorage(
 
   /** Inserts on `tx`; CONFLICT (rows of this call deleted again, the transaction still usable) when an id exists. */
   async function insert(tx: PostgresExecutor, messages: readonly NewMessage[]): Promise<void> {
+    const only = messages.length === 1 ? messages[0]! : undefined;
+    if (only && (only.key === null || only.key === undefined)) {
+      const [one] = await query(tx, sql.enqueueOne, [only.id, only.topic, only.payload, only.headers ?? "{}", only.delayMs ?? 0]);
+      if (num(one?.["inserted"]) === 1) return;
+      throw conflict([only.id]);
+    }
     const rows = messages.map((m) => [m.id, m.topic, m.key ?? null, m.payload, m.headers ?? "{}", m.delayMs ?? 0]);
     const keyless = messages.every((m) => m.key === null || m.key === undefined);
     const [r] = await query(tx, keyless ? sql.enqueueKeyless : sql.enqueue, [JSON.stringify(rows)]);
@@ -210,8 +216,12 @@ export function createPostgresStorage(
     const inserted: string[] = JSON.parse(text(r["ids"]) || "[]") ?? [];
     if (inserted.length > 0) await query(tx, sql.enqueueUndo, [JSON.stringify(inserted)]);
     const have = new Set(inserted.map(lower));
-    const taken = messages.map((m) => m.id).filter((id) => !have.has(lower(id)));
-    throw new OutboxError(
+    throw conflict(messages.map((m) => m.id).filter((id) => !have.has(lower(id))));
+  }
+
+  /** The CONFLICT of an enqueue some of whose ids (`taken`) rows already have (nothing of the call is kept). */
+  function conflict(taken: readonly string[]): OutboxError {
+    return new OutboxError(
       "CONFLICT",
       `${errors.prefix} message id ${taken.join(", ")} already exists in ${schema}.${table}: nothing was enqueued by this ` +
         "call (ids are unique among the rows in the table; a delivered and deleted id is accepted again)",
