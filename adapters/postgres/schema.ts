@@ -171,7 +171,7 @@ const LEASE_ROWS = (cte: string): string => `UPDATE ${OUTBOX} AS t
     WHERE t.seq IN (SELECT ${cte}.seq FROM ${cte}) AND t.status = 'pending'`;
 /**
  * {@link epochMs} in float8 and int8 arithmetic, for a column read on every claimed row: the epoch in microseconds,
- * rounded to an integer, then cut to milliseconds. Exact until 2106 (2^32 s): `date_part` returns the stored
+ * rounded to an integer, then cut to milliseconds. Exact from 1970 until 2106 (2^32 s): `date_part` returns the stored
  * microseconds / 10^6 within half a float8 step (under 0.24 µs) and the product is within another 0.25 µs, so the
  * rounding gives back the stored microseconds (checked against `epochMs` on 1.3 million timestamps up to 2099, on
  * millisecond boundaries too). `epochMs`'s numeric arithmetic cost about 3 µs per row (a claim of 500 rows: 10%).
