@@ -156,6 +156,39 @@ describe("streaming drain", () => {
     expect(await run(true)).toBe(1);
   });
 
+  it("claims beside each other at the budget's end: the drain returns within its bound, and the rows of claims still in flight are released, none left leased", async () => {
+    const { storage, outbox } = memoryOutbox();
+    const total = 20_000;
+    await fill(storage, outbox, total);
+    let claiming = 0;
+    let most = 0;
+    const wrapped: OutboxStorage<unknown, never> = {
+      ...storage,
+      async claim(o) {
+        most = Math.max(most, ++claiming);
+        try {
+          await sleep(15);
+          return await storage.claim(o);
+        } finally {
+          claiming--;
+        }
+      },
+    };
+    const transport = functionTransport(() => {});
+    const budgetMs = 300, sendTimeoutMs = 1_000;
+    const t0 = performance.now();
+    const report = await createRelay({ outbox: createOutbox({ storage: wrapped }), transport, batchSize: 100, concurrency: 8, sendTimeoutMs })
+      .drain({ budgetMs, safetyMarginMs: 30 });
+    const wall = performance.now() - t0;
+    expect(most).toBe(3);
+    expect(report.more).toBe(true); // stopped by its budget with rows still due
+    expect(wall).toBeLessThan(budgetMs + sendTimeoutMs + 250);
+    expect(report.claimed).toBe(report.delivered + report.released);
+    const s = await storage.stats();
+    expect(s.pending).toBe(total - report.delivered);
+    expect(s.leased).toBe(0); // every claimed, unsent row was given back
+  });
+
   it("settles in small groups, not one settle per message", async () => {
     const { storage, outbox } = memoryOutbox();
     await fill(storage, outbox, 160);
