@@ -636,8 +636,9 @@ export function createRelay(options: RelayOptions): Relay {
         // gives whole prefixes of about half the due keys when queues are deep, so such a claim leaves other keys
         // claimable for a claim ahead of need. (On SQLite every claim and settle queue for the one writer: claims
         // ahead over deep keys only delay the settles.)
-        const spread = repeats * 2 <= claim.messages.length || (!serialWrites && newKeys >= 2);
-        last = { full: claim.messages.length >= batchSize, spread, wide: repeats * 2 <= claim.messages.length, epoch };
+        const wide = repeats * 2 <= claim.messages.length;
+        const spread = wide || (!serialWrites && newKeys >= 2);
+        last = { full: claim.messages.length >= batchSize, spread, wide, epoch };
         if (ahead) aheadFinds = claim.messages.length > 0;
         if (beside) besideFinds = claim.messages.length > 0;
         else if (claim.messages.length >= batchSize) besideFinds = true;
@@ -665,8 +666,7 @@ export function createRelay(options: RelayOptions): Relay {
         // third finds nothing: two at most unless the last claim's rows were mostly not repeats of held keys
         // (`bench/profile-keys.ts 10 20000 100 pg`: 5,880 msg/s one at a time, 7,226 / 6,986 with two).
         const most = last.wide ? maxClaiming : Math.min(2, maxClaiming);
-        const fits = last.full && (last.wide || last.spread) && besideFinds;
-        return claiming < most && inFlight < concurrency && fits ? "beside" : false;
+        return claiming < most && inFlight < concurrency && last.full && last.spread && besideFinds ? "beside" : false;
       }
       // Rows that can start soon: queued keyless rows and one per key with queued rows (a key's rows go one by one).
       if (keyless.length + keyQueues.size >= lowWater) return false;
@@ -733,7 +733,7 @@ export function createRelay(options: RelayOptions): Relay {
           inFlight++;
           void sendUnit(unit.items, unit.key);
         }
-        const pays = claiming >= maxClaiming ? false : claimPays(false);
+        const pays = claimPays(false);
         if (pays) void claimMore(pays !== true, pays === "beside");
       }
       if (!settling && buffered > 0) {

@@ -915,11 +915,19 @@ storageConformance({ describe, it, expect }, { name: "libsql :memory:", create: 
 storageConformance({ describe, it, expect }, { name: "libsql file", create: () => libsqlFileFixture(), semantics: 2, deliveryPositions: true });
 
 describe("libSQL local file: this process's relay-side writes take turns and commit together", () => {
-  it("concurrent writes on one client never meet as SQLITE_BUSY; those queued together share one commit, each in its own savepoint", async () => {
+  /** A fresh file with table `w` (`columns`), the lock statement runWrite takes, and the fixture closed after `use`. */
+  async function withTable(columns: string, use: (f: Awaited<ReturnType<typeof libsqlFileFixture>>, lock: string) => Promise<void>) {
     const f = await libsqlFileFixture();
     try {
-      await f.client.execute("CREATE TABLE w (k TEXT PRIMARY KEY)");
-      const lock = libsqlSql("outbox").lock;
+      await f.client.execute(`CREATE TABLE w (${columns})`);
+      await use(f, libsqlSql("outbox").lock);
+    } finally {
+      await f.close();
+    }
+  }
+
+  it("concurrent writes on one client never meet as SQLITE_BUSY; those queued together share one commit, each in its own savepoint", () =>
+    withTable("k TEXT PRIMARY KEY", async (f, lock) => {
       const write = (...keys: string[]) => runWrite(f.client, keys.map((k) => ({ sql: "INSERT INTO w (k) VALUES (?)", args: [k] })), lock);
       // Issued at once: they queue and go in one transaction. Without the queue, each would open its own
       // transaction on its own pooled connection and all but one fail with BUSY.
@@ -933,16 +941,10 @@ describe("libSQL local file: this process's relay-side writes take turns and com
       const many = await Promise.allSettled(Array.from({ length: 40 }, (_, i) => write(`m${i}`)));
       expect(many.filter((o) => o.status === "rejected")).toEqual([]);
       expect(Number((await f.client.execute("SELECT count(*) AS n FROM w")).rows[0]!["n"])).toBe(45);
-    } finally {
-      await f.close();
-    }
-  });
+    }));
 
-  it("writes issued in the same turn of the event loop (a relay's claim ahead and the settle of the rows it just sent) share one transaction, in the order issued", async () => {
-    const f = await libsqlFileFixture();
-    try {
-      await f.client.execute("CREATE TABLE w (k TEXT PRIMARY KEY, at INTEGER)");
-      const lock = libsqlSql("outbox").lock;
+  it("writes issued in the same turn of the event loop (a relay's claim ahead and the settle of the rows it just sent) share one transaction, in the order issued", () =>
+    withTable("k TEXT PRIMARY KEY, at INTEGER", async (f, lock) => {
       let transactions = 0;
       const open = f.client.transaction.bind(f.client);
       f.client.transaction = ((mode) => (transactions++, open(mode))) as typeof f.client.transaction;
@@ -959,16 +961,10 @@ describe("libSQL local file: this process's relay-side writes take turns and com
       // A write issued once the queue is idle again opens a transaction of its own.
       await write("later");
       expect(transactions).toBe(2);
-    } finally {
-      await f.close();
-    }
-  });
+    }));
 
-  it("a write of another connection (your own transaction) still meets a queued write as SQLITE_BUSY (the caller retries), and the queue moves on after it", async () => {
-    const f = await libsqlFileFixture();
-    try {
-      await f.client.execute("CREATE TABLE w (k TEXT PRIMARY KEY)");
-      const lock = libsqlSql("outbox").lock;
+  it("a write of another connection (your own transaction) still meets a queued write as SQLITE_BUSY (the caller retries), and the queue moves on after it", () =>
+    withTable("k TEXT PRIMARY KEY", async (f, lock) => {
       const other = f.connect();
       const tx = await other.transaction("write");
       await tx.execute("INSERT INTO w (k) VALUES ('held')");
@@ -977,8 +973,5 @@ describe("libSQL local file: this process's relay-side writes take turns and com
       await tx.commit();
       await runWrite(f.client, [{ sql: "INSERT INTO w (k) VALUES ('x')", args: [] }], lock); // the queue is not stuck
       expect((await f.client.execute("SELECT k FROM w ORDER BY k")).rows.map((r) => r["k"])).toEqual(["held", "x"]);
-    } finally {
-      await f.close();
-    }
-  });
+    }));
 });

@@ -22,9 +22,12 @@ const P = `"{{schema}}"."{{table}}_positions"`;
 export const CHANNEL_PLACEHOLDER = "{{channel}}";
 const NOTIFY = `pg_notify('${CHANNEL_PLACEHOLDER}', '')`;
 
+/** The INSERT of every enqueue statement, up to its values. */
+const ENQUEUE_INTO = `INSERT INTO ${T} (id, topic, key, payload, headers, status, created_at, available_at, attempts)`;
+
 /** The enqueue's INSERT and the values of one message `m.v` (`[id, topic, key, payload, headers, delayMs]`), `key` its key. */
 const enqueueInsert = (key: string): string =>
-  `INSERT INTO ${T} (id, topic, key, payload, headers, status, created_at, available_at, attempts)
+  `${ENQUEUE_INTO}
   SELECT (m.v->>0)::uuid, m.v->>1, ${key}, (m.v->>3)::json, (m.v->>4)::json, 'pending', now(),
     now() + (m.v->>5)::bigint * ${MS_INTERVAL}, 0`;
 
@@ -107,7 +110,7 @@ ${ENQUEUE_RESULT}`;
  * this statement 1.100 / 1.191, the JSON-array keyless statement 1.163 / 1.258.
  */
 export const ENQUEUE_ONE_SQL: string = `WITH i AS (
-  INSERT INTO ${T} (id, topic, key, payload, headers, status, created_at, available_at, attempts)
+  ${ENQUEUE_INTO}
   VALUES ($1::uuid, $2::text, NULL, $3::text::json, $4::text::json, 'pending', now(), now() + $5::bigint * ${MS_INTERVAL}, 0)
   ON CONFLICT (id) DO NOTHING
   RETURNING id

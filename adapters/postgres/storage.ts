@@ -203,14 +203,15 @@ export function createPostgresStorage(
 
   /** Inserts on `tx`; CONFLICT (rows of this call deleted again, the transaction still usable) when an id exists. */
   async function insert(tx: PostgresExecutor, messages: readonly NewMessage[]): Promise<void> {
+    const isKeyless = (m: NewMessage): boolean => m.key === null || m.key === undefined;
     const only = messages.length === 1 ? messages[0]! : undefined;
-    if (only && (only.key === null || only.key === undefined)) {
+    if (only && isKeyless(only)) {
       const [one] = await query(tx, sql.enqueueOne, [only.id, only.topic, only.payload, only.headers ?? "{}", only.delayMs ?? 0]);
       if (num(one?.["inserted"]) === 1) return;
       throw conflict([only.id]);
     }
     const rows = messages.map((m) => [m.id, m.topic, m.key ?? null, m.payload, m.headers ?? "{}", m.delayMs ?? 0]);
-    const keyless = messages.every((m) => m.key === null || m.key === undefined);
+    const keyless = messages.every(isKeyless);
     const [r] = await query(tx, keyless ? sql.enqueueKeyless : sql.enqueue, [JSON.stringify(rows)]);
     if (r?.["ids"] === null || r?.["ids"] === undefined) return;
     const inserted: string[] = JSON.parse(text(r["ids"]) || "[]") ?? [];
