@@ -13,6 +13,8 @@ try {
   const time: Record<string, number> = { claim: 0, settle: 0 };
   const calls: Record<string, number> = { claim: 0, settle: 0 };
   const rows: number[] = [];
+  /** Per claim: "n" (no keys continued) or "c<keys continued>", and the rows it brought. */
+  const kinds: string[] = [];
   for (const m of ["claim", "settle"] as const) {
     const orig = s[m]!.bind(s);
     s[m] = async (...a: unknown[]) => {
@@ -20,7 +22,11 @@ try {
       calls[m]!++;
       try {
         const r = await orig(...a);
-        if (m === "claim") rows.push((r as { messages: unknown[] }).messages.length);
+        if (m === "claim") {
+          rows.push((r as { messages: unknown[] }).messages.length);
+          const c = (a[0] as { continue?: { after: unknown[] } }).continue;
+          kinds.push(`${c ? `c${c.after.length}` : "n"}:${(r as { messages: unknown[] }).messages.length}`);
+        }
         return r;
       } finally {
         time[m]! += performance.now() - t;
@@ -39,6 +45,9 @@ try {
   const hist = new Map<number, number>();
   for (const r of rows) hist.set(r, (hist.get(r) ?? 0) + 1);
   console.log(`${db} ${keys} keys batch ${batch}: ${Math.round(rate)} msg/s; total ${Math.round(total)} ms; claims ${calls.claim} (${Math.round(time.claim!)} ms, ${(time.claim! / calls.claim!).toFixed(2)} ms each), settles ${calls.settle} (${Math.round(time.settle!)} ms, ${(time.settle! / calls.settle!).toFixed(2)} ms each); rows/claim ${JSON.stringify([...hist].sort((a, b) => b[1] - a[1]).slice(0, 6))}`);
+  const kh = new Map<string, number>();
+  for (const k of kinds) kh.set(k, (kh.get(k) ?? 0) + 1);
+  console.log(`  claims by kind (n: none continued, cK: K keys continued) : rows → count ${JSON.stringify([...kh].sort((a, b) => b[1] - a[1]).slice(0, 12))}`);
 } finally {
   await cleanupAll();
 }

@@ -54,6 +54,7 @@ export {
 export type {
   Claim,
   ClaimedMessage,
+  ClaimOptions,
   DeadLetter,
   DeadLetterPage,
   OutboxStats,

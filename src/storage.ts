@@ -153,6 +153,36 @@ export interface StorageCapabilities {
    * snapshots (Postgres `SKIP LOCKED`), at the cost of one message per key per claim.
    */
   readonly keyPrefixClaims: boolean;
+  /**
+   * `claim` honours {@link ClaimOptions.continue}: it can take the next rows of keys the caller holds, before the
+   * caller has settled the rows it holds of them. Absent or false: `continue` is ignored. Optional for third-party
+   * adapters.
+   */
+  readonly continueClaims?: boolean | undefined;
+}
+
+/** Options of {@link OutboxStorage.claim}. */
+export interface ClaimOptions {
+  /** The most rows to claim. */
+  readonly limit: number;
+  /** How long the claimed rows are leased, ms. */
+  readonly leaseMs: number;
+  /**
+   * Keys the caller holds and will go on delivering, in order (the relay's streaming drain). `after` lists, for each
+   * such key, the `seq` of the last row of it the caller holds; `tokens`, the caller's lease tokens whose rows are not
+   * settled yet. A storage with `capabilities.continueClaims` may then claim the next rows of that key (seq greater
+   * than `after`, a due prefix, in seq order) although the rows up to `after` are still leased, but only when every
+   * pending row of the key up to `after` is leased with one of `tokens`. It may skip any of them (one another claimer
+   * holds locked, say). The caller promises to send a continued key's new rows only after every row it holds of that
+   * key up to `after` has been delivered or dead-lettered, and to release them otherwise (a retry, a release, a lost
+   * lease). Storages without the capability ignore it. @default none
+   */
+  readonly continue?: {
+    /** Per key to continue, the seq of the last row of it the caller holds. */
+    readonly after: readonly number[];
+    /** The caller's lease tokens with rows not settled yet. */
+    readonly tokens: readonly string[];
+  } | undefined;
 }
 
 /**
@@ -207,7 +237,7 @@ export interface OutboxStorage<Tx = unknown, Stmt = never> {
    * database now + `leaseMs`, and increments `attempts` (an attempt counts at claim, so a message that crashes
    * relays still reaches its attempt limit). One atomic statement or transaction.
    */
-  claim(options: { limit: number; leaseMs: number }): Promise<Claim>;
+  claim(options: ClaimOptions): Promise<Claim>;
 
   /**
    * Applies settlements for rows claimed with `token`, each only if the row still carries that token.

@@ -118,7 +118,7 @@ describe("postgresStorage: configuration", () => {
     expect(s.table).toBe("a".repeat(MAX_TABLE_NAME_LENGTH));
     expect(s.schema).toBe("App_2");
     expect(s.name).toBe("postgres");
-    expect(s.capabilities).toEqual({ batchStatement: false, skipLocked: true, serialWrites: false, keyPrefixClaims: true });
+    expect(s.capabilities).toEqual({ batchStatement: false, skipLocked: true, serialWrites: false, keyPrefixClaims: true, continueClaims: true });
     expect(s.scope).toBe(`postgres:App_2.${"a".repeat(MAX_TABLE_NAME_LENGTH)}`);
     expect(postgresStorage(client).scope).toBe("postgres:public.outbox");
     expect(postgresStorage(client).table).toBe("outbox");
@@ -200,7 +200,7 @@ describe("postgresStorage: schema and migrations", () => {
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".my_outbox_migrations`);
       expect(versions.map((r) => r["version"])).toEqual(SCHEMA_VERSIONS.map((v) => v.version));
-      expect(LATEST_SCHEMA_VERSION).toBe(5);
+      expect(LATEST_SCHEMA_VERSION).toBe(6);
       await sql.begin((tx) => storage.enqueue(tx, [message(1)]));
       expect((await storage.stats()).pending).toBe(1);
     } finally {
@@ -231,7 +231,7 @@ describe("postgresStorage: schema and migrations", () => {
         "second_positions",
       ]);
       const versions = await a.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6]);
       const indexes = await a`select indexname from pg_indexes where schemaname = ${schema} and tablename = 'outbox' order by 1`;
       expect(indexes.map((r) => r["indexname"])).toEqual([
         "outbox_dead",
@@ -281,7 +281,7 @@ describe("postgresStorage: schema v1 -> v2 upgrade", () => {
       const storage = postgresStorage(sql, { schema });
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6]);
       const keys = await sql.unsafe(`SELECT key FROM "${schema}".outbox_keys ORDER BY 1`);
       expect(keys.map((r) => r["key"])).toEqual(["k0", "k1", "k2"]);
       const indexes = await sql.unsafe(`SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'outbox'`, [schema]);
@@ -338,9 +338,9 @@ describe("postgresStorage: schema v4 -> v5 (the claim function's clock)", () => 
       const before = await storage.claim({ limit: 3, leaseMs: 30_000 }); // on the v4 schema
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6]);
       const body = await sql.unsafe(
-        `SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 AND p.proname = 'outbox_claim'`,
+        `SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 AND p.proname = 'outbox_claim' AND p.pronargs = 3`,
         [schema],
       );
       expect(body).toHaveLength(1);
@@ -360,6 +360,49 @@ describe("postgresStorage: schema v4 -> v5 (the claim function's clock)", () => 
   });
 });
 
+describe("postgresStorage: schema v5 -> v6 (claims that continue held keys)", () => {
+  it("on a v5 schema a claim asked to continue claims as before (nothing of a held key); migrate() adds the overload while rows are leased, and the next claim continues the held key behind them; a drain then delivers every key in order", async () => {
+    const schema = `eo_test_v6_${randomSuffix()}`;
+    const sql = connect(`eo-test-v6-${randomSuffix()}`, { max: 4 });
+    try {
+      await installUpTo(sql, schema, 5);
+      const storage = postgresStorage(sql, { schema });
+      // k1: 2 rows, then k0: 20, then k1: 4 more.
+      const sent = Array.from({ length: 26 }, (_, i) => message(i, { key: i >= 2 && i < 22 ? "k0" : "k1" }));
+      await sql.begin((tx) => storage.enqueue(tx, sent));
+      const ids = (c: { messages: readonly { id: string }[] }): string[] => c.messages.map((m) => m.id);
+      const a = await storage.claim({ limit: 2, leaseMs: 30_000 }); // k1's first two
+      const b = await storage.claim({ limit: 2, leaseMs: 30_000 }); // k0's first two (k1 is held)
+      expect([ids(a), ids(b)]).toEqual([[sent[0]!.id, sent[1]!.id], [sent[2]!.id, sent[3]!.id]]);
+      const cont = { after: [b.messages[1]!.seq], tokens: [a.token, b.token] }; // continue k0 only
+      const onV5 = await storage.claim({ limit: 2, leaseMs: 30_000, continue: cont });
+      expect(onV5.messages).toEqual([]); // both keys' heads are leased: the 3-argument claim takes nothing
+      await storage.migrate();
+      const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6]);
+      const onV6 = await storage.claim({ limit: 2, leaseMs: 30_000, continue: cont });
+      expect(ids(onV6)).toEqual([sent[4]!.id, sent[5]!.id]); // k0's next rows; nothing of k1, which was not named
+      // Named with a token that does not hold k0's rows up to `after` (b's is missing): nothing.
+      expect(await storage.claim({ limit: 2, leaseMs: 30_000, continue: { after: [onV6.messages[1]!.seq], tokens: [onV6.token] } }))
+        .toMatchObject({ messages: [] });
+      expect(await storage.claim({ limit: 2, leaseMs: 30_000 })).toMatchObject({ messages: [] });
+      for (const c of [a, b, onV6]) {
+        expect((await storage.settle(c.token, c.messages.map((m) => ({ id: m.id, outcome: "released" as const })))).applied).toBe(c.messages.length);
+      }
+      const transport = recordingTransport();
+      const relay = createRelay({ outbox: createOutbox({ storage }), transport, batchSize: 10, concurrency: 4 });
+      for (let i = 0; i < 20 && transport.delivered.length < 26; i++) await relay.drain({ budgetMs: 2_000 });
+      for (const key of ["k0", "k1"]) {
+        expect(transport.delivered.filter((m) => m.key === key).map((m) => m.id)).toEqual(sent.filter((m) => m.key === key).map((m) => m.id));
+      }
+      expect((await storage.stats()).pending).toBe(0);
+    } finally {
+      await sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
+      await sql.end({ timeout: 5 });
+    }
+  }, 60_000);
+});
+
 describe("postgresStorage: schema v3 -> v4 (the claim function)", () => {
   it("a relay on a v3 schema gets CONFIG naming migrate(); migrate() adds <table>_claim to the populated table, which then drains in key order", async () => {
     const schema = `eo_test_v4_${randomSuffix()}`;
@@ -377,9 +420,12 @@ describe("postgresStorage: schema v3 -> v4 (the claim function)", () => {
       expect((await storage.stats()).leased).toBe(0); // the failed claim changed nothing
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5]);
-      const fns = await sql.unsafe(`SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1`, [schema]);
-      expect(fns.map((r) => r["proname"])).toEqual(["outbox_claim"]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6]);
+      const fns = await sql.unsafe(
+        `SELECT p.proname, p.pronargs FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 ORDER BY 2`,
+        [schema],
+      );
+      expect(fns.map((r) => [r["proname"], r["pronargs"]])).toEqual([["outbox_claim", 3], ["outbox_claim", 5]]);
       const transport = recordingTransport();
       const relay = createRelay({ outbox: createOutbox({ storage }), transport, batchSize: 7, concurrency: 4 });
       for (let i = 0; i < 20 && transport.delivered.length < 60; i++) await relay.drain({ budgetMs: 2_000 });

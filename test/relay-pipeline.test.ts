@@ -94,7 +94,7 @@ describe("streaming drain", () => {
     expect(keylessBeforeHotEnded).toBeGreaterThanOrEqual(80);
   });
 
-  it("deep keys: after a claim of several keys not held before, a storage without serialWrites is claimed again ahead of need, before any settle; a serialWrites one waits for settles", async () => {
+  it("deep keys, without continueClaims: after a claim of several keys not held before, a storage without serialWrites is claimed again ahead of need, before any settle; a serialWrites one waits for settles", async () => {
     const claimsBackToBack = async (serialWrites: boolean): Promise<number> => {
       const { storage, outbox } = memoryOutbox();
       await fill(storage, outbox, 300, { key: (i) => `k${i % 10}` });
@@ -102,7 +102,7 @@ describe("streaming drain", () => {
       const transport = functionTransport(() => sleep(3));
       const wrapped: OutboxStorage<unknown, never> = {
         ...storage,
-        capabilities: { ...storage.capabilities, serialWrites },
+        capabilities: { ...storage.capabilities, serialWrites, continueClaims: false },
         claim: (o) => (calls.push("claim"), storage.claim(o)),
         settle: (token, s) => (calls.push("settle"), storage.settle(token, s)),
       };
@@ -119,7 +119,7 @@ describe("streaming drain", () => {
     expect(await claimsBackToBack(true)).toBeLessThanOrEqual(1);
   });
 
-  it("claims are the bottleneck: up to three run at once over a keyless backlog, two over a few deep keys, one on a serialWrites storage; every row delivered once, keys in order", async () => {
+  it("claims are the bottleneck (without continueClaims): up to three run at once over a keyless backlog, two over a few deep keys, one on a serialWrites storage; every row delivered once, keys in order", async () => {
     const run = async (serialWrites: boolean, key?: (i: number) => string | null) => {
       const { storage, outbox } = memoryOutbox();
       await fill(storage, outbox, 1_200, key ? { key } : {});
@@ -127,7 +127,7 @@ describe("streaming drain", () => {
       let most = 0;
       const wrapped: OutboxStorage<unknown, never> = {
         ...storage,
-        capabilities: { ...storage.capabilities, serialWrites },
+        capabilities: { ...storage.capabilities, serialWrites, continueClaims: false },
         async claim(o) {
           most = Math.max(most, ++claiming);
           try {
@@ -187,6 +187,90 @@ describe("streaming drain", () => {
     const s = await storage.stats();
     expect(s.pending).toBe(total - report.delivered);
     expect(s.leased).toBe(0); // every claimed, unsent row was given back
+  });
+
+  it("continueClaims: claims continue the deep keys the drain holds before their rows are settled; every row once, each key in seq order", async () => {
+    const run = async (continueClaims: boolean) => {
+      const { storage, outbox } = memoryOutbox();
+      await fill(storage, outbox, 600, { key: (i) => `k${i % 3}` });
+      const stats = { continuedRows: 0 };
+      const unsettled = new Map<string, number>(); // per key, claimed rows not settled yet
+      const keyOf = new Map<string, string>();
+      const count = (c: { messages: readonly { id: string; key: string | null }[] }): void => {
+        const before = new Map(unsettled);
+        for (const m of c.messages) {
+          if (m.key === null) continue;
+          if ((before.get(m.key) ?? 0) > 0) stats.continuedRows++; // the key's earlier rows (other claims') are still leased
+          unsettled.set(m.key, (unsettled.get(m.key) ?? 0) + 1);
+          keyOf.set(m.id, m.key);
+        }
+      };
+      const wrapped: OutboxStorage<unknown, never> = {
+        ...storage,
+        capabilities: { ...storage.capabilities, continueClaims },
+        claim(o) {
+          const claimed = storage.claim(o); // decided synchronously, at the call
+          return claimed.then((c) => (count(c), c));
+        },
+        async settle(token, s) {
+          await sleep(10); // a settle's commit takes a while
+          // Counted off in the same turn as the settle applies (the memory storage applies it synchronously).
+          for (const x of s) unsettled.set(keyOf.get(x.id)!, unsettled.get(keyOf.get(x.id)!)! - 1);
+          return storage.settle(token, s);
+        },
+      };
+      const seen = new Map<string, number[]>();
+      const transport = functionTransport((m) => {
+        seen.set(m.key!, [...(seen.get(m.key!) ?? []), n(m)]);
+      });
+      const report = await createRelay({ outbox: createOutbox({ storage: wrapped }), transport, batchSize: 50, concurrency: 4 })
+        .drain({ budgetMs: 20_000 });
+      expect(report).toMatchObject({ claimed: 600, delivered: 600, released: 0, retried: 0, more: false });
+      expect([...seen.values()].flat().sort((a, b) => a - b)).toEqual(Array.from({ length: 600 }, (_, i) => i));
+      for (const [key, ns] of seen) expect(ns, key).toEqual([...ns].sort((a, b) => a - b));
+      return stats;
+    };
+    const on = await run(true);
+    const off = await run(false);
+    expect(on.continuedRows).toBeGreaterThan(300);
+    expect(off.continuedRows).toBe(0);
+  });
+
+  it("continueClaims: a retry in a continued key's chain releases the rows claimed behind it, sent or in flight none: the key resumes with the retried row", async () => {
+    const { storage, outbox } = memoryOutbox();
+    await fill(storage, outbox, 300, { key: (i) => `k${i % 2}` });
+    let continuedClaims = 0;
+    const wrapped: OutboxStorage<unknown, never> = {
+      ...storage,
+      async claim(o) {
+        const c = await storage.claim(o);
+        if (o.continue && c.messages.length > 0) continuedClaims++;
+        await sleep(2);
+        return c;
+      },
+    };
+    let failed = false;
+    const transport = recordingTransport({
+      delayMs: 1,
+      // k0's 60th row (n = 118) fails once, when continued rows of k0 are held behind it.
+      outcome: (m) => (n(m) === 118 && !failed ? ((failed = true), { status: "retry", error: "HTTP 503" }) : { status: "delivered" }),
+    });
+    const relay = createRelay({ outbox: createOutbox({ storage: wrapped }), transport, batchSize: 20, concurrency: 4, backoff: { baseMs: 200, minMs: 200, maxMs: 200 } });
+    const first = await relay.drain({ budgetMs: 20_000 });
+    expect(continuedClaims).toBeGreaterThan(0);
+    expect(first.retried).toBe(1);
+    expect(first.released).toBeGreaterThan(0); // k0's rows claimed behind 118 were handed back, unsent
+    const k0 = transport.attempts.filter((m) => m.key === "k0").map(n);
+    expect(k0.slice(0, k0.indexOf(118) + 1)).toEqual(Array.from({ length: 60 }, (_, i) => 2 * i)); // nothing after 118 went out
+    expect(k0.indexOf(118)).toBe(k0.length - 1);
+    await sleep(250);
+    const second = await relay.drain({ budgetMs: 20_000 });
+    expect(first.delivered + second.delivered).toBe(300);
+    for (const key of ["k0", "k1"]) {
+      const got = transport.delivered.filter((m) => m.key === key).map(n);
+      expect(got).toEqual(Array.from({ length: 150 }, (_, i) => 2 * i + (key === "k0" ? 0 : 1)));
+    }
+    expect((await storage.stats()).pending).toBe(0);
   });
 
   it("settles in small groups, not one settle per message", async () => {

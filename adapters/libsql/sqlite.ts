@@ -17,6 +17,7 @@ import { type WakeChannel, wakeChannel, watchChanges } from "../../src/sql/wake.
 import type { OutboxError } from "../../src/errors.ts";
 import type {
   Claim,
+  ClaimOptions,
   DeadLetterPage,
   OutboxStats,
   OutboxStorage,
@@ -142,7 +143,7 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
     table,
     retainDeliveredMs: retain,
 
-    async claim(options: { limit: number; leaseMs: number }): Promise<Claim> {
+    async claim(options: ClaimOptions): Promise<Claim> {
       const { limit, leaseMs } = claimArgs(options, invalid);
       return await relaySide("claim", async () => {
         const token = crypto.randomUUID();

@@ -3,6 +3,7 @@ import type { NewMessage } from "../../src/message.ts";
 import type {
   Claim,
   ClaimedMessage,
+  ClaimOptions,
   DeadLetter,
   DeadLetterPage,
   OutboxStats,
@@ -149,6 +150,7 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
     skipLocked: false,
     serialWrites: false,
     keyPrefixClaims: true,
+    continueClaims: true,
   };
 
   // Rows are only ever inserted with a growing seq, and a Map iterates in insertion order: already seq order.
@@ -159,8 +161,12 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
     if (!b) store.buckets.set(k, b = { delivered: 0, retried: 0, dead: 0, latencySum: 0, latencyMax: 0 });
     return b;
   };
-  /** Due, unblocked rows in seq order (the claim's eligibility rule). */
-  const eligible = (t: number): Row[] => {
+  /**
+   * Due, unblocked rows in seq order (the claim's eligibility rule). `cont`: keys to continue (see
+   * `ClaimOptions.continue`), each with the seq up to which its pending rows are leased with one of `tokens`: those
+   * rows are passed over instead of blocking the key.
+   */
+  const eligible = (t: number, cont?: { after: ReadonlyMap<string, number>; tokens: ReadonlySet<string> }): Row[] => {
     const blocked = new Set<string>();
     const out: Row[] = [];
     for (const r of ordered()) {
@@ -168,6 +174,8 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
       const due = r.availableAt <= t;
       if (r.key !== null) {
         if (blocked.has(r.key)) continue;
+        const after = cont?.after.get(r.key);
+        if (after !== undefined && r.seq <= after && r.leaseToken !== null && cont!.tokens.has(r.leaseToken)) continue;
         if (!due) {
           blocked.add(r.key);
           continue;
@@ -176,6 +184,27 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
       if (due) out.push(r);
     }
     return out;
+  };
+  /**
+   * The keys `continue` may continue, each with its largest named seq: keys of named rows that are pending and leased
+   * with one of its tokens, and whose every pending row up to that seq is leased with one of them.
+   */
+  const continued = (c: ClaimOptions["continue"]): { after: Map<string, number>; tokens: Set<string> } | undefined => {
+    if (!c || c.after.length === 0 || c.tokens.length === 0) return undefined;
+    const tokens = new Set(c.tokens);
+    const ours = (r: Row): boolean => r.leaseToken !== null && tokens.has(r.leaseToken);
+    const after = new Map<string, number>();
+    const wanted = new Set(c.after);
+    for (const r of ordered()) {
+      if (!wanted.has(r.seq) || r.key === null || r.status !== "pending" || !ours(r)) continue;
+      after.set(r.key, Math.max(after.get(r.key) ?? 0, r.seq));
+    }
+    for (const r of ordered()) {
+      if (r.key === null || r.status !== "pending" || ours(r)) continue;
+      const upTo = after.get(r.key);
+      if (upTo !== undefined && r.seq <= upTo) after.delete(r.key);
+    }
+    return after.size > 0 ? { after, tokens } : undefined;
   };
   const toMessage = (r: Row): ClaimedMessage => ({
     id: r.id,
@@ -270,11 +299,11 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
       }
       return Promise.resolve();
     },
-    claim({ limit, leaseMs }): Promise<Claim> {
+    claim({ limit, leaseMs, continue: cont }): Promise<Claim> {
       const t = clock();
       const token = crypto.randomUUID();
       const leaseUntil = t + leaseMs;
-      const rows = eligible(t).slice(0, limit);
+      const rows = eligible(t, continued(cont)).slice(0, limit);
       for (const r of rows) {
         r.leaseToken = token;
         r.leaseUntil = leaseUntil;

@@ -235,7 +235,45 @@ const CLAIM_CLOCK = `v_now, v_now + p_lease`;
  * never read: the key row's `available_at` is in the future, so a claim costs O(rows claimed + keys probed), not
  * O(rows queued behind blocked heads).
  */
-export const CLAIM_FUNCTION_DDL: string = `CREATE OR REPLACE FUNCTION "{{schema}}"."{{table}}_claim"(p_token uuid, p_lease bigint, p_limit integer)
+export const CLAIM_FUNCTION_DDL: string = claimFunctionDdl(false);
+
+/**
+ * The claim function's text: `<table>_claim(p_token, p_lease, p_limit)` ({@link CLAIM_FUNCTION_DDL}, versions 4 and
+ * 5), or with `continued` the overload that also continues keys the caller holds,
+ * `<table>_claim(p_token, p_lease, p_limit, p_after bigint[], p_tokens uuid[])` ({@link CLAIM_CONTINUE_FUNCTION_DDL},
+ * version 6). The two share every statement but the key steps.
+ */
+function claimFunctionDdl(continued: boolean): string {
+  const args = continued ? ", p_after bigint[], p_tokens uuid[]" : "";
+  // Continued keys (version 6): the keys of the `p_after` rows that are still pending and leased with one of
+  // `p_tokens`, locked first (SKIP LOCKED), then left out of the due keys.
+  const lockContinued = continued
+    ? `
+  SELECT coalesce(array_agg(s.key), '{}') INTO v_cont FROM (
+    SELECT k.key FROM ${KEYS} AS k WHERE k.key IN (
+      SELECT o.key FROM ${OUTBOX} AS o WHERE o.seq = ANY (p_after) AND o.status = 'pending' AND o.lease_token = ANY (p_tokens))
+    FOR UPDATE SKIP LOCKED) AS s;`
+    : "";
+  const notContinued = continued ? " AND NOT (k.key = ANY (v_cont))" : "";
+  // lk: the locked due keys (after: null, read from their head) and, with a fresh snapshot, the continued keys whose
+  // every pending row up to the caller's last one carries one of the caller's tokens (read from after that row).
+  const lk = continued
+    ? `SELECT j.key, NULL::bigint AS after FROM unnest(v_keys) AS j(key)
+    UNION ALL
+    SELECT a.key, a.after FROM (
+      SELECT o.key, max(o.seq) AS after FROM ${OUTBOX} AS o WHERE o.seq = ANY (p_after) AND o.key = ANY (v_cont) GROUP BY o.key
+    ) AS a WHERE NOT EXISTS (
+      SELECT 1 FROM ${OUTBOX} AS o WHERE o.key = a.key AND o.status = 'pending' AND o.seq <= a.after
+        AND (o.lease_token IS NULL OR NOT (o.lease_token = ANY (p_tokens))))`
+    : `SELECT j.key FROM unnest(v_keys) AS j(key)`;
+  const preAfter = continued ? ", lk.after" : "";
+  const fromAfter = continued ? " AND o.seq > coalesce(lk.after, 0)" : "";
+  const noKeys = continued ? "cardinality(v_keys) = 0 AND cardinality(v_cont) = 0" : "cardinality(v_keys) = 0";
+  // A continued key none of whose rows was taken keeps its key row as it is (its head is the caller's leased row).
+  const hCont = continued ? ",\n      bool_or(pre.after IS NOT NULL) AS cont" : "";
+  const unclaimedMove = continued ? "(NOT h.cont AND h.head_at > now())" : "h.head_at > now()";
+  const emWhere = continued ? "lk.after IS NULL AND " : "";
+  return `CREATE OR REPLACE FUNCTION "{{schema}}"."{{table}}_claim"(p_token uuid, p_lease bigint, p_limit integer${args})
 RETURNS TABLE (seq bigint, id text, topic text, key text, payload text, headers text, created float8, attempts integer,
   lasterror text, prevseq bigint, now float8, until float8)
 LANGUAGE plpgsql VOLATILE
@@ -244,13 +282,13 @@ SET plan_cache_mode = force_custom_plan
 AS $claim$
 #variable_conflict use_column
 DECLARE
-  v_keys text[];
+  v_keys text[];${continued ? "\n  v_cont text[];" : ""}
   v_now float8 := ${epochMs("now()")};
-BEGIN
+BEGIN${lockContinued}
   SELECT coalesce(array_agg(s.key), '{}') INTO v_keys FROM (
-    SELECT k.key FROM ${KEYS} AS k WHERE k.available_at <= now() ORDER BY k.available_at LIMIT p_limit
+    SELECT k.key FROM ${KEYS} AS k WHERE k.available_at <= now()${notContinued} ORDER BY k.available_at LIMIT p_limit
     FOR UPDATE SKIP LOCKED) AS s;
-  IF cardinality(v_keys) = 0 THEN
+  IF ${noKeys} THEN
     -- No key is due: only keyless rows can be claimed, and this much smaller statement claims exactly what the one
     -- below would (its planning costs a quarter of that one's).
     -- fr is a materialized CTE, evaluated once, as in the full statement: written as UPDATE … FROM (SELECT … LIMIT
@@ -267,11 +305,11 @@ BEGIN
     RETURN;
   END IF;
   RETURN QUERY WITH lk AS (
-    SELECT j.key FROM unnest(v_keys) AS j(key)
+    ${lk}
   ), pre AS MATERIALIZED (
-    SELECT r.seq, r.key, r.available_at FROM lk CROSS JOIN LATERAL (
+    SELECT r.seq, r.key, r.available_at${preAfter} FROM lk CROSS JOIN LATERAL (
       SELECT o.seq, o.key, o.available_at FROM ${OUTBOX} AS o
-      WHERE o.key = lk.key AND o.status = 'pending' ORDER BY o.key, o.seq
+      WHERE o.key = lk.key AND o.status = 'pending'${fromAfter} ORDER BY o.key, o.seq
       LIMIT (SELECT greatest(1, ceil(p_limit::float8 / greatest(1, ceil(count(*) / 2.0)))) FROM lk)) AS r
   ), kp AS (
     SELECT p.seq, p.head FROM (SELECT pre.seq, min(pre.seq) OVER (PARTITION BY pre.key) AS head,
@@ -289,13 +327,13 @@ BEGIN
       CASE WHEN t.key IS NOT NULL THEN (SELECT p.seq FROM ${POSITIONS} AS p WHERE p.key = t.key) END AS prevseq
   ), h AS (
     SELECT pre.key, (array_agg(pre.available_at ORDER BY pre.seq))[1] AS head_at,
-      EXISTS (SELECT 1 FROM c WHERE c.key = pre.key) AS claimed
+      EXISTS (SELECT 1 FROM c WHERE c.key = pre.key) AS claimed${hCont}
     FROM pre GROUP BY pre.key
   ), kh AS (
     UPDATE ${KEYS} AS k SET available_at = CASE WHEN h.claimed THEN now() + ${LEASE} ELSE h.head_at END
-    FROM h WHERE k.key = h.key AND (h.claimed OR h.head_at > now())
+    FROM h WHERE k.key = h.key AND (h.claimed OR ${unclaimedMove})
   ), em AS MATERIALIZED (
-    SELECT lk.key FROM lk WHERE NOT EXISTS (SELECT 1 FROM pre WHERE pre.key = lk.key)
+    SELECT lk.key FROM lk WHERE ${emWhere}NOT EXISTS (SELECT 1 FROM pre WHERE pre.key = lk.key)
   ), e AS (
     SELECT set_config('edge_outbox.claim_empty', coalesce((SELECT json_agg(em.key)::text FROM em
       WHERE pg_try_advisory_xact_lock(${KEY_LOCK_NAMESPACE_SQL}, hashtext(em.key))), '[]'), true) AS empty
@@ -308,6 +346,7 @@ BEGIN
   END IF;
 END
 $claim$`;
+}
 
 /**
  * Version 4: the claim as a function, `<table>_claim` ({@link CLAIM_FUNCTION_DDL}): the same statements the claim
@@ -332,8 +371,42 @@ export const SCHEMA_V5: SchemaVersion = {
   statements: [CLAIM_FUNCTION_DDL],
 };
 
+/**
+ * The claim function's overload that also continues keys the caller holds (schema v6),
+ * `<table>_claim(p_token uuid, p_lease bigint, p_limit integer, p_after bigint[], p_tokens uuid[])`: what
+ * {@link CLAIM_FUNCTION_DDL} claims, and the next rows of each key named by `p_after`, the seq of the last row of that
+ * key the caller holds, leased with one of `p_tokens` (the caller's claims that are not settled yet). Such a key's row
+ * is not due (its head is leased), so the 3-argument claim never reads it: the next prefix of a deep key waited for
+ * the settle of the previous one, and over a few deep keys every claim waited for a settle.
+ *
+ * 1. Before the due keys, it locks the key rows of the `p_after` rows that are still pending and leased with one of
+ *    `p_tokens`, `FOR UPDATE SKIP LOCKED`, and leaves them out of the due keys.
+ * 2. With the fresh snapshot of the claim statement, a continued key is read only when every pending row of it up to
+ *    its `p_after` row carries one of `p_tokens` (none of them was retried or released, or taken by another
+ *    claimer since; delivered and dead rows are no longer pending), from the row after that one: its due prefix, as for a due key. Its key row
+ *    becomes this lease's expiry when rows of it were taken and is left as it is otherwise, and it is never deleted
+ *    here.
+ *
+ * Safe for the same reason as the 3-argument claim (the key row lock orders every claim and settle of a key): the rows
+ * taken follow, in seq order, rows that are all leased to the caller, and the caller sends them only after it has
+ * delivered or dead-lettered those (the relay releases them instead when one of those is retried or released). A
+ * settle of the earlier rows leaves the key row at this later lease (its fence: the key row is not later than its own
+ * lease's expiry), so no other claimer reads the key until the last continued lease ends or is settled.
+ */
+export const CLAIM_CONTINUE_FUNCTION_DDL: string = claimFunctionDdl(true);
+
+/**
+ * Version 6: {@link CLAIM_CONTINUE_FUNCTION_DDL}, an overload of the claim function; the 3-argument function is
+ * unchanged. Tables and rows are unchanged, so it applies to a populated table at once. A relay of this version on a
+ * version 5 schema claims with the 3-argument function (it does not continue keys) until `migrate()` adds it.
+ */
+export const SCHEMA_V6: SchemaVersion = {
+  version: 6,
+  statements: [CLAIM_CONTINUE_FUNCTION_DDL],
+};
+
 /** Every schema version, oldest first. */
-export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6];
 
 /** The newest schema version. */
 export const LATEST_SCHEMA_VERSION: number = SCHEMA_VERSIONS[SCHEMA_VERSIONS.length - 1]!.version;

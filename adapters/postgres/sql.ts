@@ -136,6 +136,15 @@ export const CLAIM_SQL: string = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED
 SELECT * FROM "{{schema}}"."{{table}}_claim"('{{token}}'::uuid, {{lease}}, {{limit}})`;
 
 /**
+ * {@link CLAIM_SQL} that also continues keys the caller holds: the 5-argument claim function of schema version 6
+ * (`CLAIM_CONTINUE_FUNCTION_DDL` in `schema.ts`), with `{{after}}` (the seq of the last held row of each key to
+ * continue) and `{{tokens}}` (the caller's unsettled lease tokens) inlined as validated array literals: integers and
+ * UUIDs only, never a key (keys are user data, and the function reads each key from its row).
+ */
+export const CLAIM_CONTINUE_SQL: string = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
+SELECT * FROM "{{schema}}"."{{table}}_claim"('{{token}}'::uuid, {{lease}}, {{limit}}, '{{after}}'::bigint[], '{{tokens}}'::uuid[])`;
+
+/**
  * Whether a row is claimable now: a keyless row due, or a key whose `available_at` has come and whose head (first
  * pending row by seq) is due. Both on indexes (`<table>_keys_due`, `_free`, `_key`): the `ORDER BY … LIMIT 1`
  * sub-selects keep them on the index walks (a bare `EXISTS` over a large table gets a sequential scan planned).
@@ -363,6 +372,8 @@ export interface PostgresSql {
   readonly enqueueOne: string;
   /** See {@link CLAIM_SQL}: still has the `{{token}}`, `{{lease}}` and `{{limit}}` placeholders (see {@link claimSql}). */
   readonly claim: string;
+  /** See {@link CLAIM_CONTINUE_SQL}: also has the `{{after}}` and `{{tokens}}` placeholders (see {@link claimSql}). */
+  readonly claimContinue: string;
   /** See {@link ENQUEUE_UNDO_SQL}. */
   readonly enqueueUndo: string;
   /** The NOTIFY channel of this outbox (see {@link notifyChannel}). */
@@ -413,6 +424,7 @@ export function postgresSql(names: PostgresNames): PostgresSql {
     enqueueUndo: r(ENQUEUE_UNDO_SQL),
     channel,
     claim: r(CLAIM_SQL),
+    claimContinue: r(CLAIM_CONTINUE_SQL),
     hasDue: r(HAS_DUE_SQL),
     settle: r(SETTLE_SQL),
     settleDelivered: r(SETTLE_DELIVERED_SQL),
@@ -429,26 +441,42 @@ export function postgresSql(names: PostgresNames): PostgresSql {
 
 /**
  * The claim statement with its per-call values: a token the adapter generated (a UUID, checked again here), the
- * lease and the limit (positive safe integers).
+ * lease and the limit (positive safe integers), and for {@link CLAIM_CONTINUE_SQL} the keys to continue (`after`:
+ * positive safe integers) and the caller's lease tokens (UUIDs).
  *
- * @param claim the rendered {@link CLAIM_SQL}
+ * @param claim the rendered {@link CLAIM_SQL} or {@link CLAIM_CONTINUE_SQL}
  * @param token the fresh lease token
  * @param leaseMs the lease, ms
  * @param limit the most rows to claim
+ * @param cont for {@link CLAIM_CONTINUE_SQL}: the seqs and tokens of the keys to continue
  * @returns the SQL text to run as one simple query
- * @throws {RangeError} for a value that is not what the adapter generates (never user input)
+ * @throws {RangeError} for a value that is not what the adapter generates or the relay passes (never user input)
  * @example
  * ```ts
  * const text = claimSql(postgresSql({ schema: "public", table: "outbox" }).claim, crypto.randomUUID(), 30_000, 100);
  * ```
  */
-export function claimSql(claim: string, token: string, leaseMs: number, limit: number): string {
-  if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(token)) throw new RangeError("bad claim token");
+export function claimSql(
+  claim: string,
+  token: string,
+  leaseMs: number,
+  limit: number,
+  cont?: { readonly after: readonly number[]; readonly tokens: readonly string[] },
+): string {
+  if (!UUID.test(token)) throw new RangeError("bad claim token");
   if (!Number.isSafeInteger(leaseMs) || leaseMs < 1 || !Number.isSafeInteger(limit) || limit < 1) {
     throw new RangeError("bad claim lease or limit");
   }
-  return claim.replaceAll("{{token}}", token).replaceAll("{{lease}}", `${leaseMs}::bigint`).replaceAll("{{limit}}", String(limit));
+  let text = claim.replaceAll("{{token}}", token).replaceAll("{{lease}}", `${leaseMs}::bigint`).replaceAll("{{limit}}", String(limit));
+  if (cont !== undefined) {
+    if (!cont.after.every((s) => Number.isSafeInteger(s) && s > 0)) throw new RangeError("bad claim continuation seq");
+    if (!cont.tokens.every((t) => UUID.test(t))) throw new RangeError("bad claim continuation token");
+    text = text.replaceAll("{{after}}", `{${cont.after.join(",")}}`).replaceAll("{{tokens}}", `{${cont.tokens.join(",")}}`);
+  }
+  return text;
 }
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
  * The LISTEN/NOTIFY channel of one outbox: `edge_outbox:<schema>.<table>`, or, when that is longer than PostgreSQL's

@@ -8,7 +8,7 @@ import * as v from "valibot";
 import { OutboxError, toOutboxError } from "../../src/errors.ts";
 import { parseOptions } from "../../src/options.ts";
 import type { NewMessage } from "../../src/message.ts";
-import type { Claim, DeadLetterPage, OutboxStats, OutboxStorage, SettleResult, Settlement, StorageCapabilities } from "../../src/storage.ts";
+import type { Claim, ClaimOptions, DeadLetterPage, OutboxStats, OutboxStorage, SettleResult, Settlement, StorageCapabilities } from "../../src/storage.ts";
 import { claimArgs, listDeadArgs, purgeArgs, settleToken, statsWindow } from "../../src/sql/args.ts";
 import { hasMethod, num, text } from "../../src/sql/coerce.ts";
 import { missingTableError, sqlErrors } from "../../src/sql/errors.ts";
@@ -184,6 +184,7 @@ export function createPostgresStorage(
     skipLocked: true,
     serialWrites: false,
     keyPrefixClaims: true,
+    continueClaims: true,
   };
   const errors = sqlErrors({
     adapter: "postgres",
@@ -193,6 +194,8 @@ export function createPostgresStorage(
   });
   const { invalid } = errors;
   const relaySide = busyRetrier({ budgetMs: busyRetryMs, isBusy: isBusyError, fail: errors.storage });
+  /** Whether the schema has the 5-argument claim (version 6); false once a claim found it missing. */
+  let continueFunction = true;
 
   const query = async (
     executor: PostgresExecutor,
@@ -253,6 +256,7 @@ export function createPostgresStorage(
             await query(tx, renderSql(recordVersionSql(version.version), names));
           }
         });
+        continueFunction = true;
       });
     },
 
@@ -290,31 +294,42 @@ export function createPostgresStorage(
       }
     },
 
-    claim(options: { limit: number; leaseMs: number }): Promise<Claim> {
-      let args: { limit: number; leaseMs: number };
+    claim(options: ClaimOptions): Promise<Claim> {
+      let args: ReturnType<typeof claimArgs>;
       try {
         args = claimArgs(options, invalid);
       } catch (e) {
         return Promise.reject(e);
       }
       const { limit, leaseMs } = args;
+      // A token that is not a UUID (every lease token is one) leases no row: left out.
+      const cont = args.continue && { after: args.continue.after, tokens: args.continue.tokens.filter(isUuid).map((t) => t.toLowerCase()) };
+      const continuing = cont !== undefined && cont.tokens.length > 0 && continueFunction;
       return relaySide("claim", async () => {
         const token = crypto.randomUUID();
         // The function call's rows come last (the SET before it returns none); the clock is on every row, and an
         // empty claim is one row whose message columns are null.
         let results: readonly ClaimResult[];
         try {
-          results = (await client.unsafe(claimSql(sql.claim, token, leaseMs, limit))) as unknown as readonly ClaimResult[];
+          results = (await client.unsafe(
+            continuing ? claimSql(sql.claimContinue, token, leaseMs, limit, cont) : claimSql(sql.claim, token, leaseMs, limit),
+          )) as unknown as readonly ClaimResult[];
         } catch (e) {
           if ((e as { code?: unknown } | null)?.code !== "42883") throw e; // undefined_function
-          const [found] = await query(client, "SELECT to_regclass($1::text) IS NOT NULL AS present", [`"${schema}"."${table}"`], false);
-          if (found?.["present"] !== true) throw missingTableError("postgres", `${schema}.${table}`, e);
-          throw new OutboxError(
-            "CONFIG",
-            `${errors.prefix} the claim function ${schema}.${table}_claim does not exist: the schema predates version 4 ` +
-              "of edge-outbox's Postgres schema; call storage.migrate() (or install the DDL from postgresSchema())",
-            { cause: e },
-          );
+          if (continuing) {
+            // A schema before version 6 has no 5-argument claim: claim without continuing, now and from now on.
+            continueFunction = false;
+            results = (await client.unsafe(claimSql(sql.claim, token, leaseMs, limit))) as unknown as readonly ClaimResult[];
+          } else {
+            const [found] = await query(client, "SELECT to_regclass($1::text) IS NOT NULL AS present", [`"${schema}"."${table}"`], false);
+            if (found?.["present"] !== true) throw missingTableError("postgres", `${schema}.${table}`, e);
+            throw new OutboxError(
+              "CONFIG",
+              `${errors.prefix} the claim function ${schema}.${table}_claim does not exist: the schema predates version 4 ` +
+                "of edge-outbox's Postgres schema; call storage.migrate() (or install the DDL from postgresSchema())",
+              { cause: e },
+            );
+          }
         }
         const claimed = results.find((x) => x.columns?.some((c) => c.name === "lasterror")) ?? [];
         const rows = claimed.filter((r) => r["id"] !== null && r["id"] !== undefined);

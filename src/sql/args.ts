@@ -5,6 +5,7 @@
  * @module
  */
 import type { OutboxError } from "../errors.ts";
+import type { ClaimOptions } from "../storage.ts";
 import { isNonNegativeInt, isPositiveInt } from "./coerce.ts";
 
 type Invalid = (message: string) => OutboxError;
@@ -12,10 +13,11 @@ type Invalid = (message: string) => OutboxError;
 /**
  * Checks `claim`'s options.
  *
- * @param options `{ limit, leaseMs }`
+ * @param options `{ limit, leaseMs, continue? }`
  * @param invalid the adapter's VALIDATION error maker
- * @returns the checked limit and lease
- * @throws {OutboxError} VALIDATION when either is not a positive integer
+ * @returns the checked limit and lease, and the keys to continue when any are named
+ * @throws {OutboxError} VALIDATION when `limit` or `leaseMs` is not a positive integer, or `continue` is not arrays of
+ *   positive integers (`after`) and non-empty strings (`tokens`)
  * @example
  * ```ts
  * import { OutboxError } from "edge-outbox";
@@ -23,11 +25,22 @@ type Invalid = (message: string) => OutboxError;
  * const { limit, leaseMs } = claimArgs({ limit: 10, leaseMs: 30_000 }, invalid);
  * ```
  */
-export function claimArgs(options: { limit: number; leaseMs: number }, invalid: Invalid): { limit: number; leaseMs: number } {
-  const { limit, leaseMs } = options ?? ({} as { limit: number; leaseMs: number });
+export function claimArgs(
+  options: ClaimOptions,
+  invalid: Invalid,
+): { limit: number; leaseMs: number; continue?: { after: readonly number[]; tokens: readonly string[] } } {
+  const { limit, leaseMs, continue: cont } = options ?? ({} as ClaimOptions);
   if (!isPositiveInt(limit)) throw invalid(`claim limit must be a positive integer, got ${limit}`);
   if (!isPositiveInt(leaseMs)) throw invalid(`claim leaseMs must be a positive integer, got ${leaseMs}`);
-  return { limit, leaseMs };
+  if (cont === undefined) return { limit, leaseMs };
+  const after: unknown = (cont as { after?: unknown } | null)?.after;
+  const tokens: unknown = (cont as { tokens?: unknown } | null)?.tokens;
+  if (!Array.isArray(after) || !after.every(isPositiveInt)) throw invalid("claim continue.after must be an array of row seqs (positive integers)");
+  if (!Array.isArray(tokens) || !tokens.every((t) => typeof t === "string" && t !== "")) {
+    throw invalid("claim continue.tokens must be an array of lease tokens (non-empty strings)");
+  }
+  if (after.length === 0 || tokens.length === 0) return { limit, leaseMs };
+  return { limit, leaseMs, continue: { after: after as number[], tokens: tokens as string[] } };
 }
 
 /**

@@ -503,6 +503,53 @@ export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: Con
         expect(c.messages.map((m) => m.id)).toContain(ms[3]!.id);
       });
 
+      test("continue (capabilities.continueClaims): a claim takes a held key's next rows behind the rows leased to the caller, never when a row up to `after` is not leased with the caller's tokens; others still cannot claim the key; its settles in either order free it (without the capability, continue is ignored)", async (f) => {
+        const keyed = (key: string, ns: number[]) => ns.map((n) => message(n, { key }));
+        const [a1, a2, a3, a4, a5, a6] = keyed("a", [1, 2, 3, 4, 5, 6]);
+        const [b1, b2] = keyed("b", [7, 8]);
+        for (const m of [a1!, a2!, b1!, a3!, a4!, a5!, a6!, b2!]) await enqueueCommitted(f, [m]);
+        const byKey = (ms: readonly ClaimedMessage[], key: string): string[] => ms.filter((m) => m.key === key).map((m) => m.id);
+        const c1 = await f.storage.claim({ limit: 2, leaseMs: 10_000 });
+        expect(ids(c1.messages)).toEqual(prefix(f, [a1!.id, a2!.id]));
+        const held = c1.messages[c1.messages.length - 1]!;
+        const c2 = await f.storage.claim({ limit: 10, leaseMs: 10_000, continue: { after: [held.seq], tokens: [c1.token] } });
+        expect(byKey(c2.messages, "b")).toEqual(prefix(f, [b1!.id, b2!.id])); // b was due: claimed as usual
+        if (!f.storage.capabilities.continueClaims) {
+          expect(byKey(c2.messages, "a")).toEqual([]); // continue ignored: a's head is leased
+          return;
+        }
+        expect(byKey(c2.messages, "a")).toEqual([a3!.id, a4!.id, a5!.id, a6!.id]);
+        expect(c2.messages.map((m) => m.seq)).toEqual(c2.messages.map((m) => m.seq).sort((x, y) => x - y));
+        const other = await f.another();
+        expect((await other.claim({ limit: 10, leaseMs: 10_000 })).messages).toEqual([]);
+        // The later claim's settle lands first: the key is still held by the earlier claim, then free.
+        const deliver = (c: { token: string; messages: readonly ClaimedMessage[] }) =>
+          f.storage.settle(c.token, c.messages.map((m) => ({ id: m.id, outcome: "delivered" as const })));
+        expect((await deliver(c2)).applied).toBe(c2.messages.length);
+        expect((await other.claim({ limit: 10, leaseMs: 10_000 })).messages).toEqual([]);
+        expect((await deliver(c1)).applied).toBe(2);
+        const [a7] = keyed("a", [9]);
+        await enqueueCommitted(f, [a7!]);
+        const c3 = await other.claim({ limit: 10, leaseMs: 10_000 });
+        expect(ids(c3.messages)).toEqual([a7!.id]);
+
+        // A released (or retried) row up to `after`: the key is not continued, and its due rows wait behind the leased one.
+        const [k1, k2, k3, k4] = keyed("k", [10, 11, 12, 13]);
+        await enqueueCommitted(f, [k1!, k2!, k3!, k4!]);
+        await f.storage.settle(c3.token, [{ id: a7!.id, outcome: "delivered" }]);
+        const d1 = await f.storage.claim({ limit: 2, leaseMs: 10_000 });
+        expect(ids(d1.messages)).toEqual([k1!.id, k2!.id]);
+        await f.storage.settle(d1.token, [{ id: k2!.id, outcome: "released" }]);
+        const cont = { after: [d1.messages[1]!.seq], tokens: [d1.token] };
+        expect((await f.storage.claim({ limit: 10, leaseMs: 10_000, continue: cont })).messages).toEqual([]);
+        // Named with tokens that do not hold the key's rows (another claimer's): nothing.
+        const d2 = await f.storage.claim({ limit: 10, leaseMs: 10_000, continue: { after: [d1.messages[0]!.seq], tokens: [crypto.randomUUID()] } });
+        expect(d2.messages).toEqual([]);
+        await f.storage.settle(d1.token, [{ id: k1!.id, outcome: "delivered" }]);
+        const d3 = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+        expect(ids(d3.messages)).toEqual([k2!.id, k3!.id, k4!.id]);
+      });
+
       if (positions) {
         test("claims carry each key's delivery position (prevSeq): the seq of its last delivered message; a retry, a dead letter, a release or a stale settle never moves it", async (f) => {
           const a = [1, 2, 3, 4, 5].map((n) => message(n, { key: "a" }));
