@@ -35,18 +35,34 @@ try {
   }
   const transport = noopTransport();
   const relay = createRelay({ outbox: o.outbox, transport, batchSize: batch, concurrency: 8, leaseMs: 30_000, sendTimeoutMs: 10_000 });
+  // PROFILE=<file>: a CPU profile of the drain alone (not the fill), for `node /tmp/profsum.js`-style summaries.
+  const profileTo = process.env["PROFILE"];
+  const session = profileTo ? new (await import("node:inspector")).Session() : undefined;
+  const post = (m: string) => new Promise<unknown>((res, rej) => session!.post(m, (e, r) => (e ? rej(e) : res(r))));
+  if (session) {
+    session.connect();
+    await post("Profiler.enable");
+    await post("Profiler.start");
+  }
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   for (;;) {
     const r = await relay.drain({ budgetMs: 60_000, safetyMarginMs: 0 });
     if (!r.more) break;
   }
   const total = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
+  if (session) {
+    const { profile } = (await post("Profiler.stop")) as { profile: unknown };
+    (await import("node:fs")).writeFileSync(profileTo!, JSON.stringify(profile));
+  }
   const rate = transport.count / (total / 1000);
   const hist = new Map<number, number>();
   for (const r of rows) hist.set(r, (hist.get(r) ?? 0) + 1);
   console.log(`${db} ${keys} keys batch ${batch}: ${Math.round(rate)} msg/s; total ${Math.round(total)} ms; claims ${calls.claim} (${Math.round(time.claim!)} ms, ${(time.claim! / calls.claim!).toFixed(2)} ms each), settles ${calls.settle} (${Math.round(time.settle!)} ms, ${(time.settle! / calls.settle!).toFixed(2)} ms each); rows/claim ${JSON.stringify([...hist].sort((a, b) => b[1] - a[1]).slice(0, 6))}`);
   const kh = new Map<string, number>();
   for (const k of kinds) kh.set(k, (kh.get(k) ?? 0) + 1);
+  console.log(`  this process's CPU: ${Math.round((cpu.user + cpu.system) / 1000)} ms of ${Math.round(total)} ms wall`);
   console.log(`  claims by kind (n: none continued, cK: K keys continued) : rows → count ${JSON.stringify([...kh].sort((a, b) => b[1] - a[1]).slice(0, 12))}`);
 } finally {
   await cleanupAll();

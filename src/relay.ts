@@ -11,7 +11,7 @@ import type { Outbox } from "./outbox.ts";
 import { parseOptions } from "./options.ts";
 import type { ClaimedMessage, OutboxStorage, Settlement } from "./storage.ts";
 import type { TraceAttributes, TraceSpan, Tracing } from "./tracing.ts";
-import type { DeliveryOutcome, Transport } from "./transport.ts";
+import type { DeliveryOutcome, SendContext, Transport } from "./transport.ts";
 
 /** Options of {@link createRelay}. */
 export interface RelayOptions {
@@ -507,6 +507,7 @@ export function createRelay(options: RelayOptions): Relay {
       rejectDone = reject;
     });
 
+    const watch = new SendWatch(signal);
     const fits = (h: Held): boolean => now() + sendTimeoutMs <= h.claim.deadline;
     const exhausted = (m: ClaimedMessage): boolean => m.attempts > maxAttempts;
     const giveUp = (h: Held): void =>
@@ -567,14 +568,19 @@ export function createRelay(options: RelayOptions): Relay {
     }
 
     /** The next unit to send (lowest seq first), releasing or dead-lettering what cannot be sent; null when none. */
-    function nextUnit(): { items: Held[]; key: string | null } | null {
+    /**
+     * The next unit to send (lowest seq first), releasing or dead-lettering what cannot be sent; null when none. A
+     * keyed unit holds the head of each of up to `maxBatch` ready keys (never two rows of one key): with a transport
+     * that takes batches, few deep keys then go as one call per round of heads, not one call per message.
+     */
+    function nextUnit(): { items: Held[]; keyed: boolean } | null {
       for (;;) {
         const k = readyKeys.peek();
         const kh = k === undefined ? undefined : keyQueues.get(k)!.peek();
         const lh = keyless.peek();
         if (!kh && !lh) return null;
+        const items: Held[] = [];
         if (lh && (!kh || lh.m.seq < kh.m.seq)) {
-          const items: Held[] = [];
           while (items.length < maxBatch) {
             const h = keyless.peek();
             if (!h) break;
@@ -584,31 +590,35 @@ export function createRelay(options: RelayOptions): Relay {
             else if (!fits(h)) release(h);
             else items.push(h);
           }
-          if (items.length > 0) return { items, key: null };
+          if (items.length > 0) return { items, keyed: false };
           continue;
         }
-        const key = k!;
-        const q = keyQueues.get(key)!;
-        const h = kh!;
-        if (exhausted(h.m)) {
+        while (items.length < maxBatch) {
+          const key = readyKeys.peek();
+          if (key === undefined) break;
+          const q = keyQueues.get(key)!;
+          const h = q.peek()!;
+          if (exhausted(h.m)) {
+            q.shift();
+            queued--;
+            giveUp(h);
+            if (q.length === 0) {
+              readyKeys.shift();
+              keyQueues.delete(key);
+            }
+            continue;
+          }
+          readyKeys.shift();
+          if (!fits(h)) {
+            releaseKey(key); // the key's later rows cannot go before this one
+            continue;
+          }
           q.shift();
           queued--;
-          giveUp(h);
-          if (q.length === 0) {
-            readyKeys.shift();
-            keyQueues.delete(key);
-          }
-          continue;
+          activeKeys.add(key);
+          items.push(h);
         }
-        readyKeys.shift();
-        if (!fits(h)) {
-          releaseKey(key); // the key's later rows cannot go before this one
-          continue;
-        }
-        q.shift();
-        queued--;
-        activeKeys.add(key);
-        return { items: [h], key };
+        if (items.length > 0) return { items, keyed: true };
       }
     }
 
@@ -618,23 +628,23 @@ export function createRelay(options: RelayOptions): Relay {
       return known !== undefined && known < m.seq && (m.prevSeq ?? -1) < known ? { ...m, prevSeq: known } : m;
     }
 
-    async function sendUnit(items: Held[], key: string | null): Promise<void> {
+    async function sendUnit(items: Held[]): Promise<void> {
       try {
-        const outcomes = await send(items.map((h) => withPosition(h.m)), items[0]!.claim.deadline, signal, drainSpan);
-        let retrying = false;
+        let deadline = items[0]!.claim.deadline;
+        for (const h of items) deadline = Math.min(deadline, h.claim.deadline);
+        const outcomes = await send(items.map((h) => withPosition(h.m)), deadline, watch, drainSpan);
         items.forEach((h, i) => {
           const s = toSettlement(h.m, outcomes[i]!);
-          if (s.outcome === "retry") retrying = true;
-          else if (s.outcome === "delivered" && key !== null) deliveredSeq.set(key, Math.max(deliveredSeq.get(key) ?? -1, h.m.seq));
+          const key = h.m.key;
+          if (key !== null && s.outcome === "delivered") deliveredSeq.set(key, Math.max(deliveredSeq.get(key) ?? -1, h.m.seq));
           settleLater(h, s);
-        });
-        if (key !== null) {
+          if (key === null) return;
           activeKeys.delete(key);
           const q = keyQueues.get(key);
-          if (retrying) releaseKey(key); // a retrying head blocks its key
+          if (s.outcome === "retry") releaseKey(key); // a retrying head blocks its key
           else if (q && q.length > 0) readyKeys.push(key);
           else keyQueues.delete(key);
-        }
+        });
       } catch (e) {
         failure ??= { error: e };
       } finally {
@@ -643,10 +653,14 @@ export function createRelay(options: RelayOptions): Relay {
       }
     }
 
-    /** `ahead`: a claim ahead of need after a full claim (the probe of whether such claims find rows). */
-    async function claimMore(ahead = false, beside = false): Promise<void> {
+    /**
+     * `ahead`: a claim ahead of need after a full claim (the probe of whether such claims find rows). `withSettle`: made
+     * in the same turn as the settle round just started, which it runs after in the same commit (serialWrites), so it
+     * sees that round's outcomes.
+     */
+    async function claimMore(ahead = false, beside = false, withSettle = false): Promise<void> {
       claiming++;
-      const epoch = settleEpoch;
+      const epoch = withSettle ? settleEpoch + 1 : settleEpoch;
       const claimStarted = now();
       const asked = continuation();
       try {
@@ -669,14 +683,14 @@ export function createRelay(options: RelayOptions): Relay {
           counts.set(m.key, (counts.get(m.key) ?? 0) + 1);
           lastSeq.set(m.key, Math.max(lastSeq.get(m.key) ?? 0, m.seq));
           const askedAt = asked.get(m.key);
-          if (askedAt !== undefined) {
-            // A continuation: it goes behind the rows held of its key, unless their chain broke since it was asked.
-            if (askedAt !== (chainEpoch.get(m.key) ?? 0)) {
-              heldPerKey.set(m.key, (heldPerKey.get(m.key) ?? 0) + 1);
-              release({ m, claim: state });
-              continue;
-            }
-          } else if (heldPerKey.has(m.key)) repeats++;
+          // A continuation goes behind the rows held of its key, unless their chain broke since it was asked.
+          if (askedAt !== undefined && askedAt !== (chainEpoch.get(m.key) ?? 0)) {
+            heldPerKey.set(m.key, (heldPerKey.get(m.key) ?? 0) + 1);
+            release({ m, claim: state });
+            continue;
+          }
+          // Continued rows are repeats of held keys too: a claim of them says nothing of other keys being due.
+          if (heldPerKey.has(m.key)) repeats++;
           else newKeys++; // hold() marks the key held: its later rows count as repeats
           hold(m, state);
         }
@@ -762,6 +776,16 @@ export function createRelay(options: RelayOptions): Relay {
       return last.full && (last.spread || aheadFinds) ? "ahead" : false;
     }
 
+    /** Whether settling the buffered outcomes leaves a key with no row held here (its next rows become claimable). */
+    function settleFreesKeys(): boolean {
+      const settling = new Map<string, number>();
+      for (const { keys } of buffer.values()) {
+        for (const key of keys) if (key !== null) settling.set(key, (settling.get(key) ?? 0) + 1);
+      }
+      for (const [key, n] of settling) if (heldPerKey.get(key) === n) return true;
+      return false;
+    }
+
     async function settleRound(): Promise<void> {
       settling = true;
       clearTimeout(settleTimer);
@@ -770,6 +794,8 @@ export function createRelay(options: RelayOptions): Relay {
       buffer = new Map();
       buffered = 0;
       const roundStarted = now();
+      /** The epoch of a claim that sees this round's outcomes (one made with it, or after it). */
+      const seenFrom = settleEpoch + 1;
       // Groups that share a key settle one after another (each settle of a key reads its rows to set the key's next
       // due time; two at once could each miss the other's change); the others at once.
       const keyTail = new Map<string, Promise<unknown>>();
@@ -795,7 +821,7 @@ export function createRelay(options: RelayOptions): Relay {
               if (left > 0) heldPerKey.set(key, left);
               else {
                 heldPerKey.delete(key);
-                freedSinceClaim++;
+                if (last.epoch < seenFrom) freedSinceClaim++; // not when the last claim already saw it freed
               }
             }
           }
@@ -832,14 +858,23 @@ export function createRelay(options: RelayOptions): Relay {
           const unit = nextUnit();
           if (!unit) break;
           inFlight++;
-          void sendUnit(unit.items, unit.key);
+          void sendUnit(unit.items);
         }
         const pays = claimPays(false);
         if (pays) void claimMore(pays !== true, pays === "beside");
       }
       if (!settling && buffered > 0) {
         const age = now() - bufferedSince;
-        if (stop || inFlight === 0 || buffered >= groupSize || age >= settleDelayMs) void settleRound();
+        if (stop || inFlight === 0 || buffered >= groupSize || age >= settleDelayMs) {
+          // Where every write queues for the one writer (serialWrites), a claim that would wait for the keys this
+          // settle frees is made now, in the same turn: it joins the settle's commit (the libSQL write queue groups
+          // writes issued in one turn) and, run after it, already sees those keys free. One fsync'd commit per
+          // settle and claim instead of two (`node --import tsx bench/profile-keys.ts 10 20000 100 libsql`).
+          const claimWithSettle = serialWrites && !stop && claiming === 0 && settleFreesKeys() &&
+            keyless.length + keyQueues.size < lowWater;
+          void settleRound();
+          if (claimWithSettle) void claimMore(false, false, true);
+        }
         else settleTimer ??= setTimeout(() => {
           settleTimer = undefined;
           pump();
@@ -850,6 +885,7 @@ export function createRelay(options: RelayOptions): Relay {
         else {
           done = true;
           clearTimeout(settleTimer);
+          watch.close();
           if (failure) rejectDone(failure.error);
           else resolveDone({ stoppedEarly: stopSeen });
         }
@@ -867,10 +903,10 @@ export function createRelay(options: RelayOptions): Relay {
   async function send(
     batch: readonly ClaimedMessage[],
     leaseDeadline: number,
-    drainSignal?: AbortSignal,
+    watch: SendWatch,
     drainSpan?: TraceSpan,
   ): Promise<DeliveryOutcome[]> {
-    if (!tracing) return sendOnce(batch, leaseDeadline, drainSignal);
+    if (!tracing) return sendOnce(batch, leaseDeadline, watch);
     const first = batch[0]!;
     const span = startSpan("edge-outbox.send", {
       "messaging.system": transport.name,
@@ -878,10 +914,10 @@ export function createRelay(options: RelayOptions): Relay {
       "messaging.batch.message_count": batch.length,
       "messaging.message.id": batch.length === 1 ? first.id : undefined,
       "outbox.topic": batch.every((m) => m.topic === first.topic) ? first.topic : undefined,
-      "outbox.key": first.key ?? undefined,
+      "outbox.key": batch.length === 1 ? first.key ?? undefined : undefined,
       "outbox.attempt": batch.length === 1 ? first.attempts : undefined,
     }, drainSpan, [...batch]);
-    const outcomes = await sendOnce(batch, leaseDeadline, drainSignal);
+    const outcomes = await sendOnce(batch, leaseDeadline, watch);
     traceSafely(() => {
       const count = { delivered: 0, retry: 0, dead: 0 };
       for (const r of outcomes) count[r.status]++;
@@ -893,40 +929,41 @@ export function createRelay(options: RelayOptions): Relay {
     return outcomes;
   }
 
-  async function sendOnce(batch: readonly ClaimedMessage[], leaseDeadline: number, drainSignal?: AbortSignal): Promise<DeliveryOutcome[]> {
+  async function sendOnce(batch: readonly ClaimedMessage[], leaseDeadline: number, watch: SendWatch): Promise<DeliveryOutcome[]> {
     const timeout = Math.max(0, Math.min(sendTimeoutMs, leaseDeadline - now()));
-    const controller = new AbortController();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let onAbort: (() => void) | undefined;
-    let stopReason = "";
-    const aborted = new Promise<typeof STOPPED>((resolve) => {
-      const stop = (reason: string): void => {
-        stopReason = reason;
-        controller.abort(new OutboxError("ABORTED", reason));
-        resolve(STOPPED);
-      };
-      timer = setTimeout(() => stop(`send timed out after ${Math.round(timeout)} ms`), timeout);
-      if (drainSignal) {
-        onAbort = (): void => stop("drain aborted during the send");
-        if (drainSignal.aborted) onAbort();
-        else drainSignal.addEventListener("abort", onAbort, { once: true });
-      }
+    // The signal's controller is made when the transport first reads `context.signal` (many never do: a function
+    // transport, a queue client without cancellation), already aborted if the send was stopped by then.
+    let controller: AbortController | undefined;
+    let stopReason: string | undefined;
+    let resolveStop!: (stop: typeof STOPPED) => void;
+    const stopped = new Promise<typeof STOPPED>((resolve) => (resolveStop = resolve));
+    const context: SendContext = {
+      get signal(): AbortSignal {
+        if (!controller) {
+          controller = new AbortController();
+          if (stopReason !== undefined) controller.abort(new OutboxError("ABORTED", stopReason));
+        }
+        return controller.signal;
+      },
+    };
+    const watched = watch.add(now() + timeout, (reason) => {
+      stopReason = `${reason === "timeout" ? `send timed out after ${Math.round(timeout)} ms` : "drain aborted during the send"}`;
+      controller?.abort(new OutboxError("ABORTED", stopReason));
+      resolveStop(STOPPED);
     });
-    const retryAll = (error: string): DeliveryOutcome[] => batch.map(() => ({ status: "retry", error }));
     try {
-      const sending = Promise.resolve().then(() => transport.send(batch, { signal: controller.signal }));
+      const sending = Promise.resolve().then(() => transport.send(batch, context));
       sending.catch(() => {}); // a late rejection after a timeout must not become unhandled
-      const result = await Promise.race([sending, aborted]);
-      if (result === STOPPED) return retryAll(`${transport.name}: ${stopReason}`);
+      const result = await Promise.race([sending, stopped]);
+      if (result === STOPPED) return retryAll(batch, `${transport.name}: ${stopReason}`);
       if (!Array.isArray(result) || result.length !== batch.length) {
-        return retryAll(`${transport.name}: returned ${Array.isArray(result) ? result.length : typeof result} outcomes for ${batch.length} messages`);
+        return retryAll(batch, `${transport.name}: returned ${Array.isArray(result) ? result.length : typeof result} outcomes for ${batch.length} messages`);
       }
       return result.map((r: DeliveryOutcome) => validOutcome(r) ? r : { status: "retry", error: `${transport.name}: invalid outcome ${safeJson(r)}` });
     } catch (e) {
-      return retryAll(`${transport.name}: ${e instanceof Error ? e.message : String(e)}`);
+      return retryAll(batch, `${transport.name}: ${e instanceof Error ? e.message : String(e)}`);
     } finally {
-      clearTimeout(timer);
-      if (onAbort) drainSignal?.removeEventListener("abort", onAbort);
+      watch.done(watched);
     }
   }
 
@@ -1005,6 +1042,95 @@ function callback<T>(name: string, fn: (arg: T) => unknown, arg: T): void {
 }
 
 /** A first-in, first-out queue with O(1) push and shift. */
+/** Outcomes for every message of a send that did not return its own. */
+function retryAll(batch: readonly unknown[], error: string): DeliveryOutcome[] {
+  return batch.map(() => ({ status: "retry", error }));
+}
+
+interface WatchedSend {
+  readonly deadline: number;
+  readonly stop: (reason: "timeout" | "aborted") => void;
+  done: boolean;
+}
+
+/**
+ * The sends of one drain in flight: their deadlines behind one timer (sends start in time order with the same
+ * timeout, so the earliest deadline is the oldest send's) and the drain's signal behind one listener. A timer, an
+ * abort listener and an AbortController for every send were a fifth of the relay's CPU where keys go one message
+ * per send (`PROFILE=… bench/profile-keys.ts 10 20000 100 pg`).
+ */
+class SendWatch {
+  /** Watched sends in deadline order, each deadline at or after `latest` when it was added. */
+  private readonly queue = new Fifo<WatchedSend>();
+  /** Sends whose deadline came before `latest` (a shorter timeout near the lease's end), each with a timer. */
+  private readonly solo = new Map<WatchedSend, ReturnType<typeof setTimeout>>();
+  private latest = -Infinity;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private readonly signal: AbortSignal | undefined;
+  private readonly onAbort = (): void => {
+    for (let w = this.queue.shift(); w; w = this.queue.shift()) this.stop(w, "aborted");
+    for (const w of [...this.solo.keys()]) this.stop(w, "aborted");
+  };
+
+  constructor(signal: AbortSignal | undefined) {
+    this.signal = signal;
+    signal?.addEventListener("abort", this.onAbort, { once: true });
+  }
+
+  /** Watches a send: `stop` is called once, at `deadline` (performance.now() time) or when the drain aborts. */
+  add(deadline: number, stop: WatchedSend["stop"]): WatchedSend {
+    const w: WatchedSend = { deadline, stop, done: false };
+    if (this.signal?.aborted) this.stop(w, "aborted");
+    else if (deadline < this.latest) this.solo.set(w, setTimeout(() => this.stop(w, "timeout"), Math.max(0, deadline - now())));
+    else {
+      this.latest = deadline;
+      this.queue.push(w);
+      if (this.timer === undefined) this.arm();
+    }
+    return w;
+  }
+
+  /** The send returned: it is never stopped now. */
+  done(w: WatchedSend): void {
+    w.done = true;
+    const timer = this.solo.get(w);
+    if (timer !== undefined) {
+      clearTimeout(timer);
+      this.solo.delete(w);
+    }
+  }
+
+  /** Stops watching (the drain is over): no timer or listener left behind. */
+  close(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    for (const timer of this.solo.values()) clearTimeout(timer);
+    this.solo.clear();
+    this.signal?.removeEventListener("abort", this.onAbort);
+  }
+
+  private stop(w: WatchedSend, reason: "timeout" | "aborted"): void {
+    if (w.done) return;
+    this.done(w);
+    w.stop(reason);
+  }
+
+  private arm(): void {
+    for (let w = this.queue.peek(); w?.done; w = this.queue.peek()) this.queue.shift();
+    const head = this.queue.peek();
+    if (head === undefined) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      const t = now();
+      for (let w = this.queue.peek(); w && (w.done || w.deadline <= t); w = this.queue.peek()) {
+        this.queue.shift();
+        this.stop(w, "timeout");
+      }
+      this.arm();
+    }, Math.max(0, head.deadline - now()));
+  }
+}
+
 class Fifo<T> {
   private items: (T | undefined)[] = [];
   private head = 0;

@@ -33,7 +33,8 @@ export interface SendContext {
  * The transport contract.
  *
  * Messages with the same key are never given to `send` together and never in parallel: the relay sends a key's
- * messages one after another and stops at the first one that is not delivered.
+ * messages one after another and stops at the first one that is not delivered. One call (up to `maxBatchSize`)
+ * holds keyless messages, or the next message of each of several keys, never both.
  *
  * @example
  * ```ts

@@ -22,6 +22,8 @@ import {
   TABLE_PLACEHOLDER,
 } from "../adapters/libsql/schema.ts";
 import { libsqlSql } from "../adapters/libsql/sql.ts";
+import { functionTransport } from "../adapters/memory/mod.ts";
+import { createOutbox, createRelay } from "../mod.ts";
 import { isOutboxError, type OutboxError, type OutboxErrorCode } from "../src/errors.ts";
 import { type NewMessage, uuidv7 } from "../src/message.ts";
 import { storageConformance } from "../src/testing/mod.ts";
@@ -962,6 +964,33 @@ describe("libSQL local file: this process's relay-side writes take turns and com
       await write("later");
       expect(transactions).toBe(2);
     }));
+
+  it("a relay over a few deep keys: the claim that waits for the keys a settle frees is made with that settle and joins its commit (one commit per settle, not two); every row once, keys in order", async () => {
+    const f = await libsqlFileFixture();
+    try {
+      const sent: NewMessage[] = Array.from({ length: 1_200 }, (_, i) => message(i, { key: `k${i % 4}` }));
+      for (let i = 0; i < sent.length; i += 300) await f.client.batch([f.storage.statement(sent.slice(i, i + 300))], "write");
+      let transactions = 0;
+      const open = f.client.transaction.bind(f.client);
+      f.client.transaction = ((mode) => (transactions++, open(mode))) as typeof f.client.transaction;
+      const calls = { claims: 0, settles: 0 };
+      const storage = {
+        ...f.storage,
+        claim: (o: Parameters<typeof f.storage.claim>[0]) => (calls.claims++, f.storage.claim(o)),
+        settle: (t: string, s: Parameters<typeof f.storage.settle>[1]) => (calls.settles++, f.storage.settle(t, s)),
+      };
+      const got = new Map<string, string[]>();
+      const transport = functionTransport((m) => void got.set(m.key!, [...(got.get(m.key!) ?? []), m.id]));
+      const report = await createRelay({ outbox: createOutbox({ storage }), transport, batchSize: 100, concurrency: 8 }).drain({ budgetMs: 30_000 });
+      expect(report).toMatchObject({ delivered: 1_200, released: 0, more: false });
+      for (const key of ["k0", "k1", "k2", "k3"]) expect(got.get(key)).toEqual(sent.filter((m) => m.key === key).map((m) => m.id));
+      // Every claim but the first and the last shares a settle's commit: about one transaction per settle.
+      expect(calls.claims).toBeGreaterThanOrEqual(12);
+      expect(transactions).toBeLessThanOrEqual(calls.settles + 2);
+    } finally {
+      await f.close();
+    }
+  });
 
   it("a write of another connection (your own transaction) still meets a queued write as SQLITE_BUSY (the caller retries), and the queue moves on after it", () =>
     withTable("k TEXT PRIMARY KEY", async (f, lock) => {

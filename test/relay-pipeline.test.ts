@@ -273,6 +273,34 @@ describe("streaming drain", () => {
     expect((await storage.stats()).pending).toBe(0);
   });
 
+  it("a transport that takes batches gets the heads of several keys in one call, never two rows of one key; each key in seq order, every row once", async () => {
+    const { storage, outbox } = memoryOutbox();
+    await fill(storage, outbox, 400, { key: (i) => `k${i % 8}` });
+    const calls: OutboxMessage[][] = [];
+    const transport = {
+      name: "batch",
+      maxBatchSize: 5,
+      send: async (ms: readonly OutboxMessage[]) => {
+        calls.push([...ms]);
+        await sleep(1);
+        return ms.map(() => ({ status: "delivered" as const }));
+      },
+    };
+    const report = await createRelay({ outbox, transport, batchSize: 100, concurrency: 4 }).drain({ budgetMs: 20_000 });
+    expect(report).toMatchObject({ claimed: 400, delivered: 400, released: 0, more: false });
+    for (const call of calls) {
+      expect(call.length).toBeLessThanOrEqual(5);
+      expect(new Set(call.map((m) => m.key)).size).toBe(call.length); // one row per key in a call
+    }
+    expect(calls.length).toBeLessThanOrEqual(400 / 2); // mostly several keys per call (one per call before)
+    const sent = calls.flat();
+    expect(sent.map(n).sort((a, b) => a - b)).toEqual(Array.from({ length: 400 }, (_, i) => i));
+    for (let k = 0; k < 8; k++) {
+      const ns = sent.filter((m) => m.key === `k${k}`).map(n);
+      expect(ns).toEqual(Array.from({ length: 50 }, (_, i) => 8 * i + k));
+    }
+  });
+
   it("settles in small groups, not one settle per message", async () => {
     const { storage, outbox } = memoryOutbox();
     await fill(storage, outbox, 160);
