@@ -992,6 +992,23 @@ describe("libSQL local file: this process's relay-side writes take turns and com
     }
   });
 
+  it("a relay over many keys of one row per claim: after a claim ahead finds nothing, no more empty claims (each walks every pending row holding the writer); the keys a settle frees are claimed with it", async () => {
+    const f = await libsqlFileFixture();
+    try {
+      const sent: NewMessage[] = Array.from({ length: 2_000 }, (_, i) => message(i, { key: `k${i % 100}` }));
+      for (let i = 0; i < sent.length; i += 500) await f.client.batch([f.storage.statement(sent.slice(i, i + 500))], "write");
+      const claims: number[] = [];
+      const storage = { ...f.storage, claim: (o: Parameters<typeof f.storage.claim>[0]) => f.storage.claim(o).then((c) => (claims.push(c.messages.length), c)) };
+      const report = await createRelay({ outbox: createOutbox({ storage }), transport: functionTransport(() => {}), batchSize: 100, concurrency: 8 })
+        .drain({ budgetMs: 30_000 });
+      expect(report).toMatchObject({ delivered: 2_000, more: false });
+      // One row of each of the 100 keys per claim: 20 full claims; the first claim ahead and the last find nothing.
+      expect(claims.filter((n) => n === 0).length, claims.join(",")).toBeLessThanOrEqual(2);
+    } finally {
+      await f.close();
+    }
+  });
+
   it("a write of another connection (your own transaction) still meets a queued write as SQLITE_BUSY (the caller retries), and the queue moves on after it", () =>
     withTable("k TEXT PRIMARY KEY", async (f, lock) => {
       const other = f.connect();
