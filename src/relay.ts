@@ -742,14 +742,25 @@ export function createRelay(options: RelayOptions): Relay {
       return asked;
     }
 
+    /** Whether a claim made now should continue `key` (see {@link continuation}); prunes keys no longer queued. */
+    function continuable(key: string): boolean {
+      const q = keyQueues.get(key);
+      if (!q) {
+        deep.delete(key);
+        return false;
+      }
+      return !continuing.has(key) && !dry.has(key) && q.length * 2 <= lastCount.get(key)!;
+    }
+
+    /** Whether {@link candidates} would name a key (asked on every pump: no array made). */
+    function hasCandidate(): boolean {
+      if (continueClaims) for (const key of deep) if (continuable(key)) return true;
+      return false;
+    }
+
     function candidates(): string[] {
       const out: string[] = [];
-      if (!continueClaims) return out;
-      for (const key of deep) {
-        const q = keyQueues.get(key);
-        if (!q) deep.delete(key);
-        else if (!continuing.has(key) && !dry.has(key) && q.length * 2 <= lastCount.get(key)!) out.push(key);
-      }
+      if (continueClaims) for (const key of deep) if (continuable(key)) out.push(key);
       return out;
     }
 
@@ -757,7 +768,7 @@ export function createRelay(options: RelayOptions): Relay {
     function claimPays(idle: boolean): boolean | "ahead" | "beside" {
       if (idle) return last.full || settleEpoch > last.epoch;
       // Keys running low that a claim can continue: claim now, beside claims in flight (they name other keys).
-      if (claiming < maxClaiming && candidates().length > 0) return true;
+      if (claiming < maxClaiming && hasCandidate()) return true;
       if (claiming > 0) {
         // Another claim beside those in flight: only when claims are the bottleneck (a send slot is free and no
         // claimed row can start: pump() has just filled every slot it could), after a full claim, and while the last

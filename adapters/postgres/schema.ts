@@ -238,6 +238,34 @@ const CLAIM_CLOCK = `v_now, v_now + p_lease`;
 export const CLAIM_FUNCTION_DDL: string = claimFunctionDdl(false);
 
 /**
+ * The claim statement's steps from the keys `lk` to the leased rows `c` (see {@link CLAIM_FUNCTION_DDL}): `pre` each
+ * key's first rows (after `lk.after` when `after` is given), `kp` their due prefixes, `fr` the due keyless rows,
+ * `pick` the union cut to the limit, `c` leased and returned with each keyed row's delivery position.
+ */
+function prefixSteps(preAfter: string, fromAfter: string): string {
+  return `pre AS MATERIALIZED (
+    SELECT r.seq, r.key, r.available_at${preAfter} FROM lk CROSS JOIN LATERAL (
+      SELECT o.seq, o.key, o.available_at FROM ${OUTBOX} AS o
+      WHERE o.key = lk.key AND o.status = 'pending'${fromAfter} ORDER BY o.key, o.seq
+      LIMIT (SELECT greatest(1, ceil(p_limit::float8 / greatest(1, ceil(count(*) / 2.0)))) FROM lk)) AS r
+  ), kp AS (
+    SELECT p.seq, p.head FROM (SELECT pre.seq, min(pre.seq) OVER (PARTITION BY pre.key) AS head,
+        bool_and(pre.available_at <= now()) OVER (PARTITION BY pre.key ORDER BY pre.seq) AS ok
+      FROM pre) AS p WHERE p.ok
+  ), fr AS MATERIALIZED (
+    SELECT o.seq FROM ${OUTBOX} AS o WHERE o.key IS NULL AND o.status = 'pending' AND o.available_at <= now()
+    ORDER BY o.available_at, o.seq LIMIT p_limit FOR UPDATE SKIP LOCKED
+  ), pick AS (
+    SELECT x.seq FROM (SELECT kp.seq, kp.head FROM kp UNION ALL SELECT fr.seq, fr.seq FROM fr) AS x
+    ORDER BY x.head, x.seq LIMIT p_limit
+  ), c AS (
+    ${LEASE_ROWS("pick")}
+    RETURNING ${CLAIMED_COLUMNS},
+      CASE WHEN t.key IS NOT NULL THEN (SELECT p.seq FROM ${POSITIONS} AS p WHERE p.key = t.key) END AS prevseq
+  )`;
+}
+
+/**
  * The claim function's text: `<table>_claim(p_token, p_lease, p_limit)` ({@link CLAIM_FUNCTION_DDL}, versions 4 and
  * 5), or with `continued` the overload that also continues keys the caller holds,
  * `<table>_claim(p_token, p_lease, p_limit, p_after bigint[], p_tokens uuid[])` ({@link CLAIM_CONTINUE_FUNCTION_DDL},
@@ -257,14 +285,15 @@ function claimFunctionDdl(continued: boolean): string {
   const notContinued = continued ? " AND NOT (k.key = ANY (v_cont))" : "";
   // lk: the locked due keys (after: null, read from their head) and, with a fresh snapshot, the continued keys whose
   // every pending row up to the caller's last one carries one of the caller's tokens (read from after that row).
-  const lk = continued
-    ? `SELECT j.key, NULL::bigint AS after FROM unnest(v_keys) AS j(key)
-    UNION ALL
-    SELECT a.key, a.after FROM (
+  const validContinued = `SELECT a.key, a.after FROM (
       SELECT o.key, max(o.seq) AS after FROM ${OUTBOX} AS o WHERE o.seq = ANY (p_after) AND o.key = ANY (v_cont) GROUP BY o.key
     ) AS a WHERE NOT EXISTS (
       SELECT 1 FROM ${OUTBOX} AS o WHERE o.key = a.key AND o.status = 'pending' AND o.seq <= a.after
-        AND (o.lease_token IS NULL OR NOT (o.lease_token = ANY (p_tokens))))`
+        AND (o.lease_token IS NULL OR NOT (o.lease_token = ANY (p_tokens))))`;
+  const lk = continued
+    ? `SELECT j.key, NULL::bigint AS after FROM unnest(v_keys) AS j(key)
+    UNION ALL
+    ${validContinued}`
     : `SELECT j.key FROM unnest(v_keys) AS j(key)`;
   const preAfter = continued ? ", lk.after" : "";
   const fromAfter = continued ? " AND o.seq > coalesce(lk.after, 0)" : "";
@@ -304,28 +333,20 @@ BEGIN${lockContinued}
     FROM (SELECT 1) AS one LEFT JOIN c ON true;
     RETURN;
   END IF;
-  RETURN QUERY WITH lk AS (
+${continued ? `  IF cardinality(v_keys) = 0 THEN
+    -- Only continued keys (and keyless rows): no key row is deleted or moved back, so this smaller statement.
+    RETURN QUERY WITH lk AS (
+    ${validContinued}
+  ), ${prefixSteps(preAfter, fromAfter)}, kh AS (
+    UPDATE ${KEYS} AS k SET available_at = now() + ${LEASE} WHERE k.key IN (SELECT c.key FROM c)
+  )
+  SELECT ${CLAIMED_FROM_C}, c.prevseq, ${CLAIM_CLOCK}
+  FROM (SELECT 1) AS one LEFT JOIN c ON true;
+    RETURN;
+  END IF;
+` : ""}  RETURN QUERY WITH lk AS (
     ${lk}
-  ), pre AS MATERIALIZED (
-    SELECT r.seq, r.key, r.available_at${preAfter} FROM lk CROSS JOIN LATERAL (
-      SELECT o.seq, o.key, o.available_at FROM ${OUTBOX} AS o
-      WHERE o.key = lk.key AND o.status = 'pending'${fromAfter} ORDER BY o.key, o.seq
-      LIMIT (SELECT greatest(1, ceil(p_limit::float8 / greatest(1, ceil(count(*) / 2.0)))) FROM lk)) AS r
-  ), kp AS (
-    SELECT p.seq, p.head FROM (SELECT pre.seq, min(pre.seq) OVER (PARTITION BY pre.key) AS head,
-        bool_and(pre.available_at <= now()) OVER (PARTITION BY pre.key ORDER BY pre.seq) AS ok
-      FROM pre) AS p WHERE p.ok
-  ), fr AS MATERIALIZED (
-    SELECT o.seq FROM ${OUTBOX} AS o WHERE o.key IS NULL AND o.status = 'pending' AND o.available_at <= now()
-    ORDER BY o.available_at, o.seq LIMIT p_limit FOR UPDATE SKIP LOCKED
-  ), pick AS (
-    SELECT x.seq FROM (SELECT kp.seq, kp.head FROM kp UNION ALL SELECT fr.seq, fr.seq FROM fr) AS x
-    ORDER BY x.head, x.seq LIMIT p_limit
-  ), c AS (
-    ${LEASE_ROWS("pick")}
-    RETURNING ${CLAIMED_COLUMNS},
-      CASE WHEN t.key IS NOT NULL THEN (SELECT p.seq FROM ${POSITIONS} AS p WHERE p.key = t.key) END AS prevseq
-  ), h AS (
+  ), ${prefixSteps(preAfter, fromAfter)}, h AS (
     SELECT pre.key, (array_agg(pre.available_at ORDER BY pre.seq))[1] AS head_at,
       EXISTS (SELECT 1 FROM c WHERE c.key = pre.key) AS claimed${hCont}
     FROM pre GROUP BY pre.key
