@@ -653,14 +653,10 @@ export function createRelay(options: RelayOptions): Relay {
       }
     }
 
-    /**
-     * `ahead`: a claim ahead of need after a full claim (the probe of whether such claims find rows). `withSettle`: made
-     * in the same turn as the settle round just started, which it runs after in the same commit (serialWrites), so it
-     * sees that round's outcomes.
-     */
-    async function claimMore(ahead = false, beside = false, withSettle = false): Promise<void> {
+    /** `ahead`: a claim ahead of need after a full claim (the probe of whether such claims find rows). */
+    async function claimMore(ahead = false, beside = false): Promise<void> {
       claiming++;
-      const epoch = withSettle ? settleEpoch + 1 : settleEpoch;
+      const epoch = settleEpoch;
       const claimStarted = now();
       const asked = continuation();
       try {
@@ -802,7 +798,8 @@ export function createRelay(options: RelayOptions): Relay {
       return false;
     }
 
-    async function settleRound(): Promise<void> {
+    /** `claimed`: a claim was made with this round for the keys it frees (they do not count as freed since it). */
+    async function settleRound(claimed = false): Promise<void> {
       settling = true;
       clearTimeout(settleTimer);
       settleTimer = undefined;
@@ -810,8 +807,6 @@ export function createRelay(options: RelayOptions): Relay {
       buffer = new Map();
       buffered = 0;
       const roundStarted = now();
-      /** The epoch of a claim that sees this round's outcomes (one made with it, or after it). */
-      const seenFrom = settleEpoch + 1;
       // Groups that share a key settle one after another (each settle of a key reads its rows to set the key's next
       // due time; two at once could each miss the other's change); the others at once.
       const keyTail = new Map<string, Promise<unknown>>();
@@ -837,7 +832,7 @@ export function createRelay(options: RelayOptions): Relay {
               if (left > 0) heldPerKey.set(key, left);
               else {
                 heldPerKey.delete(key);
-                if (last.epoch < seenFrom) freedSinceClaim++; // not when the last claim already saw it freed
+                if (!claimed) freedSinceClaim++;
               }
             }
           }
@@ -888,8 +883,10 @@ export function createRelay(options: RelayOptions): Relay {
           // settle and claim instead of two (`node --import tsx bench/profile-keys.ts 10 20000 100 libsql`).
           const claimWithSettle = serialWrites && !stop && claiming === 0 && settleFreesKeys() &&
             keyless.length + keyQueues.size < lowWater;
-          void settleRound();
-          if (claimWithSettle) void claimMore(false, false, true);
+          void settleRound(claimWithSettle);
+          // Not counted as seeing this round (epoch): where writes do not share a commit (libSQL over HTTP, D1) it
+          // may run before the settle, and the drain then claims once more before it ends.
+          if (claimWithSettle) void claimMore();
         }
         else settleTimer ??= setTimeout(() => {
           settleTimer = undefined;

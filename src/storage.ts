@@ -17,6 +17,9 @@
  *   is the adapter's choice (oldest first, in `seq` order of their heads or rows). An adapter whose concurrent claimers
  *   can read stale snapshots claims only each key's head (no earlier pending row at all) and declares
  *   `capabilities.keyPrefixClaims: false`.
+ * - With `capabilities.continueClaims`, a claim may also take the next rows of a key whose earlier rows the caller
+ *   holds (`ClaimOptions.continue`), only while every pending row of that key up to the caller's last one is leased
+ *   with one of the caller's tokens; the caller sends them after those, or releases them.
  * - Counters (delivered, retried, dead, delivery latency) live in the database, written in the same statement
  *   batch as the settle, so `stats()` is right when every call runs in a new serverless process.
  * - Driver failures are thrown as `OutboxError("STORAGE")` with the driver error as `cause`, `retryable` when a

@@ -984,9 +984,10 @@ describe("libSQL local file: this process's relay-side writes take turns and com
       const report = await createRelay({ outbox: createOutbox({ storage }), transport, batchSize: 100, concurrency: 8 }).drain({ budgetMs: 30_000 });
       expect(report).toMatchObject({ delivered: 1_200, released: 0, more: false });
       for (const key of ["k0", "k1", "k2", "k3"]) expect(got.get(key)).toEqual(sent.filter((m) => m.key === key).map((m) => m.id));
-      // Every claim but the first and the last shares a settle's commit: about one transaction per settle.
+      // Every claim but the first, its probe ahead and the drain's last (which confirms nothing is left) shares a
+      // settle's commit: about one transaction per settle (25 for 12 settles when each claim waited for its settle).
       expect(calls.claims).toBeGreaterThanOrEqual(12);
-      expect(transactions).toBeLessThanOrEqual(calls.settles + 2);
+      expect(transactions).toBeLessThanOrEqual(calls.settles + 3);
     } finally {
       await f.close();
     }
@@ -1002,8 +1003,9 @@ describe("libSQL local file: this process's relay-side writes take turns and com
       const report = await createRelay({ outbox: createOutbox({ storage }), transport: functionTransport(() => {}), batchSize: 100, concurrency: 8 })
         .drain({ budgetMs: 30_000 });
       expect(report).toMatchObject({ delivered: 2_000, more: false });
-      // One row of each of the 100 keys per claim: 20 full claims; the first claim ahead and the last find nothing.
-      expect(claims.filter((n) => n === 0).length, claims.join(",")).toBeLessThanOrEqual(2);
+      // One row of each of the 100 keys per claim: 20 full claims; the first claim ahead, the one made with the last
+      // settle and the drain's last find nothing (every other claim did before: 21 of 41).
+      expect(claims.filter((n) => n === 0).length, claims.join(",")).toBeLessThanOrEqual(3);
     } finally {
       await f.close();
     }
