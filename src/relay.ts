@@ -573,7 +573,7 @@ export function createRelay(options: RelayOptions): Relay {
      * keyed unit holds the head of each of up to `maxBatch` ready keys (never two rows of one key): with a transport
      * that takes batches, few deep keys then go as one call per round of heads, not one call per message.
      */
-    function nextUnit(): { items: Held[]; keyed: boolean } | null {
+    function nextUnit(): Held[] | null {
       for (;;) {
         const k = readyKeys.peek();
         const kh = k === undefined ? undefined : keyQueues.get(k)!.peek();
@@ -590,7 +590,7 @@ export function createRelay(options: RelayOptions): Relay {
             else if (!fits(h)) release(h);
             else items.push(h);
           }
-          if (items.length > 0) return { items, keyed: false };
+          if (items.length > 0) return items;
           continue;
         }
         while (items.length < maxBatch) {
@@ -618,7 +618,7 @@ export function createRelay(options: RelayOptions): Relay {
           activeKeys.add(key);
           items.push(h);
         }
-        if (items.length > 0) return { items, keyed: true };
+        if (items.length > 0) return items;
       }
     }
 
@@ -670,8 +670,8 @@ export function createRelay(options: RelayOptions): Relay {
         let newKeys = 0;
         const state: ClaimState = { token: claim.token, deadline: claimStarted + leaseMs - leaseReserveMs };
         const counts = new Map<string, number>();
+        if (claim.messages.length > 0) liveTokens.set(claim.token, claim.messages.length);
         for (const m of claim.messages) {
-          liveTokens.set(claim.token, (liveTokens.get(claim.token) ?? 0) + 1);
           if (m.key === null) {
             hold(m, state);
             continue;
@@ -693,13 +693,10 @@ export function createRelay(options: RelayOptions): Relay {
         for (const [key, n] of counts) {
           lastCount.set(key, n);
           dry.delete(key);
-          if (n >= 4) deep.add(key);
+          if (n >= 4 && continueClaims) deep.add(key);
           else deep.delete(key);
         }
-        for (const key of asked.keys()) {
-          continuing.delete(key);
-          if (!counts.has(key)) dry.add(key);
-        }
+        for (const key of asked.keys()) if (!counts.has(key)) dry.add(key);
         // Spread: mostly rows that are not repeats of held keys (a keyless or many-keyed backlog). Where claims and
         // settles can run at once (not serialWrites), also a claim of two or more keys not held before: Postgres
         // gives whole prefixes of about half the due keys when queues are deep, so such a claim leaves other keys
@@ -730,11 +727,8 @@ export function createRelay(options: RelayOptions): Relay {
      */
     function continuation(): Map<string, number> {
       const asked = new Map<string, number>();
-      if (!continueClaims) return asked;
-      for (const key of candidates()) {
-        asked.set(key, chainEpoch.get(key) ?? 0);
-        continuing.add(key);
-      }
+      for (const key of deep) if (continuable(key)) asked.set(key, chainEpoch.get(key) ?? 0);
+      for (const key of asked.keys()) continuing.add(key);
       return asked;
     }
 
@@ -748,16 +742,10 @@ export function createRelay(options: RelayOptions): Relay {
       return !continuing.has(key) && !dry.has(key) && lastSeq.has(key) && q.length * 2 <= lastCount.get(key)!;
     }
 
-    /** Whether {@link candidates} would name a key (asked on every pump: no array made). */
+    /** Whether {@link continuation} would name a key (asked on every pump: nothing made). */
     function hasCandidate(): boolean {
-      if (continueClaims) for (const key of deep) if (continuable(key)) return true;
+      for (const key of deep) if (continuable(key)) return true;
       return false;
-    }
-
-    function candidates(): string[] {
-      const out: string[] = [];
-      if (continueClaims) for (const key of deep) if (continuable(key)) out.push(key);
-      return out;
     }
 
     /** Whether a claim pays now (see the policy above): "ahead" for a claim ahead of need after a full claim. */
@@ -869,7 +857,7 @@ export function createRelay(options: RelayOptions): Relay {
           const unit = nextUnit();
           if (!unit) break;
           inFlight++;
-          void sendUnit(unit.items);
+          void sendUnit(unit);
         }
         const pays = claimPays(false);
         if (pays) void claimMore(pays !== true, pays === "beside");
@@ -960,7 +948,7 @@ export function createRelay(options: RelayOptions): Relay {
       },
     };
     const watched = watch.add(now() + timeout, (reason) => {
-      stopReason = `${reason === "timeout" ? `send timed out after ${Math.round(timeout)} ms` : "drain aborted during the send"}`;
+      stopReason = reason === "timeout" ? `send timed out after ${Math.round(timeout)} ms` : "drain aborted during the send";
       controller?.abort(new OutboxError("ABORTED", stopReason));
       resolveStop(STOPPED);
     });
@@ -1054,7 +1042,6 @@ function callback<T>(name: string, fn: (arg: T) => unknown, arg: T): void {
   }
 }
 
-/** A first-in, first-out queue with O(1) push and shift. */
 /** Outcomes for every message of a send that did not return its own. */
 function retryAll(batch: readonly unknown[], error: string): DeliveryOutcome[] {
   return batch.map(() => ({ status: "retry", error }));
@@ -1134,14 +1121,14 @@ class SendWatch {
     stop?.(reason);
   }
 
+  /** Times the head (never an ended send: `done` forgets those at the head). */
   private arm(): void {
-    for (let w = this.queue.peek(); w?.done; w = this.queue.peek()) this.queue.shift();
     const head = this.queue.peek();
     if (head === undefined) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       const t = now();
-      for (let w = this.queue.peek(); w && (w.done || w.deadline <= t); w = this.queue.peek()) {
+      for (let w = this.queue.peek(); w && w.deadline <= t; w = this.queue.peek()) {
         this.queue.shift();
         this.stop(w, "timeout");
       }
@@ -1150,6 +1137,7 @@ class SendWatch {
   }
 }
 
+/** A first-in, first-out queue with O(1) push and shift. */
 class Fifo<T> {
   private items: (T | undefined)[] = [];
   private head = 0;

@@ -965,11 +965,20 @@ describe("libSQL local file: this process's relay-side writes take turns and com
       expect(transactions).toBe(2);
     }));
 
-  it("a relay over a few deep keys: the claim that waits for the keys a settle frees is made with that settle and joins its commit (one commit per settle, not two); every row once, keys in order", async () => {
+  /** A fresh file holding `count` messages over `keys` keys (message i keyed `k<i % keys>`); closed after `use`. */
+  async function withKeyedBacklog(count: number, keys: number, use: (f: Awaited<ReturnType<typeof libsqlFileFixture>>, sent: NewMessage[]) => Promise<void>) {
     const f = await libsqlFileFixture();
     try {
-      const sent: NewMessage[] = Array.from({ length: 1_200 }, (_, i) => message(i, { key: `k${i % 4}` }));
-      for (let i = 0; i < sent.length; i += 300) await f.client.batch([f.storage.statement(sent.slice(i, i + 300))], "write");
+      const sent: NewMessage[] = Array.from({ length: count }, (_, i) => message(i, { key: `k${i % keys}` }));
+      for (let i = 0; i < sent.length; i += 500) await f.client.batch([f.storage.statement(sent.slice(i, i + 500))], "write");
+      await use(f, sent);
+    } finally {
+      await f.close();
+    }
+  }
+
+  it("a relay over a few deep keys: the claim that waits for the keys a settle frees is made with that settle and joins its commit (one commit per settle, not two); every row once, keys in order", () =>
+    withKeyedBacklog(1_200, 4, async (f, sent) => {
       let transactions = 0;
       const open = f.client.transaction.bind(f.client);
       f.client.transaction = ((mode) => (transactions++, open(mode))) as typeof f.client.transaction;
@@ -988,16 +997,10 @@ describe("libSQL local file: this process's relay-side writes take turns and com
       // settle's commit: about one transaction per settle (25 for 12 settles when each claim waited for its settle).
       expect(calls.claims).toBeGreaterThanOrEqual(12);
       expect(transactions).toBeLessThanOrEqual(calls.settles + 3);
-    } finally {
-      await f.close();
-    }
-  });
+    }));
 
-  it("a relay over many keys of one row per claim: after a claim ahead finds nothing, no more empty claims (each walks every pending row holding the writer); the keys a settle frees are claimed with it", async () => {
-    const f = await libsqlFileFixture();
-    try {
-      const sent: NewMessage[] = Array.from({ length: 2_000 }, (_, i) => message(i, { key: `k${i % 100}` }));
-      for (let i = 0; i < sent.length; i += 500) await f.client.batch([f.storage.statement(sent.slice(i, i + 500))], "write");
+  it("a relay over many keys of one row per claim: after a claim ahead finds nothing, no more empty claims (each walks every pending row holding the writer); the keys a settle frees are claimed with it", () =>
+    withKeyedBacklog(2_000, 100, async (f) => {
       const claims: number[] = [];
       const storage = { ...f.storage, claim: (o: Parameters<typeof f.storage.claim>[0]) => f.storage.claim(o).then((c) => (claims.push(c.messages.length), c)) };
       const report = await createRelay({ outbox: createOutbox({ storage }), transport: functionTransport(() => {}), batchSize: 100, concurrency: 8 })
@@ -1006,10 +1009,7 @@ describe("libSQL local file: this process's relay-side writes take turns and com
       // One row of each of the 100 keys per claim: 20 full claims; the first claim ahead, the one made with the last
       // settle and the drain's last find nothing (every other claim did before: 21 of 41).
       expect(claims.filter((n) => n === 0).length, claims.join(",")).toBeLessThanOrEqual(3);
-    } finally {
-      await f.close();
-    }
-  });
+    }));
 
   it("a write of another connection (your own transaction) still meets a queued write as SQLITE_BUSY (the caller retries), and the queue moves on after it", () =>
     withTable("k TEXT PRIMARY KEY", async (f, lock) => {

@@ -239,10 +239,12 @@ export const CLAIM_FUNCTION_DDL: string = claimFunctionDdl(false);
 
 /**
  * The claim statement's steps from the keys `lk` to the leased rows `c` (see {@link CLAIM_FUNCTION_DDL}): `pre` each
- * key's first rows (after `lk.after` when `after` is given), `kp` their due prefixes, `fr` the due keyless rows,
+ * key's first rows (after `lk.after` with `continued`), `kp` their due prefixes, `fr` the due keyless rows,
  * `pick` the union cut to the limit, `c` leased and returned with each keyed row's delivery position.
  */
-function prefixSteps(preAfter: string, fromAfter: string): string {
+function prefixSteps(continued: boolean): string {
+  const preAfter = continued ? ", lk.after" : "";
+  const fromAfter = continued ? " AND o.seq > coalesce(lk.after, 0)" : "";
   return `pre AS MATERIALIZED (
     SELECT r.seq, r.key, r.available_at${preAfter} FROM lk CROSS JOIN LATERAL (
       SELECT o.seq, o.key, o.available_at FROM ${OUTBOX} AS o
@@ -295,8 +297,6 @@ function claimFunctionDdl(continued: boolean): string {
     UNION ALL
     ${validContinued}`
     : `SELECT j.key FROM unnest(v_keys) AS j(key)`;
-  const preAfter = continued ? ", lk.after" : "";
-  const fromAfter = continued ? " AND o.seq > coalesce(lk.after, 0)" : "";
   const noKeys = continued ? "cardinality(v_keys) = 0 AND cardinality(v_cont) = 0" : "cardinality(v_keys) = 0";
   // A continued key none of whose rows was taken keeps its key row as it is (its head is the caller's leased row).
   const hCont = continued ? ",\n      bool_or(pre.after IS NOT NULL) AS cont" : "";
@@ -337,7 +337,7 @@ ${continued ? `  IF cardinality(v_keys) = 0 THEN
     -- Only continued keys (and keyless rows): no key row is deleted or moved back, so this smaller statement.
     RETURN QUERY WITH lk AS (
     ${validContinued}
-  ), ${prefixSteps(preAfter, fromAfter)}, kh AS (
+  ), ${prefixSteps(continued)}, kh AS (
     UPDATE ${KEYS} AS k SET available_at = now() + ${LEASE} WHERE k.key IN (SELECT c.key FROM c)
   )
   SELECT ${CLAIMED_FROM_C}, c.prevseq, ${CLAIM_CLOCK}
@@ -346,7 +346,7 @@ ${continued ? `  IF cardinality(v_keys) = 0 THEN
   END IF;
 ` : ""}  RETURN QUERY WITH lk AS (
     ${lk}
-  ), ${prefixSteps(preAfter, fromAfter)}, h AS (
+  ), ${prefixSteps(continued)}, h AS (
     SELECT pre.key, (array_agg(pre.available_at ORDER BY pre.seq))[1] AS head_at,
       EXISTS (SELECT 1 FROM c WHERE c.key = pre.key) AS claimed${hCont}
     FROM pre GROUP BY pre.key
@@ -404,9 +404,9 @@ export const SCHEMA_V5: SchemaVersion = {
  *    `p_tokens`, `FOR UPDATE SKIP LOCKED`, and leaves them out of the due keys.
  * 2. With the fresh snapshot of the claim statement, a continued key is read only when every pending row of it up to
  *    its `p_after` row carries one of `p_tokens` (none of them was retried or released, or taken by another
- *    claimer since; delivered and dead rows are no longer pending), from the row after that one: its due prefix, as for a due key. Its key row
- *    becomes this lease's expiry when rows of it were taken and is left as it is otherwise, and it is never deleted
- *    here.
+ *    claimer since; delivered and dead rows are no longer pending), from the row after that one: its due prefix, as
+ *    for a due key. Its key row becomes this lease's expiry when rows of it were taken and is left as it is
+ *    otherwise, and it is never deleted here.
  *
  * Safe for the same reason as the 3-argument claim (the key row lock orders every claim and settle of a key): the rows
  * taken follow, in seq order, rows that are all leased to the caller, and the caller sends them only after it has
