@@ -70,6 +70,11 @@ function recordingClient(): LibsqlClient & { calls: string[] } {
 /** Wraps a client, counting round trips. */
 function countingClient(inner: Client, protocol: string = inner.protocol) {
   const counts = { execute: 0, batch: 0, transaction: 0, txBatch: 0, txExecute: 0, txExecuteMultiple: 0, statements: 0 };
+  /** The SQL of every statement sent in a batch, in order. */
+  const sqls: string[] = [];
+  const record = (s: readonly InStatement[]): void => {
+    for (const st of s) sqls.push(typeof st === "string" ? st : st.sql);
+  };
   const client: LibsqlClient = {
     protocol,
     execute: (s) => {
@@ -79,6 +84,7 @@ function countingClient(inner: Client, protocol: string = inner.protocol) {
     batch: (s, m) => {
       counts.batch++;
       counts.statements += s.length;
+      record(s);
       return inner.batch(s, m);
     },
     transaction: async (m) => {
@@ -92,6 +98,7 @@ function countingClient(inner: Client, protocol: string = inner.protocol) {
         batch: (s) => {
           counts.txBatch++;
           counts.statements += s.length;
+          record(s);
           return tx.batch(s);
         },
         executeMultiple: (s) => {
@@ -106,8 +113,9 @@ function countingClient(inner: Client, protocol: string = inner.protocol) {
   };
   const reset = (): void => {
     for (const k of Object.keys(counts) as (keyof typeof counts)[]) counts[k] = 0;
+    sqls.length = 0;
   };
-  return { client, counts, reset };
+  return { client, counts, sqls, reset };
 }
 
 function tempDir(): { url: string; remove(): void } {
@@ -406,7 +414,9 @@ describe("libsqlStorage: claims and settles", () => {
           { id: ms[3]!.id, outcome: "released" },
         ]);
         expect(r).toEqual({ applied: 4, lost: [] });
-        expect(counts.statements).toBe(7); // the not-applied check, counters, delivery positions, one statement per outcome kind
+        // The not-applied check, counters, one statement per outcome kind; no delivery positions: this storage made
+        // the claim, and no row of it has a key.
+        expect(counts.statements).toBe(6);
         if (protocol === "http") {
           expect(counts).toMatchObject({ batch: 1, transaction: 0, execute: 0 });
         } else {
@@ -417,6 +427,62 @@ describe("libsqlStorage: claims and settles", () => {
     } finally {
       await mem.close();
       await file.close();
+    }
+  });
+
+  it("a settle of this storage's own claim names its rows by seq, of another instance's claim by id: the same outcomes, lost ids included", async () => {
+    const outcome = async (via: "own" | "other") => {
+      const f = await libsqlFileFixture();
+      try {
+        const { client, sqls, reset } = countingClient(f.client);
+        const claimer = libsqlStorage(client);
+        const settler = via === "own" ? claimer : libsqlStorage(client);
+        const ms = [message(0, { key: "k" }), message(1), message(2), message(3), message(4)];
+        await f.client.batch([claimer.statement(ms)], "write");
+        const c = await claimer.claim({ limit: 10, leaseMs: 30_000 });
+        expect(c.messages.map((m) => m.id)).toEqual(ms.map((m) => m.id));
+        // ms[4]'s lease ended and another relay claimed it: this settle of it must not apply.
+        await f.client.execute({ sql: "UPDATE outbox SET lease_token = 'another' WHERE id = ?", args: [ms[4]!.id] });
+        const unknown = uuidv7();
+        reset();
+        const r = await settler.settle(c.token, [
+          { id: ms[0]!.id, outcome: "delivered" },
+          { id: ms[1]!.id, outcome: "retry", delayMs: 60_000, error: "503" },
+          { id: ms[2]!.id, outcome: "dead", error: "400" },
+          { id: ms[3]!.id, outcome: "released" },
+          { id: ms[4]!.id, outcome: "delivered" },
+          { id: unknown, outcome: "delivered" },
+          { id: ms[0]!.id, outcome: "dead", error: "again" },
+        ]);
+        const by = sqls[0]!.includes("o.seq = j.value") ? "seq" : sqls[0]!.includes("o.id = j.value") ? "id" : "?";
+        // Settled again: the first settle applied (the memo of the claim is gone), so every id is lost now.
+        const again = await settler.settle(c.token, [{ id: ms[3]!.id, outcome: "delivered" }]);
+        const rows = (await f.client.execute("SELECT id, status, lease_token, attempts, last_error, available_at - created_at > 10000 AS later FROM outbox ORDER BY seq")).rows
+          .map((x) => ({ ...x }));
+        const positions = (await f.client.execute("SELECT key, seq FROM outbox_positions")).rows.map((x) => ({ ...x }));
+        const counters = (await f.client.execute("SELECT sum(delivered) AS d, sum(retried) AS r, sum(dead) AS x FROM outbox_counters")).rows
+          .map((x) => ({ ...x }));
+        return { by, r, again, rows, positions, counters, ids: ms.map((m) => m.id), seq0: c.messages[0]!.seq, unknown };
+      } finally {
+        await f.close();
+      }
+    };
+    const own = await outcome("own");
+    const other = await outcome("other");
+    expect(own.by).toBe("seq");
+    expect(other.by).toBe("id");
+    for (const o of [own, other]) {
+      const [m0, m1, m2, m3, m4] = o.ids;
+      expect(o.r).toEqual({ applied: 4, lost: [m4, o.unknown, m0] });
+      expect(o.again).toEqual({ applied: 0, lost: [m3] });
+      expect(o.rows).toEqual([
+        { id: m1, status: "pending", lease_token: null, attempts: 1, last_error: "503", later: 1 },
+        { id: m2, status: "dead", lease_token: null, attempts: 1, last_error: "400", later: 1 },
+        { id: m3, status: "pending", lease_token: null, attempts: 0, last_error: null, later: 0 },
+        { id: m4, status: "pending", lease_token: "another", attempts: 1, last_error: null, later: 1 },
+      ]);
+      expect(o.positions).toEqual([{ key: "k", seq: o.seq0 }]);
+      expect(o.counters).toEqual([{ d: 1, r: 1, x: 1 }]);
     }
   });
 

@@ -51,19 +51,45 @@ export const NOW_SQL: string = `SELECT ${NOW} AS now`;
 export const HAS_DUE_SQL: string = `SELECT 1 AS due FROM "{{table}}" AS o WHERE ${ELIGIBLE} LIMIT 1`;
 
 /**
- * The settlements that will NOT apply, read before the outcome statements of the same write transaction: the ids of
- * `?2` (a JSON array of every settled id) whose row no longer carries the token `?1` (or is gone), as one JSON array
- * in one row. The outcome statements below apply to exactly the other ids, so they need no `RETURNING` (one result
- * row per settled message is what `@libsql/client` makes expensive).
+ * How a settle names its rows: by `id` (the settlement's ids, through the table's id index), or by `seq` (the table's
+ * rowid, found without that index: the ids a storage claimed itself, mapped to the seqs their claim returned). `seq`
+ * values are never reused (`AUTOINCREMENT`), and every statement is fenced on the token either way.
  */
-export const SETTLE_LOST_SQL: string = `SELECT json_group_array(j.value) AS lost FROM json_each(?2) AS j
-WHERE NOT EXISTS (SELECT 1 FROM "{{table}}" AS o WHERE o.id = j.value AND o.lease_token = ?1 AND o.status = 'pending')`;
+export type SettleBy = "id" | "seq";
+
+/** The settle statements of {@link SettleBy} `by`, as in the `*_SQL` constants below (which are the `id` ones). */
+export interface SettleStatements {
+  /** See {@link SETTLE_LOST_SQL}. */
+  readonly settleLost: string;
+  /** See {@link COUNT_SETTLE_SQL}. */
+  readonly countSettle: string;
+  /** See {@link POSITIONS_SQL}. */
+  readonly positions: string;
+  /** See {@link DELIVERED_DELETE_SQL}. */
+  readonly deliveredDelete: string;
+  /** See {@link DELIVERED_MARK_SQL}. */
+  readonly deliveredMark: string;
+  /** See {@link RETRY_SQL}. */
+  readonly retry: string;
+  /** See {@link DEAD_SQL}. */
+  readonly dead: string;
+  /** See {@link RELEASE_SQL}. */
+  readonly release: string;
+}
+
+const FENCE = `lease_token = ?1 AND status = 'pending'`;
 
 /**
- * Adds the settle counters to the current minute's bucket, from the rows that still carry the token (so it runs
- * before the outcome statements). `?1` token, `?2` delivered ids, `?3` retried ids, `?4` dead ids (JSON arrays).
+ * The settle statements naming rows by `by` (the JSON arrays hold ids, or seqs where the docs below say ids).
+ *
+ * @param by the column the JSON arrays name rows by
+ * @returns the statements, with the `{{table}}` placeholder
  */
-export const COUNT_SETTLE_SQL: string = `WITH s(id, kind) AS (
+function settleStatements(by: SettleBy): SettleStatements {
+  return {
+    settleLost: `SELECT json_group_array(j.value) AS lost FROM json_each(?2) AS j
+WHERE NOT EXISTS (SELECT 1 FROM "{{table}}" AS o WHERE o.${by} = j.value AND o.lease_token = ?1 AND o.status = 'pending')`,
+    countSettle: `WITH s(id, kind) AS (
   SELECT value, 'delivered' FROM json_each(?2)
   UNION ALL SELECT value, 'retried' FROM json_each(?3)
   UNION ALL SELECT value, 'dead' FROM json_each(?4)
@@ -74,7 +100,7 @@ export const COUNT_SETTLE_SQL: string = `WITH s(id, kind) AS (
     COALESCE(SUM(s.kind = 'dead'), 0) AS dead,
     COALESCE(SUM(CASE WHEN s.kind = 'delivered' THEN MAX(0, ${NOW} - o.created_at) END), 0) AS latency_sum,
     COALESCE(MAX(CASE WHEN s.kind = 'delivered' THEN MAX(0, ${NOW} - o.created_at) END), 0) AS latency_max
-  FROM s JOIN "{{table}}" AS o ON o.id = s.id
+  FROM s JOIN "{{table}}" AS o ON o.${by} = s.id
   WHERE o.lease_token = ?1 AND o.status = 'pending'
 )
 INSERT INTO "{{table}}_counters" (bucket, shard, delivered, retried, dead, latency_sum_ms, latency_max_ms)
@@ -84,20 +110,56 @@ ON CONFLICT (bucket, shard) DO UPDATE SET
   retried = retried + excluded.retried,
   dead = dead + excluded.dead,
   latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
-  latency_max_ms = MAX(latency_max_ms, excluded.latency_max_ms)`;
+  latency_max_ms = MAX(latency_max_ms, excluded.latency_max_ms)`,
+    positions: `INSERT INTO "{{table}}_positions" (key, seq, at)
+SELECT o.key, MAX(o.seq), ${NOW} FROM "{{table}}" AS o
+WHERE o.${by} IN (SELECT value FROM json_each(?2)) AND o.lease_token = ?1 AND o.status = 'pending' AND o.key IS NOT NULL
+GROUP BY o.key
+ON CONFLICT (key) DO UPDATE SET seq = MAX(seq, excluded.seq), at = excluded.at`,
+    deliveredDelete: `DELETE FROM "{{table}}" WHERE ${by} IN (SELECT value FROM json_each(?2)) AND ${FENCE}`,
+    deliveredMark: `UPDATE "{{table}}"
+SET status = 'delivered', done_at = ${NOW}, lease_token = NULL, lease_until = NULL
+WHERE ${by} IN (SELECT value FROM json_each(?2)) AND ${FENCE}`,
+    retry: `UPDATE "{{table}}"
+SET available_at = ${NOW} + CAST(j.delay_ms AS INTEGER), last_error = j.error, lease_token = NULL, lease_until = NULL
+FROM (SELECT json_extract(value, '$[0]') AS jid, json_extract(value, '$[1]') AS delay_ms,
+        json_extract(value, '$[2]') AS error FROM json_each(?2)) AS j
+WHERE "{{table}}".${by} = j.jid AND "{{table}}".lease_token = ?1 AND "{{table}}".status = 'pending'`,
+    dead: `UPDATE "{{table}}"
+SET status = 'dead', done_at = ${NOW}, last_error = j.error, lease_token = NULL, lease_until = NULL
+FROM (SELECT json_extract(value, '$[0]') AS jid, json_extract(value, '$[1]') AS error FROM json_each(?2)) AS j
+WHERE "{{table}}".${by} = j.jid AND "{{table}}".lease_token = ?1 AND "{{table}}".status = 'pending'`,
+    release: `UPDATE "{{table}}"
+SET available_at = ${NOW}, attempts = MAX(0, attempts - 1), lease_token = NULL, lease_until = NULL
+WHERE ${by} IN (SELECT value FROM json_each(?2)) AND ${FENCE}`,
+  };
+}
 
-const FENCE = `lease_token = ?1 AND status = 'pending'`;
+const BY_ID = settleStatements("id");
+
+/** {@link SettleStatements} naming rows by `seq` (see {@link SettleBy}). */
+export const SETTLE_BY_SEQ: SettleStatements = settleStatements("seq");
+
+/**
+ * The settlements that will NOT apply, read before the outcome statements of the same write transaction: the ids of
+ * `?2` (a JSON array of every settled id) whose row no longer carries the token `?1` (or is gone), as one JSON array
+ * in one row. The outcome statements below apply to exactly the other ids, so they need no `RETURNING` (one result
+ * row per settled message is what `@libsql/client` makes expensive).
+ */
+export const SETTLE_LOST_SQL: string = BY_ID.settleLost;
+
+/**
+ * Adds the settle counters to the current minute's bucket, from the rows that still carry the token (so it runs
+ * before the outcome statements). `?1` token, `?2` delivered ids, `?3` retried ids, `?4` dead ids (JSON arrays).
+ */
+export const COUNT_SETTLE_SQL: string = BY_ID.countSettle;
 
 /**
  * Records the delivery positions of a delivered settle (schema v3), before the rows are deleted or marked, from the
  * rows that still carry the token: per key, the largest delivered `seq` (never moving a position back). `?1` token,
  * `?2` JSON array of delivered ids.
  */
-export const POSITIONS_SQL: string = `INSERT INTO "{{table}}_positions" (key, seq, at)
-SELECT o.key, MAX(o.seq), ${NOW} FROM "{{table}}" AS o
-WHERE o.id IN (SELECT value FROM json_each(?2)) AND o.lease_token = ?1 AND o.status = 'pending' AND o.key IS NOT NULL
-GROUP BY o.key
-ON CONFLICT (key) DO UPDATE SET seq = MAX(seq, excluded.seq), at = excluded.at`;
+export const POSITIONS_SQL: string = BY_ID.positions;
 
 /**
  * Drops at most `?1` delivery positions not updated for 7 days (database clock), oldest first (schema v3): longer
@@ -109,31 +171,19 @@ export const PURGE_POSITIONS_SQL: string = `DELETE FROM "{{table}}_positions" WH
 )`;
 
 /** Delivered, no retention: delete. `?1` token, `?2` JSON array of ids. */
-export const DELIVERED_DELETE_SQL: string =
-  `DELETE FROM "{{table}}" WHERE id IN (SELECT value FROM json_each(?2)) AND ${FENCE}`;
+export const DELIVERED_DELETE_SQL: string = BY_ID.deliveredDelete;
 
 /** Delivered, with retention: mark delivered. `?1` token, `?2` JSON array of ids. */
-export const DELIVERED_MARK_SQL: string = `UPDATE "{{table}}"
-SET status = 'delivered', done_at = ${NOW}, lease_token = NULL, lease_until = NULL
-WHERE id IN (SELECT value FROM json_each(?2)) AND ${FENCE}`;
+export const DELIVERED_MARK_SQL: string = BY_ID.deliveredMark;
 
 /** Retry later. `?1` token, `?2` JSON array of `[id, delayMs, error]`. */
-export const RETRY_SQL: string = `UPDATE "{{table}}"
-SET available_at = ${NOW} + CAST(j.delay_ms AS INTEGER), last_error = j.error, lease_token = NULL, lease_until = NULL
-FROM (SELECT json_extract(value, '$[0]') AS jid, json_extract(value, '$[1]') AS delay_ms,
-        json_extract(value, '$[2]') AS error FROM json_each(?2)) AS j
-WHERE "{{table}}".id = j.jid AND "{{table}}".lease_token = ?1 AND "{{table}}".status = 'pending'`;
+export const RETRY_SQL: string = BY_ID.retry;
 
 /** Dead-letter. `?1` token, `?2` JSON array of `[id, error]`. */
-export const DEAD_SQL: string = `UPDATE "{{table}}"
-SET status = 'dead', done_at = ${NOW}, last_error = j.error, lease_token = NULL, lease_until = NULL
-FROM (SELECT json_extract(value, '$[0]') AS jid, json_extract(value, '$[1]') AS error FROM json_each(?2)) AS j
-WHERE "{{table}}".id = j.jid AND "{{table}}".lease_token = ?1 AND "{{table}}".status = 'pending'`;
+export const DEAD_SQL: string = BY_ID.dead;
 
 /** Give back unsent claims: due now, attempt returned. `?1` token, `?2` JSON array of ids. */
-export const RELEASE_SQL: string = `UPDATE "{{table}}"
-SET available_at = ${NOW}, attempts = MAX(0, attempts - 1), lease_token = NULL, lease_until = NULL
-WHERE id IN (SELECT value FROM json_each(?2)) AND ${FENCE}`;
+export const RELEASE_SQL: string = BY_ID.release;
 
 /** Counts and windowed counters in one consistent read. `?1` window ms. */
 export const STATS_SQL: string = `SELECT ${NOW} AS now,
@@ -274,6 +324,8 @@ export interface LibsqlSql {
   readonly migrateLock: string;
   /** See {@link APPLIED_VERSIONS_SQL}. */
   readonly appliedVersions: string;
+  /** The settle statements naming rows by seq ({@link SETTLE_BY_SEQ}). */
+  readonly bySeq: SettleStatements;
 }
 
 /**
@@ -317,5 +369,6 @@ export function libsqlSql(table: string): LibsqlSql {
     readLock: r(READ_LOCK_SQL),
     migrateLock: r(MIGRATE_LOCK_SQL),
     appliedVersions: r(APPLIED_VERSIONS_SQL),
+    bySeq: Object.fromEntries(Object.entries(SETTLE_BY_SEQ).map(([k, v]) => [k, r(v)])) as unknown as SettleStatements,
   };
 }
