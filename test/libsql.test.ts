@@ -304,6 +304,37 @@ describe("libsqlStorage: writes", () => {
     }
   });
 
+  it("one message goes as parameters, several as one JSON array: the same columns either way", async () => {
+    const f = await libsqlFileFixture();
+    try {
+      const sql = libsqlSql("outbox");
+      const shapes = (n: number): NewMessage[] => [
+        message(n, { key: "k", headers: '{"x-a":"1"}', delayMs: 60_000 }),
+        message(n + 1, { payload: JSON.stringify({ s: "ü\u0000-free", n: 1.5 }) }),
+      ];
+      const single = shapes(1);
+      const many = shapes(3);
+      for (const m of single) {
+        const st = f.storage.statement([m]);
+        expect(st.sql).toBe(sql.enqueueOne);
+        await f.client.batch([st], "write");
+      }
+      const st = f.storage.statement(many);
+      expect(st.sql).toBe(sql.enqueue);
+      await f.client.batch([st], "write");
+      const rows = (await f.client.execute(
+        "SELECT id, topic, key, payload, headers, status, attempts, available_at - created_at AS delay, typeof(available_at) AS t FROM outbox ORDER BY seq",
+      )).rows.map((r) => ({ ...r }));
+      const expected = [...single, ...many].map((m) => ({
+        id: m.id, topic: m.topic, key: m.key ?? null, payload: m.payload, headers: m.headers, status: "pending", attempts: 0,
+        delay: m.delayMs, t: "integer",
+      }));
+      expect(rows).toEqual(expected);
+    } finally {
+      await f.close();
+    }
+  });
+
   it("a duplicate id is a non-retryable CONFLICT error with the adapter prefix and the driver cause", async () => {
     const f = await libsqlMemoryFixture();
     try {

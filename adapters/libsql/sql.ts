@@ -21,6 +21,15 @@ SELECT json_extract(m.value, '$[0]'), json_extract(m.value, '$[1]'), json_extrac
   ${NOW} + CAST(json_extract(m.value, '$[5]') AS INTEGER), 0
 FROM json_each(?1) AS m ORDER BY m.key`;
 
+/**
+ * {@link ENQUEUE_SQL} for the usual call, ONE message: its fields as parameters (`?1` id, `?2` topic, `?3` key or
+ * null, `?4` payload JSON text, `?5` headers JSON text, `?6` delay ms), no JSON array taken apart. Measured (a batch
+ * of an order INSERT and X, interleaved medians over 2,700 batches, two runs): bare INSERT 1.011 / 0.983 ms, this
+ * statement 1.016 / 0.989, the JSON-array statement 1.068 / 1.046.
+ */
+export const ENQUEUE_ONE_SQL: string = `INSERT INTO "{{table}}" (id, topic, key, payload, headers, status, created_at, available_at, attempts)
+VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ${NOW}, ${NOW} + CAST(?6 AS INTEGER), 0)`;
+
 /** Whether row `o` is claimable now: due, and no earlier row of its key is pending and not due. */
 const ELIGIBLE = `o.status = 'pending' AND o.available_at <= ${NOW}
   AND (o.key IS NULL OR NOT EXISTS (
@@ -274,6 +283,8 @@ export const APPLIED_VERSIONS_SQL: string = `SELECT version FROM "{{table}}_migr
 export interface LibsqlSql {
   /** See {@link ENQUEUE_SQL}. */
   readonly enqueue: string;
+  /** See {@link ENQUEUE_ONE_SQL}. */
+  readonly enqueueOne: string;
   /** See {@link CLAIM_SQL}. */
   readonly claim: string;
   /** See {@link NOW_SQL}. */
@@ -344,6 +355,7 @@ export function libsqlSql(table: string): LibsqlSql {
   const r = (s: string): string => renderSql(s, table);
   return {
     enqueue: r(ENQUEUE_SQL),
+    enqueueOne: r(ENQUEUE_ONE_SQL),
     claim: r(CLAIM_SQL),
     now: r(NOW_SQL),
     hasDue: r(HAS_DUE_SQL),

@@ -209,8 +209,8 @@ export function createPostgresStorage(
     const isKeyless = (m: NewMessage): boolean => m.key === null || m.key === undefined;
     const only = messages.length === 1 ? messages[0]! : undefined;
     if (only && isKeyless(only)) {
-      const [one] = await query(tx, sql.enqueueOne, [only.id, only.topic, only.payload, only.headers ?? "{}", only.delayMs ?? 0]);
-      if (num(one?.["inserted"]) === 1) return;
+      const inserted = await query(tx, sql.enqueueOne, [only.id, only.topic, only.payload, only.headers ?? "{}", only.delayMs ?? 0]);
+      if (inserted.length === 1) return; // one row when inserted, none when the id was taken
       throw conflict([only.id]);
     }
     const rows = messages.map((m) => [m.id, m.topic, m.key ?? null, m.payload, m.headers ?? "{}", m.delayMs ?? 0]);
