@@ -517,6 +517,34 @@ describe("libsqlStorage: claims and settles", () => {
     }
   });
 
+  it("two settles of one claim at once, sharing an id: each id applies once, the later settle reports the shared id lost", async () => {
+    for (const fixture of [libsqlFileFixture, libsqlMemoryFixture]) {
+      const f = await fixture();
+      try {
+        const ms = [message(1), message(2, { key: "k" }), message(3)];
+        await f.client.batch([f.storage.statement(ms)], "write");
+        const c = await f.storage.claim({ limit: 10, leaseMs: 30_000 });
+        const [a, b, cc] = ms.map((m) => m.id) as [string, string, string];
+        const [r1, r2] = await Promise.all([
+          f.storage.settle(c.token, [{ id: a, outcome: "delivered" }, { id: b, outcome: "delivered" }]),
+          f.storage.settle(c.token, [{ id: b, outcome: "dead", error: "x" }, { id: cc, outcome: "retry", delayMs: 60_000, error: "503" }]),
+        ]);
+        expect(r1.applied + r2.applied).toBe(3);
+        expect([...r1.lost, ...r2.lost]).toEqual([b]);
+        const rows = (await f.client.execute("SELECT id, status, last_error FROM outbox ORDER BY seq")).rows.map((x) => ({ ...x }));
+        // b went with whichever settle ran first: delivered (deleted) or dead.
+        const bRow = rows.find((x) => x["id"] === b);
+        expect(bRow === undefined ? r1.lost.length === 0 : bRow["status"] === "dead" && r2.lost.length === 0).toBe(true);
+        expect(rows.filter((x) => x["id"] !== b)).toEqual([{ id: cc, status: "pending", last_error: "503" }]);
+        // Every id of the claim is settled: settling one again is lost, and changes nothing.
+        expect(await f.storage.settle(c.token, [{ id: cc, outcome: "delivered" }])).toEqual({ applied: 0, lost: [cc] });
+        expect((await f.client.execute("SELECT count(*) AS n FROM outbox WHERE id = ?", [cc])).rows[0]!["n"]).toBe(1);
+      } finally {
+        await f.close();
+      }
+    }
+  });
+
   it("delivered rows are kept with retainDeliveredMs and purged by status", async () => {
     const f = await libsqlFileFixture({ retainDeliveredMs: 60_000 });
     try {

@@ -211,13 +211,24 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
       settleToken(token, invalid);
       // A claim of this storage (ClaimMemo): its rows are named by seq, and an id it did not return cannot carry its
       // token (a token is never given to another claim), so it is reported lost without being sent.
+      // The seqs are read once, as the settlements are partitioned: a settle of the same claim running meanwhile
+      // forgets its own ids, and must not change what this one sent or reports.
       const memo = memos.get(token);
-      const ids: SettleIds = memo ? { accept: (id) => memo.seqs.has(id) } : {};
+      const seqOf = new Map<string, number>();
+      const ids: SettleIds = memo
+        ? {
+          accept: (id) => {
+            const seq = seqOf.get(id) ?? memo.seqs.get(id);
+            if (seq !== undefined) seqOf.set(id, seq);
+            return seq !== undefined;
+          },
+        }
+        : {};
       const p = partitionSettlements(settlements, invalid, ids);
       if (p.size === 0) return { applied: 0, lost: settlements.map((s) => s.id) };
       const q = memo ? sql.bySeq : sql;
-      const name: (id: string) => string | number = memo ? (id) => memo.seqs.get(id)! : (id) => id;
-      const sent = memo ? [...p.seen].filter((id) => memo.seqs.has(id)) : [...p.seen];
+      const name: (id: string) => string | number = memo ? (id) => seqOf.get(id)! : (id) => id;
+      const sent = memo ? [...seqOf.keys()] : [...p.seen];
       // First the ids that will not apply (read in the same write transaction), then counters, then the outcomes.
       const stmts: LibsqlStatement[] = [{ sql: q.settleLost, args: [token, JSON.stringify(sent.map(name))] }];
       if (p.delivered.length + p.retried.length + p.dead.length > 0) {
@@ -244,8 +255,8 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
         const [lost] = await driver.write(stmts);
         const named = JSON.parse(text(lost![0]!["lost"])) as (string | number)[];
         if (!memo) return settleResult(settlements, p, new Set(named as string[]));
-        const idOf = new Map(sent.map((id) => [memo.seqs.get(id)!, id]));
-        const result = settleResult(settlements, p, new Set(named.map((n) => idOf.get(num(n))!)), ids);
+        const idOf = new Map([...seqOf].map(([id, seq]) => [seq, id]));
+        const result = settleResult(settlements, p, new Set(named.map((n) => idOf.get(num(n))!)), { accept: (id) => seqOf.has(id) });
         for (const id of sent) memo.seqs.delete(id); // settled: a later settle of one is lost without being sent
         if (memo.seqs.size === 0) memos.delete(token);
         return result;
