@@ -45,7 +45,22 @@ try {
     await post("Profiler.start");
   }
   const fs = await import("node:fs");
-  const pgCpu = () => { let t = 0; for (const d of fs.readdirSync("/proc")) { if (!/^\d+$/.test(d)) continue; try { const st = fs.readFileSync(`/proc/${d}/stat`, "utf8"); if (!st.includes("(postgres)")) continue; const f = st.slice(st.lastIndexOf(")") + 2).split(" "); t += Number(f[11]) + Number(f[12]); } catch {} } return t * 10; };
+  /** CPU ms of every process named postgres (utime + stime of /proc/<pid>/stat, in 10 ms clock ticks). */
+  const pgCpu = (): number => {
+    let ticks = 0;
+    for (const pid of fs.readdirSync("/proc")) {
+      if (!/^\d+$/.test(pid)) continue;
+      try {
+        const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+        if (!stat.includes("(postgres)")) continue;
+        const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+        ticks += Number(f[11]) + Number(f[12]);
+      } catch {
+        // the process ended meanwhile
+      }
+    }
+    return ticks * 10;
+  };
   const pg0 = pgCpu();
   const t0 = performance.now();
   const cpu0 = process.cpuUsage();
@@ -66,7 +81,7 @@ try {
   console.log(`${db} ${keys} keys batch ${batch}: ${Math.round(rate)} msg/s; total ${Math.round(total)} ms; claims ${calls.claim} (${Math.round(time.claim!)} ms, ${(time.claim! / calls.claim!).toFixed(2)} ms each), settles ${calls.settle} (${Math.round(time.settle!)} ms, ${(time.settle! / calls.settle!).toFixed(2)} ms each); rows/claim ${JSON.stringify([...hist].sort((a, b) => b[1] - a[1]).slice(0, 6))}`);
   const kh = new Map<string, number>();
   for (const k of kinds) kh.set(k, (kh.get(k) ?? 0) + 1);
-  console.log(`  this process's CPU: ${Math.round((cpu.user + cpu.system) / 1000)} ms of ${Math.round(total)} ms wall; postgres CPU ${pgUsed} ms`);
+  console.log(`  this process's CPU: ${Math.round((cpu.user + cpu.system) / 1000)} ms of ${Math.round(total)} ms wall${db === "pg" ? `; postgres CPU ${pgUsed} ms` : ""}`);
   console.log(`  claims by kind (n: none continued, cK: K keys continued) : rows → count ${JSON.stringify([...kh].sort((a, b) => b[1] - a[1]).slice(0, 12))}`);
 } finally {
   await cleanupAll();

@@ -90,10 +90,11 @@ export type SqliteCommon =
 
 /**
  * What a storage remembers of one of its claims until every row of it is settled: each claimed id's seq, and whether
- * any claimed row has a key. A settle whose every id is in it names its rows by seq (the table's rowid, no probe of
- * the id index: about a fifth of a 500-row settle) and, for a claim without keyed rows, skips the delivery positions
- * (only keyed rows have one). Any other settle (of another instance's claim, or of an id this claim did not return)
- * names its rows by id, as before; both are fenced on the token.
+ * any claimed row has a key. A settle of that claim names its rows by seq (the table's rowid, no probe of the id
+ * index: about a fifth of a 500-row settle), reports an id the claim did not return as lost without sending it, and,
+ * for a claim without keyed rows, skips the delivery positions (only keyed rows have one). A settle of a claim it does
+ * not remember (another instance's, or one forgotten after its lease) names its rows by id; both are fenced on the
+ * token.
  */
 interface ClaimMemo {
   readonly seqs: Map<string, number>;
@@ -217,8 +218,8 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
       const seqOf = new Map<string, number>();
       const ids: SettleIds = memo
         ? {
-          accept: (id) => {
-            const seq = seqOf.get(id) ?? memo.seqs.get(id);
+          accept: (id) => { // called once per distinct id
+            const seq = memo.seqs.get(id);
             if (seq !== undefined) seqOf.set(id, seq);
             return seq !== undefined;
           },

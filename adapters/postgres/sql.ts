@@ -119,6 +119,10 @@ RETURNING ${NOTIFY} AS notified`;
 /** Deletes the rows of a refused enqueue again (`$1` JSON array of ids), in the caller's transaction. */
 export const ENQUEUE_UNDO_SQL: string = `DELETE FROM ${T} WHERE id IN (SELECT j.id::uuid FROM json_array_elements_text($1::text::json) AS j(id))`;
 
+/** The first two statements of every claim's transaction (see {@link CLAIM_SQL}). */
+const CLAIM_SETTINGS = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
+SET LOCAL enable_hashjoin = off;`;
+
 /**
  * Claims up to `{{limit}}` rows in one round trip: a simple query of three statements, which PostgreSQL runs as one
  * implicit transaction:
@@ -137,8 +141,7 @@ export const ENQUEUE_UNDO_SQL: string = `DELETE FROM ${T} WHERE id IN (SELECT j.
  * plus the database clock (`now`, `until`) on every row; when nothing was claimed, one row whose message columns are
  * null.
  */
-export const CLAIM_SQL: string = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
-SET LOCAL enable_hashjoin = off;
+export const CLAIM_SQL: string = `${CLAIM_SETTINGS}
 SELECT * FROM "{{schema}}"."{{table}}_claim"('{{token}}'::uuid, {{lease}}, {{limit}})`;
 
 /**
@@ -147,8 +150,7 @@ SELECT * FROM "{{schema}}"."{{table}}_claim"('{{token}}'::uuid, {{lease}}, {{lim
  * continue) and `{{tokens}}` (the caller's unsettled lease tokens) inlined as validated array literals: integers and
  * UUIDs only, never a key (keys are user data, and the function reads each key from its row).
  */
-export const CLAIM_CONTINUE_SQL: string = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
-SET LOCAL enable_hashjoin = off;
+export const CLAIM_CONTINUE_SQL: string = `${CLAIM_SETTINGS}
 SELECT * FROM "{{schema}}"."{{table}}_claim"('{{token}}'::uuid, {{lease}}, {{limit}}, '{{after}}'::bigint[], '{{tokens}}'::uuid[])`;
 
 /**
