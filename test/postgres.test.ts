@@ -200,7 +200,7 @@ describe("postgresStorage: schema and migrations", () => {
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".my_outbox_migrations`);
       expect(versions.map((r) => r["version"])).toEqual(SCHEMA_VERSIONS.map((v) => v.version));
-      expect(LATEST_SCHEMA_VERSION).toBe(6);
+      expect(LATEST_SCHEMA_VERSION).toBe(7);
       await sql.begin((tx) => storage.enqueue(tx, [message(1)]));
       expect((await storage.stats()).pending).toBe(1);
     } finally {
@@ -231,7 +231,7 @@ describe("postgresStorage: schema and migrations", () => {
         "second_positions",
       ]);
       const versions = await a.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7]);
       const indexes = await a`select indexname from pg_indexes where schemaname = ${schema} and tablename = 'outbox' order by 1`;
       expect(indexes.map((r) => r["indexname"])).toEqual([
         "outbox_dead",
@@ -281,7 +281,7 @@ describe("postgresStorage: schema v1 -> v2 upgrade", () => {
       const storage = postgresStorage(sql, { schema });
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7]);
       const keys = await sql.unsafe(`SELECT key FROM "${schema}".outbox_keys ORDER BY 1`);
       expect(keys.map((r) => r["key"])).toEqual(["k0", "k1", "k2"]);
       const indexes = await sql.unsafe(`SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'outbox'`, [schema]);
@@ -338,7 +338,7 @@ describe("postgresStorage: schema v4 -> v5 (the claim function's clock)", () => 
       const before = await storage.claim({ limit: 3, leaseMs: 30_000 }); // on the v4 schema
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7]);
       const body = await sql.unsafe(
         `SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 AND p.proname = 'outbox_claim' AND p.pronargs = 3`,
         [schema],
@@ -379,7 +379,7 @@ describe("postgresStorage: schema v5 -> v6 (claims that continue held keys)", ()
       expect(onV5.messages).toEqual([]); // both keys' heads are leased: the 3-argument claim takes nothing
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7]);
       const onV6 = await storage.claim({ limit: 2, leaseMs: 30_000, continue: cont });
       expect(ids(onV6)).toEqual([sent[4]!.id, sent[5]!.id]); // k0's next rows; nothing of k1, which was not named
       // Named with a token that does not hold k0's rows up to `after` (b's is missing): nothing.
@@ -420,7 +420,7 @@ describe("postgresStorage: schema v3 -> v4 (the claim function)", () => {
       expect((await storage.stats()).leased).toBe(0); // the failed claim changed nothing
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7]);
       const fns = await sql.unsafe(
         `SELECT p.proname, p.pronargs FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 ORDER BY 2`,
         [schema],
@@ -595,6 +595,58 @@ describe("postgresStorage: writes", () => {
       await f.close();
     }
   });
+});
+
+describe("postgresStorage: plans of a drain over few keys", () => {
+  /** The plan nodes (a node's line and its detail lines) of `plans` that scan `index`. */
+  const nodes = (plans: string, index: string): string[] =>
+    plans.split(/\n(?=\s*->|\S)/).filter((n) => n.includes(`using ${index} on `));
+  it("a continued claim and a keyed settle read each key's rows through the (key, seq) index: no primary-key walk filtered by key, no bitmap scan", async () => {
+    const f = await postgresFixture();
+    const plans: string[] = [];
+    const c = f.connect({ max: 1, onnotice: (n) => { if (String(n["message"]).includes("plan:")) plans.push(String(n["message"])); } });
+    try {
+      const storage = postgresStorage(c, f.options);
+      // 20,000 rows round-robin over 10 keys, as in bench/README.md "7 keys", analysed: few keys in the statistics.
+      const sent = Array.from({ length: 20_000 }, (_, i) => message(i, { key: `c-${i % 10}` }));
+      for (let i = 0; i < sent.length; i += 10_000) await f.sql.begin((tx) => f.storage.enqueue(tx, sent.slice(i, i + 10_000)));
+      await f.sql.unsafe(`VACUUM ANALYZE "${f.schema}".outbox`);
+      const delivered = (m: { id: string }) => ({ id: m.id, outcome: "delivered" as const });
+      const continueAfter = (claim: Awaited<ReturnType<typeof storage.claim>>) => {
+        const last = new Map<string, number>();
+        for (const m of claim.messages) if (m.key !== null) last.set(m.key, m.seq);
+        return { after: [...last.values()], tokens: [claim.token] };
+      };
+      // A drain's steady state: each claim continues the keys of the one before, which is settled after it.
+      let held = await storage.claim({ limit: 100, leaseMs: 30_000 });
+      for (let round = 0; round < 6; round++) {
+        const last = round === 5;
+        if (last) {
+          await c.unsafe(`LOAD 'auto_explain'`);
+          await c.unsafe(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on; SET client_min_messages = log`);
+        }
+        const next = await storage.claim({ limit: 100, leaseMs: 30_000, continue: continueAfter(held) });
+        expect(next.messages.length).toBe(100);
+        expect((await storage.settle(held.token, held.messages.map(delivered))).applied).toBe(100);
+        held = next;
+      }
+      await c.unsafe(`SET auto_explain.log_min_duration = -1; SET client_min_messages = notice`);
+      const claimPlans = plans.filter((p) => p.includes("outbox_claim") || p.includes("lk AS")).join("\n");
+      const settlePlans = plans.filter((p) => p.includes("DELETE FROM")).join("\n");
+      expect(claimPlans).toContain("lk AS");
+      expect(settlePlans).toContain("nh AS");
+      for (const text of [claimPlans, settlePlans]) {
+        expect(text).not.toMatch(/Bitmap/);
+        // A primary-key scan may probe seqs (the continued rows), never walk a range of them filtering keys out.
+        for (const node of nodes(text, "outbox_pkey")) expect(node).not.toMatch(/Filter: .*\bkey (=|>=|<=) (?!ANY)/);
+      }
+      // The claim's per-key reads (each continued key's check and every key's prefix) and the settle's head lookup.
+      expect(nodes(claimPlans, "outbox_key").length).toBeGreaterThanOrEqual(2);
+      expect(nodes(settlePlans, "outbox_key").length).toBeGreaterThanOrEqual(1);
+    } finally {
+      await f.close();
+    }
+  }, 60_000);
 });
 
 describe("postgresStorage: per-key commit order (advisory locks before seq)", () => {

@@ -119,12 +119,13 @@ RETURNING ${NOTIFY} AS notified`;
 /** Deletes the rows of a refused enqueue again (`$1` JSON array of ids), in the caller's transaction. */
 export const ENQUEUE_UNDO_SQL: string = `DELETE FROM ${T} WHERE id IN (SELECT j.id::uuid FROM json_array_elements_text($1::text::json) AS j(id))`;
 
-/** The first two statements of every claim's transaction (see {@link CLAIM_SQL}). */
+/** The first statements of every claim's transaction (see {@link CLAIM_SQL}). */
 const CLAIM_SETTINGS = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
-SET LOCAL enable_hashjoin = off;`;
+SET LOCAL enable_hashjoin = off;
+SET LOCAL enable_bitmapscan = off;`;
 
 /**
- * Claims up to `{{limit}}` rows in one round trip: a simple query of three statements, which PostgreSQL runs as one
+ * Claims up to `{{limit}}` rows in one round trip: a simple query of four statements, which PostgreSQL runs as one
  * implicit transaction:
  * 1. `SET TRANSACTION ISOLATION LEVEL READ COMMITTED` (whatever the database's default);
  * 2. `SET LOCAL enable_hashjoin = off`, for this transaction only: every join of the claim has at most `limit` rows on
@@ -132,7 +133,12 @@ SET LOCAL enable_hashjoin = off;`;
  *    update the key rows of one claim. The claim of 100 rows at 1,000,000 pending over 5,000 keys (the scaling
  *    section of `npm run bench`, 100 claims each) took 1.57 to 1.62 times as long as at 1,000 pending, and 1.44 to
  *    1.49 times with index lookups;
- * 3. a call of the claim function `<table>_claim(token, lease, limit)` that schema version 4 creates (see
+ * 3. `SET LOCAL enable_bitmapscan = off`, for this transaction only: a bitmap scan visits the heap row of every index
+ *    entry in its range, the entries of rows deleted since the last vacuum included, and never marks them dead, so
+ *    when the planner chose one for a key's rows (it did for a continued key's check) the claims of a drain over few
+ *    keys read more and more dead rows; a plain index scan marks them, and later scans step over them in the index.
+ *    Every read of the claim takes at most `limit` rows of one key or of the keyless rows;
+ * 4. a call of the claim function `<table>_claim(token, lease, limit)` that schema version 4 creates (see
  *    `CLAIM_FUNCTION_DDL` in `schema.ts` for what it does and why it is safe with concurrent claimers).
  *
  * The function's statements keep their parsed form per connection, so a claim no longer parses and plans five
@@ -206,7 +212,10 @@ const POSITIONS_UPSERT = `INSERT INTO ${P} AS p (key, seq, at)
  * key row not later than this claim's lease expiry is changed, so a settle whose lease expired and whose key another
  * claim took since cannot move that claim's key. `lu` reads that expiry from the first settled row that still carries
  * the token (a claim gives all its rows the same `lease_until`), one index probe where reading every settled row cost
- * about 1 ms per 100. O(rows settled).
+ * about 1 ms per 100. O(rows settled). The head lookup matches its key as `o.key >= sk.key AND o.key <= sk.key` (the
+ * same rows as an equality, whose key the planner would take as a constant and then order by `seq` alone, walking the
+ * primary key and filtering other keys' rows out; it did with 10 keys: 814 buffers for 5 keys, 286 now), so
+ * `ORDER BY o.key, o.seq` can only be served by `_key` (key, seq).
  */
 function keyHints(ids: string, removed: readonly string[], moved: readonly string[]): string {
   const all = [...removed, ...moved];
@@ -218,7 +227,7 @@ function keyHints(ids: string, removed: readonly string[], moved: readonly strin
 ), nh AS (
   SELECT sk.key, (
     SELECT ${moved.length > 0 ? `coalesce(${movedAt}, o.available_at)` : "o.available_at"} FROM ${T} AS o
-    WHERE o.key = sk.key AND o.status = 'pending' AND o.id NOT IN (${removed.map((c) => `SELECT ${c}.id FROM ${c}`).join(" UNION ALL ")})
+    WHERE o.key >= sk.key AND o.key <= sk.key AND o.status = 'pending' AND o.id NOT IN (${removed.map((c) => `SELECT ${c}.id FROM ${c}`).join(" UNION ALL ")})
     ORDER BY o.key, o.seq LIMIT 1) AS at
   FROM sk
 ), kh AS (
