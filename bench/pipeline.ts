@@ -165,8 +165,9 @@ export async function keysSection(cfg: BenchConfig, results: Results, sql: Sql):
       return r.delivered / (r.ms / 1000);
     };
     // The target row (10 keys) alternates with keyless drains and takes the median pair: one drain of each, minutes
-    // apart, swung the ratio by 0.3 on this machine.
-    const p10 = await pairedMedian(3, rateOf(0), rateOf(10));
+    // apart, swung the ratio by 0.3 on this machine. 5 pairs in a full run (3 quick): the pairs of one full run still
+    // spread over 0.12–0.15 (0.79–0.94 libSQL, 0.54–0.66 Postgres at 04:01 on 2026-12-02).
+    const p10 = await pairedMedian(cfg.quick ? 3 : 5, rateOf(0), rateOf(10));
     const keylessRate = p10.floor;
     for (const keys of [10, 100, 1_000]) {
       const rate = keys === 10 ? p10.edge : await rateOf(keys)();
