@@ -73,7 +73,7 @@ try {
   const pgUsed = pgCpu() - pg0;
   if (session) {
     const { profile } = (await post("Profiler.stop")) as { profile: unknown };
-    (await import("node:fs")).writeFileSync(profileTo!, JSON.stringify(profile));
+    fs.writeFileSync(profileTo!, JSON.stringify(profile));
   }
   const rate = transport.count / (total / 1000);
   const hist = new Map<number, number>();

@@ -161,6 +161,24 @@ export const SCHEMA_V3: SchemaVersion = {
  */
 export const KEY_LOCK_NAMESPACE_SQL: string = `hashtext('edge-outbox:{{schema}}.{{table}}')`;
 
+/**
+ * The outbox row `o` (every statement's alias for it) matched to the key `key` in a read of that key's pending rows
+ * in `(key, seq)` order: `o.key >= key AND o.key <= key`, the same rows as `o.key = key` (both compare with the
+ * column's collation). An equality makes the key a constant for the planner, which then orders by `seq` alone and
+ * may walk the primary key from the key's first pending row, filtering every other key's rows out (it did over 10
+ * keys: bench/README.md, "What changed on 2026-12-02, 03:37–04:50"); the range keeps `key` in the order, which only
+ * `_key` (key, seq) gives, so the read walks that key's own entries. Used by the claim functions (schema version 7),
+ * the settle's head lookup (`keyHints` in `sql.ts`) and `HAS_DUE_SQL`.
+ *
+ * @param key the SQL expression of the key (a column of another row set, never user text)
+ * @returns the condition
+ * @example
+ * ```ts
+ * const head = `SELECT o.seq FROM outbox AS o WHERE ${sameKeyRange("k.key")} AND o.status = 'pending' ORDER BY o.key, o.seq LIMIT 1`;
+ * ```
+ */
+export const sameKeyRange = (key: string): string => `o.key >= ${key} AND o.key <= ${key}`;
+
 const OUTBOX = `"{{schema}}"."{{table}}"`;
 const KEYS = `"{{schema}}"."{{table}}_keys"`;
 const POSITIONS = `"{{schema}}"."{{table}}_positions"`;
@@ -223,12 +241,9 @@ const CLAIM_CLOCK = `v_now, v_now + p_lease`;
  * table empty read all 30,000 rows of each key and sorted them (124–240 ms per claim). The keyless rows' `FOR UPDATE
  * SKIP LOCKED … LIMIT` is a `MATERIALIZED` CTE in both statements, so it is evaluated once whatever the plan.
  * JIT is off (the planner cannot see the per-key limit and may estimate enough rows to JIT-compile, which costs far
- * more than the claim itself). Every table name is schema-qualified. Every per-key read matches its key as
- * `o.key >= k AND o.key <= k` (the same rows as `o.key = k`: the column's collation is deterministic) and is
- * `ORDER BY o.key, o.seq` (schema version 7): an equality would make the key a constant for the planner, which then
- * orders by `seq` alone and may walk the primary key filtering other keys out (it did with 10 keys); a range keeps
- * `key` in the order, which only `_key` (key, seq) gives, so each read walks that key's entries. `SECURITY INVOKER`
- * (the default): it runs with the caller's privileges.
+ * more than the claim itself). Every table name is schema-qualified. Every per-key read matches its key with
+ * {@link sameKeyRange} and is `ORDER BY o.key, o.seq`, so it walks `_key` (key, seq) within that key (schema version
+ * 7). `SECURITY INVOKER` (the default): it runs with the caller's privileges.
  *
  * Why this is safe with concurrent claimers (`keyPrefixClaims: true`): every claim of a key holds that key's row
  * lock until it commits, so two claims of one key never overlap, and step 2's snapshot is taken after the lock was
@@ -251,7 +266,7 @@ function prefixSteps(continued: boolean): string {
   return `pre AS MATERIALIZED (
     SELECT r.seq, r.key, r.available_at${preAfter} FROM lk CROSS JOIN LATERAL (
       SELECT o.seq, o.key, o.available_at FROM ${OUTBOX} AS o
-      WHERE o.key >= lk.key AND o.key <= lk.key AND o.status = 'pending'${fromAfter} ORDER BY o.key, o.seq
+      WHERE ${sameKeyRange("lk.key")} AND o.status = 'pending'${fromAfter} ORDER BY o.key, o.seq
       LIMIT (SELECT greatest(1, ceil(p_limit::float8 / greatest(1, ceil(count(*) / 2.0)))) FROM lk)) AS r
   ), kp AS (
     SELECT p.seq, p.head FROM (SELECT pre.seq, min(pre.seq) OVER (PARTITION BY pre.key) AS head,
@@ -293,7 +308,7 @@ function claimFunctionDdl(continued: boolean): string {
   const validContinued = `SELECT a.key, a.after FROM (
       SELECT o.key, max(o.seq) AS after FROM ${OUTBOX} AS o WHERE o.seq = ANY (p_after) AND o.key = ANY (v_cont) GROUP BY o.key
     ) AS a WHERE (
-      SELECT o.seq FROM ${OUTBOX} AS o WHERE o.key >= a.key AND o.key <= a.key AND o.status = 'pending' AND o.seq <= a.after
+      SELECT o.seq FROM ${OUTBOX} AS o WHERE ${sameKeyRange("a.key")} AND o.status = 'pending' AND o.seq <= a.after
         AND (o.lease_token IS NULL OR NOT (o.lease_token = ANY (p_tokens))) ORDER BY o.key, o.seq LIMIT 1) IS NULL`;
   const lk = continued
     ? `SELECT j.key, NULL::bigint AS after FROM unnest(v_keys) AS j(key)
@@ -432,10 +447,8 @@ export const SCHEMA_V6: SchemaVersion = {
 /**
  * Version 7: re-creates both claim functions (`CREATE OR REPLACE`, {@link CLAIM_FUNCTION_DDL} and
  * {@link CLAIM_CONTINUE_FUNCTION_DDL}) with their per-key reads written so that only the `_key` index `(key, seq)` can
- * serve them: the same arguments, result columns and rows. Before, a key was matched with `o.key = lk.key`, which
- * the planner treats as a constant, so `ORDER BY o.key, o.seq` was ordered by `seq` alone and, with few keys in the
- * statistics, it walked the primary key from the key's first pending row and filtered every other key's rows out; and
- * the check that a continued key's rows up to `after` are all the caller's was a bitmap scan, which visits the heap
+ * serve them ({@link sameKeyRange}): the same arguments, result columns and rows. Before, a key was matched with
+ * `o.key = lk.key`, and with few keys in the statistics the prefix reads walked the primary key; and the check that a continued key's rows up to `after` are all the caller's was a bitmap scan, which visits the heap
  * row of every index entry of the key, those of rows delivered since the last vacuum included. Measured on a
  * claim that continues 5 keys and takes 100 rows of 10 keys (bench/README.md, "What changed on 2026-12-02"): the
  * per-key reads went from 1,763 to 284 buffers, the whole statement from 3,586 to 2,131. A relay of version 6 runs on
