@@ -23,8 +23,10 @@ export interface RelayOptions {
   /** Keeps two drains from overlapping (efficiency only; correctness rests on lease tokens). @default none */
   lock?: Lock | undefined;
   /**
-   * The lock key. The default names the data drained, so relays of two outboxes sharing one lock store never skip
-   * each other. @default `edge-outbox:relay:${storage.scope ?? storage.name}`
+   * The lock key. The default names the adapter, schema and table drained (`storage.scope`), so relays of two tables
+   * sharing one lock store never skip each other; it does not name the database, so relays of two databases with the
+   * same table (a database per tenant) that share one lock store (one Upstash Redis) need a key each, e.g.
+   * `edge-outbox:relay:<tenant>`. @default `edge-outbox:relay:${storage.scope ?? storage.name}`
    */
   lockKey?: string | undefined;
   /** Rows claimed per claim. @default 100 */

@@ -207,7 +207,8 @@ export interface OutboxStorage<Tx = unknown, Stmt = never> {
   readonly capabilities: StorageCapabilities;
   /**
    * Identifies the data this storage reads, e.g. `"postgres:public.outbox"` or `"libsql:outbox"`: two storages on the
-   * same table share a scope, two tables do not. The relay's default `lockKey` derives from it.
+   * same table share a scope, two tables do not. It does not name the database (a client does not reliably expose
+   * it): two databases with the same table have the same scope. The relay's default `lockKey` derives from it.
    * @default the adapter's `name`
    */
   readonly scope?: string | undefined;
