@@ -185,12 +185,12 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
           { sql: sql.now, args: [] },
         ]);
         // Each row is one JSON array: [seq, id, topic, key, payload, headers, created_at, attempts, last_error, lease_until, prev_seq].
-        const rows = claimed!.map((r) => JSON.parse(text(r["m"])) as unknown[]);
-        const first = rows[0];
         // Every claimed row has the same lease_until (the claim's now + leaseMs); without rows, the clock statement.
-        const leaseUntil = first ? num(first[9]) : num(clock![0]!["now"]) + leaseMs;
-        const messages = rows.map((m) =>
-          claimedMessage({
+        let leaseUntil = num(clock![0]!["now"]) + leaseMs;
+        const messages = claimed!.map((r, i) => {
+          const m = JSON.parse(text(r["m"])) as unknown[];
+          if (i === 0) leaseUntil = num(m[9]);
+          return claimedMessage({
             seq: m[0],
             id: m[1],
             topic: m[2],
@@ -201,8 +201,8 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
             attempts: m[7],
             lastError: m[8],
             prevSeq: m[10],
-          })
-        ).sort((a, b) => a.seq - b.seq);
+          });
+        }).sort((a, b) => a.seq - b.seq);
         remember(token, messages, leaseMs);
         return { token, leaseUntil, now: leaseUntil - leaseMs, messages };
       });
@@ -230,21 +230,23 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
       const q = memo ? sql.bySeq : sql;
       const name: (id: string) => string | number = memo ? (id) => seqOf.get(id)! : (id) => id;
       const sent = memo ? [...seqOf.keys()] : [...p.seen];
+      const delivered = JSON.stringify(p.delivered.map(name));
+      // Every sent id delivered (the usual settle): the same list, in the same order, so the same JSON.
+      const allDelivered = p.delivered.length === sent.length;
       // First the ids that will not apply (read in the same write transaction), then counters, then the outcomes.
-      const stmts: LibsqlStatement[] = [{ sql: q.settleLost, args: [token, JSON.stringify(sent.map(name))] }];
+      const stmts: LibsqlStatement[] = [{ sql: q.settleLost, args: [token, allDelivered ? delivered : JSON.stringify(sent.map(name))] }];
       if (p.delivered.length + p.retried.length + p.dead.length > 0) {
         stmts.push({
           sql: q.countSettle,
           args: [
             token,
-            JSON.stringify(p.delivered.map(name)),
+            delivered,
             JSON.stringify(p.retried.map((r) => name(r[0]))),
             JSON.stringify(p.dead.map((d) => name(d[0]))),
           ],
         });
       }
       if (p.delivered.length) {
-        const delivered = JSON.stringify(p.delivered.map(name));
         // Before the rows go (it reads their key and seq); not for a claim of this storage without keyed rows.
         if (!memo || memo.keyed) stmts.push({ sql: q.positions, args: [token, delivered] });
         stmts.push({ sql: retain > 0 ? q.deliveredMark : q.deliveredDelete, args: [token, delivered] });
@@ -256,10 +258,18 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
         const [lost] = await driver.write(stmts);
         const named = JSON.parse(text(lost![0]!["lost"])) as (string | number)[];
         if (!memo) return settleResult(settlements, p, new Set(named as string[]));
-        const idOf = new Map([...seqOf].map(([id, seq]) => [seq, id]));
-        const result = settleResult(settlements, p, new Set(named.map((n) => idOf.get(num(n))!)), { accept: (id) => seqOf.has(id) });
-        for (const id of sent) memo.seqs.delete(id); // settled: a later settle of one is lost without being sent
-        if (memo.seqs.size === 0) memos.delete(token);
+        let notApplied: Set<string> = new Set();
+        if (named.length > 0) {
+          const idOf = new Map([...seqOf].map(([id, seq]) => [seq, id]));
+          notApplied = new Set(named.map((n) => idOf.get(num(n))!));
+        }
+        const result = settleResult(settlements, p, notApplied, { accept: (id) => seqOf.has(id) });
+        // Settled: a later settle of one of these is lost without being sent.
+        if (sent.length === memo.seqs.size) memos.delete(token); // every row of the claim left is settled
+        else {
+          for (const id of sent) memo.seqs.delete(id);
+          if (memo.seqs.size === 0) memos.delete(token);
+        }
         return result;
       });
     },
