@@ -200,7 +200,7 @@ describe("postgresStorage: schema and migrations", () => {
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".my_outbox_migrations`);
       expect(versions.map((r) => r["version"])).toEqual(SCHEMA_VERSIONS.map((v) => v.version));
-      expect(LATEST_SCHEMA_VERSION).toBe(7);
+      expect(LATEST_SCHEMA_VERSION).toBe(8);
       await sql.begin((tx) => storage.enqueue(tx, [message(1)]));
       expect((await storage.stats()).pending).toBe(1);
     } finally {
@@ -231,7 +231,7 @@ describe("postgresStorage: schema and migrations", () => {
         "second_positions",
       ]);
       const versions = await a.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
       const indexes = await a`select indexname from pg_indexes where schemaname = ${schema} and tablename = 'outbox' order by 1`;
       expect(indexes.map((r) => r["indexname"])).toEqual([
         "outbox_dead",
@@ -281,7 +281,7 @@ describe("postgresStorage: schema v1 -> v2 upgrade", () => {
       const storage = postgresStorage(sql, { schema });
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
       const keys = await sql.unsafe(`SELECT key FROM "${schema}".outbox_keys ORDER BY 1`);
       expect(keys.map((r) => r["key"])).toEqual(["k0", "k1", "k2"]);
       const indexes = await sql.unsafe(`SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'outbox'`, [schema]);
@@ -338,7 +338,7 @@ describe("postgresStorage: schema v4 -> v5 (the claim function's clock)", () => 
       const before = await storage.claim({ limit: 3, leaseMs: 30_000 }); // on the v4 schema
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
       const body = await sql.unsafe(
         `SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 AND p.proname = 'outbox_claim' AND p.pronargs = 3`,
         [schema],
@@ -379,7 +379,7 @@ describe("postgresStorage: schema v5 -> v6 (claims that continue held keys)", ()
       expect(onV5.messages).toEqual([]); // both keys' heads are leased: the 3-argument claim takes nothing
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
       const onV6 = await storage.claim({ limit: 2, leaseMs: 30_000, continue: cont });
       expect(ids(onV6)).toEqual([sent[4]!.id, sent[5]!.id]); // k0's next rows; nothing of k1, which was not named
       // Named with a token that does not hold k0's rows up to `after` (b's is missing): nothing.
@@ -420,7 +420,7 @@ describe("postgresStorage: schema v3 -> v4 (the claim function)", () => {
       expect((await storage.stats()).leased).toBe(0); // the failed claim changed nothing
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
       const fns = await sql.unsafe(
         `SELECT p.proname, p.pronargs FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 ORDER BY 2`,
         [schema],
@@ -649,6 +649,64 @@ describe("postgresStorage: plans of a drain over few keys", () => {
   }, 60_000);
 });
 
+describe("postgresStorage: a claim over many due deep keys (schema v8)", () => {
+  it("reads its locked keys only until it has limit rows: 50 of 100 due keys read for a claim of 100, each a 2-row prefix; the unread keys stay due, and empty keys are still deleted", async () => {
+    const f = await postgresFixture();
+    const plans: string[] = [];
+    const c = f.connect({ max: 1, onnotice: (n) => { if (String(n["message"]).includes("plan:")) plans.push(String(n["message"])); } });
+    try {
+      const storage = postgresStorage(c, f.options);
+      // 100 keys x 4 rows, round-robin: every key due; ceil(100 / ceil(100 / 2)) = 2 rows per key read.
+      const sent = Array.from({ length: 400 }, (_, i) => message(i, { key: `k${i % 100}` }));
+      await f.sql.begin((tx) => f.storage.enqueue(tx, sent));
+      await c.unsafe(`LOAD 'auto_explain'`);
+      await c.unsafe(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_analyze = on; SET auto_explain.log_nested_statements = on; SET client_min_messages = log`);
+      const first = await storage.claim({ limit: 100, leaseMs: 30_000 });
+      await c.unsafe(`SET auto_explain.log_min_duration = -1; SET client_min_messages = notice`);
+      const byKey = new Map<string, string[]>();
+      for (const m of first.messages) byKey.set(m.key!, [...(byKey.get(m.key!) ?? []), m.id]);
+      expect(first.messages).toHaveLength(100);
+      expect(byKey.size).toBe(50);
+      for (const [key, ids] of byKey) expect(ids).toEqual(sent.filter((m) => m.key === key).slice(0, 2).map((m) => m.id));
+      // The per-key read (the lateral index scan of the claim statement) ran once per key read: 50, not 100.
+      const claimPlan = plans.find((p) => p.includes("pre AS"))!;
+      const loops = [...claimPlan.matchAll(/Index Scan using outbox_key on outbox \S+ .*loops=(\d+)\)/g)].map((m) => Number(m[1]));
+      expect(loops, claimPlan).toContain(50);
+      expect(Math.max(...loops), claimPlan).toBe(50);
+      // The 50 keys not read were neither taken for empty (deleted) nor moved: the next claim (another connection,
+      // while the first holds its leases) reads them, ceil(100 / ceil(50 / 2)) = 4 rows each: 25 whole queues.
+      expect((await f.sql.unsafe(`SELECT count(*)::int AS n FROM "${f.schema}".outbox_keys`))[0]!["n"]).toBe(100);
+      const other = await f.another();
+      const second = await other.claim({ limit: 100, leaseMs: 30_000 });
+      const secondKeys = new Set(second.messages.map((m) => m.key!));
+      expect(second.messages).toHaveLength(100);
+      expect(secondKeys.size).toBe(25);
+      for (const key of secondKeys) expect(byKey.has(key)).toBe(false);
+      const delivered = (m: { id: string }) => ({ id: m.id, outcome: "delivered" as const });
+      expect((await storage.settle(first.token, first.messages.map(delivered))).applied).toBe(100);
+      expect((await other.settle(second.token, second.messages.map(delivered))).applied).toBe(100);
+      // The rest, claim after settle: every key's rows in its order; then every key is empty, and a claim that reads
+      // them (a key without pending rows is read as a row of nulls) deletes their key rows.
+      const got = [...first.messages, ...second.messages];
+      for (let i = 0; i < 10; i++) {
+        const next = await storage.claim({ limit: 100, leaseMs: 30_000 });
+        if (next.messages.length === 0) break;
+        got.push(...next.messages);
+        expect((await storage.settle(next.token, next.messages.map(delivered))).applied).toBe(next.messages.length);
+      }
+      expect(got).toHaveLength(400);
+      for (let k = 0; k < 100; k++) {
+        const key = `k${k}`;
+        expect(got.filter((m) => m.key === key).map((m) => m.id)).toEqual(sent.filter((m) => m.key === key).map((m) => m.id));
+      }
+      expect((await storage.claim({ limit: 100, leaseMs: 30_000 })).messages).toHaveLength(0);
+      expect((await f.sql.unsafe(`SELECT count(*)::int AS n FROM "${f.schema}".outbox_keys`))[0]!["n"]).toBe(0);
+    } finally {
+      await f.close();
+    }
+  }, 60_000);
+});
+
 describe("postgresStorage: per-key commit order (advisory locks before seq)", () => {
   it("the lock is taken before nextval: a writer blocked on a key draws its seq after rows committed meanwhile", async () => {
     const f = await postgresFixture();
@@ -799,10 +857,11 @@ describe("postgresStorage: enqueue handles, ids, replay, stats, missing table, w
     }
   });
 
-  it("deep keys: a claim takes whole prefixes of about half the due keys, oldest heads first, and the next claim the rest; shallow keys all fit in one claim", async () => {
+  it("deep keys: a claim takes whole prefixes of about half the due keys, in due order, and the next claim the rest; shallow keys all fit in one claim", async () => {
     const f = await postgresFixture();
     try {
-      // 10 keys x 30 rows, interleaved in commit order (k0, k1, …, k9, k0, …).
+      // 10 keys x 30 rows, interleaved in commit order (k0, k1, …, k9, k0, …), all due since the same commit (their
+      // key rows tie in due order: which keys a claim reads first among them is the database's choice).
       const deep = Array.from({ length: 300 }, (_, i) => message(i, { key: `k${i % 10}` }));
       await f.sql.begin((tx) => f.storage.enqueue(tx, deep));
       const perKey = (ms: readonly { key: string | null; id: string }[]): Map<string | null, string[]> => {
@@ -812,19 +871,26 @@ describe("postgresStorage: enqueue handles, ids, replay, stats, missing table, w
       };
       const queue = (key: string): string[] => deep.filter((m) => m.key === key).map((m) => m.id);
       const c1 = perKey((await f.storage.claim({ limit: 100, leaseMs: 10_000 })).messages);
-      // ceil(100 / ceil(10 / 2)) = 20 rows of each of the 5 keys with the oldest heads: k0..k4, each a prefix.
-      expect([...c1.keys()].sort()).toEqual(["k0", "k1", "k2", "k3", "k4"]);
+      // ceil(100 / ceil(10 / 2)) = 20 rows of each key read, until 100 rows: 5 keys, each a prefix.
+      expect(c1.size).toBe(5);
       for (const [key, got] of c1) expect(got).toEqual(queue(key!).slice(0, 20));
       // Those 5 keys are leased; the next claims (another connection) serve the others at once, without a settle:
-      // again about half of the due keys each time (ceil(100 / ceil(5 / 2)) = 34 rows per key: k5, k6, k7 whole,
-      // the first 10 of k8), then the rest.
+      // again about half of the due keys each time (ceil(100 / ceil(5 / 2)) = 34 rows per key: three whole queues and
+      // the first 10 of a fourth), then the rest.
       const other = await f.another();
       const c2 = perKey((await other.claim({ limit: 100, leaseMs: 10_000 })).messages);
-      expect([...c2.keys()]).toEqual(["k5", "k6", "k7", "k8"]);
-      for (const [key, got] of c2) expect(got).toEqual(queue(key!).slice(0, key === "k8" ? 10 : 30));
+      expect(c2.size).toBe(4);
+      const lengths = [...c2].map(([key, got]) => {
+        expect(c1.has(key)).toBe(false);
+        expect(got).toEqual(queue(key!).slice(0, got.length));
+        return got.length;
+      });
+      expect(lengths.sort((a, b) => a - b)).toEqual([10, 30, 30, 30]);
       const c3 = perKey((await other.claim({ limit: 100, leaseMs: 10_000 })).messages);
-      expect([...c3.keys()]).toEqual(["k9"]);
-      expect(c3.get("k9")).toEqual(queue("k9"));
+      expect(c3.size).toBe(1);
+      const [k3, got3] = [...c3][0]!;
+      expect(c1.has(k3) || c2.has(k3)).toBe(false);
+      expect(got3).toEqual(queue(k3!));
       expect((await f.storage.claim({ limit: 100, leaseMs: 10_000 })).messages).toHaveLength(0);
 
       // Shallow keys (one row each) and keyless rows: one claim takes all 100, as before.
