@@ -1,7 +1,7 @@
 // Shared benchmark helpers: configuration, databases (fresh Postgres schemas, temp libSQL files, all cleaned up),
 // message generation, timing, statistics, RSS sampling and the result rows. Benchmarks are not tests and not shipped.
 import { type Client, createClient } from "@libsql/client";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
@@ -153,6 +153,27 @@ export function percentile(sorted: readonly number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1));
   return sorted[i]!;
+}
+
+/**
+ * CPU ms used so far by every process named postgres on this machine (utime + stime of /proc/<pid>/stat, in 10 ms
+ * clock ticks): read before and after a measurement, for the server's CPU per row. Linux only; the bench server is
+ * local.
+ */
+export function postgresCpuMs(): number {
+  let ticks = 0;
+  for (const pid of readdirSync("/proc")) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      if (!stat.includes("(postgres)")) continue;
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      ticks += Number(f[11]) + Number(f[12]);
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return ticks * 10;
 }
 
 export function median(values: readonly number[]): number {

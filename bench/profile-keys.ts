@@ -1,7 +1,7 @@
 // Profiling aid (not part of `npm run bench`): a drain over few keys with per-call storage timings.
 //   node --import tsx bench/profile-keys.ts [keys] [messages] [batch] [pg|libsql]
 import { createRelay } from "../mod.ts";
-import { cleanupAll, connect, libsqlFill, libsqlOutbox, noopTransport, pgFill, pgOutbox } from "./lib.ts";
+import { cleanupAll, connect, libsqlFill, libsqlOutbox, noopTransport, pgFill, pgOutbox, postgresCpuMs } from "./lib.ts";
 
 const [keysArg = "10", nArg = "20000", batchArg = "100", db = "pg"] = process.argv.slice(2);
 const keys = Number(keysArg), n = Number(nArg), batch = Number(batchArg);
@@ -45,23 +45,7 @@ try {
     await post("Profiler.start");
   }
   const fs = await import("node:fs");
-  /** CPU ms of every process named postgres (utime + stime of /proc/<pid>/stat, in 10 ms clock ticks). */
-  const pgCpu = (): number => {
-    let ticks = 0;
-    for (const pid of fs.readdirSync("/proc")) {
-      if (!/^\d+$/.test(pid)) continue;
-      try {
-        const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-        if (!stat.includes("(postgres)")) continue;
-        const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-        ticks += Number(f[11]) + Number(f[12]);
-      } catch {
-        // the process ended meanwhile
-      }
-    }
-    return ticks * 10;
-  };
-  const pg0 = pgCpu();
+  const pg0 = postgresCpuMs();
   const t0 = performance.now();
   const cpu0 = process.cpuUsage();
   for (;;) {
@@ -70,7 +54,7 @@ try {
   }
   const total = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
-  const pgUsed = pgCpu() - pg0;
+  const pgUsed = postgresCpuMs() - pg0;
   if (session) {
     const { profile } = (await post("Profiler.stop")) as { profile: unknown };
     fs.writeFileSync(profileTo!, JSON.stringify(profile));
