@@ -597,16 +597,21 @@ describe("postgresStorage: writes", () => {
   });
 });
 
+/** A one-connection client of `f`'s database that collects the plans auto_explain logs, and a storage on it. */
+function planCapture(f: Awaited<ReturnType<typeof postgresFixture>>) {
+  const plans: string[] = [];
+  const c = f.connect({ max: 1, onnotice: (n) => { if (String(n["message"]).includes("plan:")) plans.push(String(n["message"])); } });
+  return { c, plans, storage: postgresStorage(c, f.options) };
+}
+
 describe("postgresStorage: plans of a drain over few keys", () => {
   /** The plan nodes (a node's line and its detail lines) of `plans` that scan `index`. */
   const nodes = (plans: string, index: string): string[] =>
     plans.split(/\n(?=\s*->|\S)/).filter((n) => n.includes(`using ${index} on `));
   it("a continued claim and a keyed settle read each key's rows through the (key, seq) index: no primary-key walk filtered by key, no bitmap scan", async () => {
     const f = await postgresFixture();
-    const plans: string[] = [];
-    const c = f.connect({ max: 1, onnotice: (n) => { if (String(n["message"]).includes("plan:")) plans.push(String(n["message"])); } });
+    const { c, plans, storage } = planCapture(f);
     try {
-      const storage = postgresStorage(c, f.options);
       // 20,000 rows round-robin over 10 keys, as in bench/README.md "7 keys", analysed: few keys in the statistics.
       const sent = Array.from({ length: 20_000 }, (_, i) => message(i, { key: `c-${i % 10}` }));
       for (let i = 0; i < sent.length; i += 10_000) await f.sql.begin((tx) => f.storage.enqueue(tx, sent.slice(i, i + 10_000)));
@@ -652,10 +657,8 @@ describe("postgresStorage: plans of a drain over few keys", () => {
 describe("postgresStorage: a claim over many due deep keys (schema v8)", () => {
   it("reads its locked keys only until it has limit rows: 50 of 100 due keys read for a claim of 100, each a 2-row prefix; the unread keys stay due, and empty keys are still deleted", async () => {
     const f = await postgresFixture();
-    const plans: string[] = [];
-    const c = f.connect({ max: 1, onnotice: (n) => { if (String(n["message"]).includes("plan:")) plans.push(String(n["message"])); } });
+    const { c, plans, storage } = planCapture(f);
     try {
-      const storage = postgresStorage(c, f.options);
       // 100 keys x 4 rows, round-robin: every key due; ceil(100 / ceil(100 / 2)) = 2 rows per key read.
       const sent = Array.from({ length: 400 }, (_, i) => message(i, { key: `k${i % 100}` }));
       await f.sql.begin((tx) => f.storage.enqueue(tx, sent));

@@ -258,18 +258,11 @@ export function sqliteStorage(driver: SqliteDriver, options: SqliteStorageOption
         const [lost] = await driver.write(stmts);
         const named = JSON.parse(text(lost![0]!["lost"])) as (string | number)[];
         if (!memo) return settleResult(settlements, p, new Set(named as string[]));
-        let notApplied: Set<string> = new Set();
-        if (named.length > 0) {
-          const idOf = new Map([...seqOf].map(([id, seq]) => [seq, id]));
-          notApplied = new Set(named.map((n) => idOf.get(num(n))!));
-        }
-        const result = settleResult(settlements, p, notApplied, { accept: (id) => seqOf.has(id) });
-        // Settled: a later settle of one of these is lost without being sent.
-        if (sent.length === memo.seqs.size) memos.delete(token); // every row of the claim left is settled
-        else {
-          for (const id of sent) memo.seqs.delete(id);
-          if (memo.seqs.size === 0) memos.delete(token);
-        }
+        // The seq-to-id map only when some id did not apply (the usual settle: none).
+        const idOf = named.length > 0 ? new Map([...seqOf].map(([id, seq]) => [seq, id])) : undefined;
+        const result = settleResult(settlements, p, new Set(named.map((n) => idOf!.get(num(n))!)), { accept: (id) => seqOf.has(id) });
+        for (const id of sent) memo.seqs.delete(id); // settled: a later settle of one is lost without being sent
+        if (memo.seqs.size === 0) memos.delete(token);
         return result;
       });
     },

@@ -210,22 +210,22 @@ const CLAIM_CLOCK = `v_now, v_now + p_lease`;
  * 1. Lock keys: up to `p_limit` rows of `<table>_keys` whose `available_at` (when the key's head may be claimable) has
  *    come, `FOR UPDATE SKIP LOCKED` (another claimer's keys are skipped, never waited for), in due order.
  * 2. With a snapshot taken **after** those key locks were granted (a VOLATILE function takes a fresh snapshot for each
- *    statement under READ COMMITTED): the locked keys are read in order (the due keys in due order, then the continued keys), each
- *    its first ceil(limit / ceil(n / 2)) pending rows in `seq` order for n locked keys (one probe of the `_key` index
- *    each), until `limit` rows are read: keys after that are left unread, locked until commit and otherwise
- *    untouched (schema version 8; before, every locked key was read, about 2 × `limit` rows, and half of them were
- *    not taken). Of each key's rows the due prefix (every row due up to it) is kept; the due keyless rows (`_free`
- *    index, in due order, `FOR UPDATE SKIP LOCKED`) are added; the union, ordered by the seq of each row's key head
- *    (a keyless row: its own seq) then by seq and cut to `limit`, is leased (fresh token, `available_at = lease_until
- *    = now() + lease`, attempts + 1). So when keys have deep queues a claim takes whole prefixes of about half the
- *    due keys and leaves the others to the next claim, which the relay can then make while this claim's rows are
- *    sent and settled: a claim of every key would have to wait for their settles (measured: claims and settles
- *    alternate, bench/README.md "7 keys"). Shallow keys (a row or two each) all fit in one claim. A key read without
- *    a pending row is kept in the read as a row of nulls, so an unread key is never taken for an empty one. Each
- *    locked key that was read gets its `available_at` set: to
- *    the lease expiry when rows of it were claimed, to its head's due time when that is later than now (a locked key
- *    none of whose rows was taken keeps it). A locked key with no pending row is try-locked with the enqueue's
- *    advisory key lock. Each keyed row comes with its key's delivery position (`prevseq`, `<table>_positions`).
+ *    statement under READ COMMITTED): the locked keys are read in order (the due keys in due order, then the
+ *    continued keys), each its first ceil(limit / ceil(n / 2)) pending rows in `seq` order for n locked keys (one
+ *    probe of the `_key` index each), until `limit` rows are read: keys after that are left unread, locked until
+ *    commit and otherwise untouched (schema version 8; before, every locked key was read, about 2 × `limit` rows, and
+ *    half of them were not taken). Of each key's rows the due prefix (every row due up to it) is kept; the due
+ *    keyless rows (`_free` index, in due order, `FOR UPDATE SKIP LOCKED`) are added; the union, ordered by the seq of
+ *    each row's key head (a keyless row: its own seq) then by seq and cut to `limit`, is leased (fresh token,
+ *    `available_at = lease_until = now() + lease`, attempts + 1). So when keys have deep queues a claim takes whole
+ *    prefixes of about half the due keys and leaves the others to the next claim, which the relay can then make while
+ *    this claim's rows are sent and settled: a claim of every key would have to wait for their settles (measured:
+ *    claims and settles alternate, bench/README.md "7 keys"). Shallow keys (a row or two each) all fit in one claim.
+ *    A key read without a pending row is kept in the read as a row of nulls, so an unread key is never taken for an
+ *    empty one. Each locked key that was read gets its `available_at` set: to the lease expiry when rows of it were
+ *    claimed, to its head's due time when that is later than now (a locked key none of whose rows was taken keeps
+ *    it). A locked key read without a pending row is try-locked with the enqueue's advisory key lock. Each keyed row
+ *    comes with its key's delivery position (`prevseq`, `<table>_positions`).
  * 3. Deletes those empty key rows (rechecked with a fresh snapshot, so an enqueue that committed meanwhile is seen;
  *    one still running holds the advisory lock, so its key was not try-locked).
  *
@@ -470,13 +470,12 @@ export const SCHEMA_V7: SchemaVersion = {
 
 /**
  * Version 8: re-creates both claim functions (`CREATE OR REPLACE`, {@link CLAIM_FUNCTION_DDL} and
- * {@link CLAIM_CONTINUE_FUNCTION_DDL}) so that a claim reads its locked keys in lock order only until it has `limit`
- * rows, instead of reading every locked key (due keys in due order, then continued keys): the same arguments and
- * result columns.
+ * {@link CLAIM_CONTINUE_FUNCTION_DDL}) so that a claim reads its locked keys (due keys in due order, then continued
+ * keys) only until it has `limit` rows, instead of reading every locked key: the same arguments and result columns.
  * Over many due deep keys a claim of 100 locked 100 keys and read 2 rows of each, then took 2-row prefixes of 50;
- * now it reads those 50. The claim of 100 at 1,000,000 pending over 5,000 keys took 4.12–4.17 ms against 4.79–5.02
- * before, and 2.95–3.16 against 3.03–3.40 ms at 1,000 (bench/README.md, "What changed on 2026-12-02, 12:20"). Which
- * keys' prefixes a claim takes may differ (keys in due order, not the oldest heads of every locked key); each is still
+ * now it reads those 50. The claim of 100 at 1,000,000 pending over 5,000 keys took 4.28–4.51 ms against 4.92–4.99
+ * before, and 3.01–3.37 against 3.19–3.36 ms at 1,000 (bench/README.md, "What changed on 2026-12-02, 11:50–13:00").
+ * Which keys' prefixes a claim takes may differ (keys in due order, not the oldest heads of every locked key); each is still
  * the key's due head and what follows it. A relay of version 7 runs on it unchanged, and this version's runs on a
  * version 7 schema until `migrate()` replaces the functions.
  */
