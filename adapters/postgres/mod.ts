@@ -65,14 +65,15 @@ export { postgresSchema } from "./schema.ts";
  * with `standaloneEnqueue: true` (its own short transaction, 5 s `lock_timeout`). An id that a row in the table
  * already has is refused with CONFLICT, nothing of the call is kept, and your transaction stays usable. Claims,
  * settles and reads use `sql`'s pool. `subscribe` LISTENs on {@link PostgresStorage.channel} (a dedicated
- * connection of postgres.js); every enqueue and replay notifies it at commit.
+ * connection of postgres.js); every enqueue and replay notifies it at commit, unless `notify: false` (for drains
+ * that nothing wakes: cron, QStash; PostgreSQL serialises the commits of notifying transactions cluster-wide).
  *
  * Behind a transaction-mode pooler (PgBouncer, Supavisor) create the client with `prepare: false`; LISTEN needs a
  * direct or session-mode connection there.
  *
  * @param sql a postgres.js client (`postgres(url)`), typed structurally
  * @param options table (default "outbox"), schema (default "public"), retainDeliveredMs (default 0), busyRetryMs
- *   (default 2000), standaloneEnqueue (default false)
+ *   (default 2000), standaloneEnqueue (default false), notify (default true)
  * @returns the storage; `capabilities` is `{ batchStatement: false, skipLocked: true, serialWrites: false,
  *   keyPrefixClaims: true }`; `scope` is `"postgres:<schema>.<table>"`
  * @throws {OutboxError} CONFIG for a bad option (a table or schema that is not a plain identifier, a table name longer

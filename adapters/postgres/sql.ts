@@ -424,7 +424,8 @@ export interface PostgresSql {
 /**
  * Renders every statement of the adapter for one outbox.
  *
- * @param names the validated schema and table
+ * @param names the validated schema and table, and `notify`: when false the enqueue and replay statements call no
+ *   `pg_notify` (`NULL` in its place, so their results keep their columns; default true)
  * @returns the statements
  * @throws {OutboxError} CONFIG when a name is not a plain identifier or the table name is too long
  * @example
@@ -433,9 +434,10 @@ export interface PostgresSql {
  * console.log(postgresSql({ schema: "public", table: "outbox" }).claim);
  * ```
  */
-export function postgresSql(names: PostgresNames): PostgresSql {
+export function postgresSql(names: PostgresNames & { readonly notify?: boolean | undefined }): PostgresSql {
   const channel = notifyChannel(names);
-  const r = (s: string): string => renderSql(s, names).replaceAll(CHANNEL_PLACEHOLDER, channel);
+  const notify = names.notify ?? true;
+  const r = (s: string): string => renderSql(notify ? s : s.replaceAll(NOTIFY, "NULL"), names).replaceAll(CHANNEL_PLACEHOLDER, channel);
   return {
     enqueue: r(ENQUEUE_SQL),
     enqueueKeyless: r(ENQUEUE_KEYLESS_SQL),

@@ -54,14 +54,29 @@ export interface PostgresStorageOptions {
    * holds the same key, wait on it). @default false
    */
   standaloneEnqueue?: boolean | undefined;
+  /**
+   * Whether every enqueue and replay calls `pg_notify` on {@link PostgresStorage.channel}, so that a long-running
+   * `relay.run()` (through `subscribe`) wakes within milliseconds of the commit. Turn it off when nothing listens
+   * (drains triggered by cron, a QStash schedule or the nudge): PostgreSQL serialises the commits of all
+   * transactions that notified, across the whole cluster, with a lock held until each one's commit is flushed
+   * (`PreCommit_Notify` in `src/backend/commands/async.c`), so on a server with many concurrent writers and a slow
+   * commit flush every enqueue's transaction waits its turn. Off, nothing else changes: rows are claimed as before,
+   * and a `relay.run()` finds them at its next poll (`pollIntervalMs`). @default true
+   */
+  notify?: boolean | undefined;
 }
 
 /** The Postgres storage: the {@link OutboxStorage} contract over a postgres.js client. No `statement()`. */
 export interface PostgresStorage extends OutboxStorage<PostgresExecutor, never> {
   /** `"postgres:<schema>.<table>"`. */
   readonly scope: string;
-  /** The LISTEN/NOTIFY channel every enqueue and replay notifies at commit (`subscribe` listens on it). */
+  /**
+   * The LISTEN/NOTIFY channel every enqueue and replay notifies at commit (`subscribe` listens on it), unless
+   * {@link PostgresStorage.notify} is false.
+   */
   readonly channel: string;
+  /** Whether enqueues and replays notify {@link PostgresStorage.channel} (option `notify`). */
+  readonly notify: boolean;
   /** The validated table name. */
   readonly table: string;
   /** The validated schema name. */
@@ -76,6 +91,7 @@ const optionsSchema = v.strictObject({
   retainDeliveredMs: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(31_536_000_000)), 0),
   busyRetryMs: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(600_000)), 2_000),
   standaloneEnqueue: v.optional(v.boolean(), false),
+  notify: v.optional(v.boolean(), true),
 });
 
 /** Validated storage options: names checked, defaults applied. */
@@ -90,6 +106,8 @@ export interface ResolvedPostgresStorageOptions {
   readonly busyRetryMs: number;
   /** Whether the pool is accepted as a standalone enqueue handle. */
   readonly standaloneEnqueue: boolean;
+  /** Whether enqueues and replays call `pg_notify`. */
+  readonly notify: boolean;
 }
 
 /**
@@ -101,13 +119,13 @@ export interface ResolvedPostgresStorageOptions {
  *   longer than 52 characters
  * @example
  * ```ts
- * resolvePostgresStorageOptions({ table: "outbox" }); // { schema: "public", table: "outbox", retainDeliveredMs: 0, busyRetryMs: 2000, standaloneEnqueue: false }
+ * resolvePostgresStorageOptions({ table: "outbox" }); // { schema: "public", table: "outbox", retainDeliveredMs: 0, busyRetryMs: 2000, standaloneEnqueue: false, notify: true }
  * ```
  */
 export function resolvePostgresStorageOptions(input: unknown): ResolvedPostgresStorageOptions {
   const o = parseOptions("postgresStorage options", optionsSchema, input ?? {});
   const names = postgresNames(o);
-  return { ...names, retainDeliveredMs: o.retainDeliveredMs, busyRetryMs: o.busyRetryMs, standaloneEnqueue: o.standaloneEnqueue };
+  return { ...names, retainDeliveredMs: o.retainDeliveredMs, busyRetryMs: o.busyRetryMs, standaloneEnqueue: o.standaloneEnqueue, notify: o.notify };
 }
 
 const UUID_ANY_CASE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -240,6 +258,7 @@ export function createPostgresStorage(
     table,
     schema,
     retainDeliveredMs: retain,
+    notify: opts.notify,
 
     migrate(): Promise<void> {
       return relaySide("migrate", async () => {
