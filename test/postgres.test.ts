@@ -133,6 +133,7 @@ describe("postgresStorage: configuration", () => {
       [{ busyRetryMs: "soon" }, "busyRetryMs"],
       [{ table: 7 }, "table"],
       [{ tabel: "outbox" }, "tabel"],
+      [{ notify: "yes" }, "notify"],
     ];
     for (const [options, field] of bad) {
       const e = expectCode(await caught(() => postgresStorage(client, options as never)), "CONFIG");
@@ -710,6 +711,57 @@ describe("postgresStorage: a claim over many due deep keys (schema v8)", () => {
   }, 60_000);
 });
 
+describe("postgresStorage: claim plans under stale statistics", () => {
+  it("a connection whose first claims saw an empty table still claims in O(rows claimed) after 200,000 rows arrive unanalysed: the claim is planned per call with its values (no cached generic plan), index scans with conditions only", async () => {
+    const f = await postgresFixture();
+    const { c, plans, storage } = planCapture(f);
+    const table = `"${f.schema}".outbox`;
+    try {
+      // No ANALYZE will come (autovacuum off for the table): the statistics stay those of an empty table.
+      await f.sql.unsafe(`ALTER TABLE ${table} SET (autovacuum_enabled = false)`);
+      await f.sql.unsafe(`ANALYZE ${table}`);
+      // The connection's first claims, of both claim functions, on the empty table (one keyed row to continue).
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [message(1, { key: "k-0" })]));
+      const first = await storage.claim({ limit: 100, leaseMs: 30_000 });
+      expect(first.messages).toHaveLength(1);
+      await storage.claim({ limit: 100, leaseMs: 30_000, continue: { after: [first.messages[0]!.seq], tokens: [first.token] } });
+      // 200,000 rows: half over 10 keys, half keyless, and the key rows an enqueue writes.
+      await f.sql.unsafe(`INSERT INTO ${table} (id, topic, key, payload, headers, status, created_at, available_at)
+        SELECT gen_random_uuid(), 'orders', CASE WHEN i % 2 = 0 THEN 'k-' || (i % 10) END, '{}'::json, '{}'::json,
+          'pending', now(), now() FROM generate_series(1, 200000) AS i`);
+      await f.sql.unsafe(`INSERT INTO "${f.schema}".outbox_keys (key) SELECT 'k-' || k FROM generate_series(0, 9) AS k ON CONFLICT (key) DO NOTHING`);
+      await c.unsafe(`LOAD 'auto_explain'`);
+      await c.unsafe(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_analyze = on; SET auto_explain.log_buffers = on; SET auto_explain.log_timing = off; SET auto_explain.log_nested_statements = on; SET client_min_messages = log`);
+      const due = await storage.claim({ limit: 100, leaseMs: 30_000 });
+      const last = new Map<string, number>();
+      for (const m of due.messages) if (m.key !== null) last.set(m.key, m.seq);
+      const continued = await storage.claim({ limit: 100, leaseMs: 30_000, continue: { after: [...last.values()], tokens: [due.token] } });
+      await c.unsafe(`SET auto_explain.log_min_duration = -1; SET client_min_messages = notice`);
+      expect(due.messages).toHaveLength(100);
+      expect(last.size).toBeGreaterThan(0);
+      expect(continued.messages).toHaveLength(100);
+      const statements = plans.filter((p) => !p.includes("Query Text: SET TRANSACTION"));
+      // Planned with the call's values folded in (a cached generic plan shows "$n" here): a generic plan made on
+      // the empty table walked the whole partial index outbox_due in the claim's UPDATE, 2.8 s per claim at 200,000.
+      const lockContinued = statements.find((p) => p.includes("o.seq = ANY (p_after)"));
+      expect(lockContinued, plans.join("\n")).toMatch(/seq = ANY \('\{[0-9,]+\}'::bigint\[\]\)/);
+      expect(statements.filter((p) => p.includes("pre AS"))).toHaveLength(2);
+      for (const plan of statements) {
+        expect(plan).not.toMatch(/Seq Scan|Merge Join|Hash Join|Bitmap/);
+        // Every index scan of the outbox's tables has a condition: none walks a whole index.
+        for (const node of plan.split(/\n(?=\s*->|\S)/).filter((n) => / on outbox(_keys|_positions)? /.test(n) && /Index (Only )?Scan/.test(n))) {
+          expect(node, plan).toMatch(/Index Cond: /);
+        }
+        // O(rows claimed): a claim of 100 touches about 2,000 buffers; a walk of an index of 200,000 rows, far more.
+        const buffers = Number(/Buffers: shared hit=(\d+)/.exec(plan)?.[1] ?? 0);
+        expect(buffers, plan).toBeLessThan(5_000);
+      }
+    } finally {
+      await f.close();
+    }
+  }, 60_000);
+});
+
 describe("postgresStorage: per-key commit order (advisory locks before seq)", () => {
   it("the lock is taken before nextval: a writer blocked on a key draws its seq after rows committed meanwhile", async () => {
     const f = await postgresFixture();
@@ -997,6 +1049,47 @@ describe("postgresStorage: enqueue handles, ids, replay, stats, missing table, w
       expect(claim.messages.map((m) => m.key)).toEqual([null, null, null, "k", null, null]);
       expect(claim.messages[4]!.headers).toEqual({ "x-h": "1" });
       expect(claim.messages[4]!.body).toBe(single.payload);
+    } finally {
+      controller.abort();
+      await f.close();
+    }
+  });
+
+  it("notify: false: enqueues (one message, keyless, keyed) and replays call no pg_notify, and change nothing else; a notifying storage's enqueue after them is the only wake", async () => {
+    const f = await postgresFixture();
+    const listener = f.connect({ max: 2 });
+    const controller = new AbortController();
+    try {
+      const quiet = postgresStorage(f.sql, { ...f.options, notify: false });
+      expect(quiet.notify).toBe(false);
+      expect(f.storage.notify).toBe(true);
+      const quietSql = postgresSql({ schema: f.schema, table: "outbox", notify: false });
+      const loud = postgresSql({ schema: f.schema, table: "outbox" });
+      for (const name of ["enqueue", "enqueueKeyless", "enqueueOne", "replayDead"] as const) {
+        expect(loud[name]).toContain("pg_notify(");
+        expect(quietSql[name]).not.toContain("pg_notify(");
+      }
+      const wakes: number[] = [];
+      await postgresStorage(listener, f.options).subscribe!(() => wakes.push(1), controller.signal);
+      // A dead letter to replay (a notifying enqueue: its wake is counted before the quiet calls start).
+      const dead = message(0, { key: "k" });
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [dead]));
+      await until(() => wakes.length === 1, 2_000, "the notifying enqueue's wake-up");
+      const c = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
+      expect((await f.storage.settle(c.token, [{ id: dead.id, outcome: "dead", error: "x" }])).applied).toBe(1);
+      await f.sql.begin((tx) => quiet.enqueue(tx, [message(1)]));
+      await f.sql.begin((tx) => quiet.enqueue(tx, [message(2), message(3)]));
+      await f.sql.begin((tx) => quiet.enqueue(tx, [message(4, { key: "k" }), message(5, { key: "j" })]));
+      expect(await quiet.replayDead(dead.id)).toBe(true);
+      // Notifications reach a listener in commit order: once this one's wake is in, any of the quiet calls' would be too.
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [message(6)]));
+      await until(() => wakes.length >= 2, 2_000, "the last enqueue's wake-up");
+      expect(wakes).toHaveLength(2);
+      // The quiet calls wrote what the notifying ones write: every row claimable, keys in order, the replay at its key's tail.
+      const got = await f.storage.claim({ limit: 20, leaseMs: 10_000 });
+      expect(got.messages.map((m) => (m.payload as { n: number }).n)).toEqual([1, 2, 3, 4, 5, 0, 6]);
+      expect(got.messages.filter((m) => m.key === "k").map((m) => m.id)).toEqual([got.messages[3]!.id, dead.id]);
+      expect(got.messages.find((m) => m.id === dead.id)!.attempts).toBe(1);
     } finally {
       controller.abort();
       await f.close();
