@@ -3,6 +3,7 @@
 // the same row (same table, same columns). The two variants alternate in chunk pairs so drift hits both alike.
 import * as v from "valibot";
 import { createOutbox, defineTopic, uuidv7 } from "../mod.ts";
+import { postgresStorage } from "../adapters/postgres/mod.ts";
 import { type BenchConfig, connect, gc, libsqlOutbox, payloadOf, pgOutbox, type Results, TOPIC } from "./lib.ts";
 
 const SECTION = "3 enqueue";
@@ -57,6 +58,51 @@ const detail = (o: Overhead): string =>
   `${Math.round(1000 / o.edge).toLocaleString("en-US")} tx/s; median of ${o.ratios.length} chunk pairs, ratios ` +
   `${Math.min(...o.ratios).toFixed(2)}–${Math.max(...o.ratios).toFixed(2)}`;
 
+const WRITERS = 8;
+
+/**
+ * 8 writers at once, each its own connection, one keyless enqueue per transaction, for 3 s (1 s quick) per run, the
+ * notifying storage and a `notify: false` one alternating over 3 rounds (1 quick): transactions per second, the
+ * median of the rounds. PostgreSQL serialises the commits of transactions that notified (a cluster-wide lock held
+ * until the commit is flushed, `PreCommit_Notify` in its async.c), which concurrent writers feel first.
+ */
+async function concurrentWriters(schema: string, cfg: BenchConfig, results: Results): Promise<void> {
+  const sql = connect({ max: WRITERS });
+  const outboxOf = (notify: boolean) => createOutbox({ storage: postgresStorage(sql, { schema, notify }), topics: [orderCreated] });
+  const loud = outboxOf(true);
+  const quiet = outboxOf(false);
+  try {
+    const ms = cfg.quick ? 1_000 : 3_000;
+    const rate = async (outbox: typeof loud, tag: string): Promise<number> => {
+      let n = 0;
+      const end = performance.now() + ms;
+      await Promise.all(Array.from({ length: WRITERS }, async (_, w) => {
+        while (performance.now() < end) {
+          const p = { ...payloadOf(n), orderId: `${tag}${w}-${n}` };
+          await sql.begin((tx) => outbox.enqueue(tx, orderCreated, p));
+          n++;
+        }
+      }));
+      return n / (ms / 1000);
+    };
+    await rate(loud, "wl");
+    await rate(quiet, "wq");
+    const l: number[] = [];
+    const q: number[] = [];
+    for (let r = 0; r < (cfg.quick ? 1 : 3); r++) {
+      l.push(await rate(loud, `l${r}-`));
+      q.push(await rate(quiet, `q${r}-`));
+    }
+    const med = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
+    results.compare(SECTION, `Postgres: ${WRITERS} writers at once, one outbox.enqueue per tx (notify on, the default)`, med(l), "tx/s", {
+      name: "the same with notify: false",
+      value: med(q),
+    }, undefined, `rounds ${l.map((x) => Math.round(x).toLocaleString("en-US")).join(" / ")} against ${q.map((x) => Math.round(x).toLocaleString("en-US")).join(" / ")} tx/s`);
+  } finally {
+    await sql.end({ timeout: 2 }).catch(() => {});
+  }
+}
+
 export async function enqueueSection(cfg: BenchConfig, results: Results): Promise<void> {
   const N = cfg.enqueueTransactions;
 
@@ -76,27 +122,34 @@ export async function enqueueSection(cfg: BenchConfig, results: Results): Promis
         const p = payloadOf(i);
         return { p: { ...p, orderId: `${tag}${i}` }, args: [`${tag}${i}`, p.customerId, p.total, p.currency] };
       };
-      const o1 = await alternate(
-        N,
-        async (i) => {
-          const { p, args } = order("e", i);
-          await sql.begin(async (tx) => {
-            await tx.unsafe(insertOrder, args, { prepare: true });
-            await outbox.enqueue(tx as never, orderCreated, p);
-          });
-        },
-        async (i) => {
-          const { p, args } = order("r", i);
-          await sql.begin(async (tx) => {
-            await tx.unsafe(insertOrder, args, { prepare: true });
-            await tx.unsafe(bare, [uuidv7(), TOPIC, JSON.stringify(p)], { prepare: true });
-          });
-        },
-      );
+      // A transaction of the order and its event through `ob`, and the same with the bare INSERT (tags keep ids apart).
+      const viaOutbox = (ob: typeof outbox, tag: string) => async (i: number): Promise<void> => {
+        const { p, args } = order(tag, i);
+        await sql.begin(async (tx) => {
+          await tx.unsafe(insertOrder, args, { prepare: true });
+          await ob.enqueue(tx as never, orderCreated, p);
+        });
+      };
+      const viaBare = (tag: string) => async (i: number): Promise<void> => {
+        const { p, args } = order(tag, i);
+        await sql.begin(async (tx) => {
+          await tx.unsafe(insertOrder, args, { prepare: true });
+          await tx.unsafe(bare, [uuidv7(), TOPIC, JSON.stringify(p)], { prepare: true });
+        });
+      };
+      const o1 = await alternate(N, viaOutbox(outbox, "e"), viaBare("r"));
       results.compare(SECTION, `Postgres: INSERT order + outbox.enqueue, ${N.toLocaleString("en-US")} sequential tx`, o1.edge, "ms", {
         name: "INSERT order + bare INSERT",
         value: o1.raw,
       }, { kind: "max", value: 1.1 }, detail(o1));
+      // The same with `notify: false` (no pg_notify: for outboxes nothing LISTENs to), against the same bare insert.
+      const quiet = createOutbox({ storage: postgresStorage(sql, { schema: o.schema, notify: false }), topics: [orderCreated] });
+      const o3 = await alternate(N, viaOutbox(quiet, "q"), viaBare("s"));
+      results.compare(SECTION, `Postgres: the same with postgresStorage({ notify: false })`, o3.edge, "ms", {
+        name: "INSERT order + bare INSERT",
+        value: o3.raw,
+      }, undefined, detail(o3));
+      await concurrentWriters(o.schema, cfg, results);
     } finally {
       await o.drop();
     }

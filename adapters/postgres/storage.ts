@@ -60,8 +60,9 @@ export interface PostgresStorageOptions {
    * (drains triggered by cron, a QStash schedule or the nudge): PostgreSQL serialises the commits of all
    * transactions that notified, across the whole cluster, with a lock held until each one's commit is flushed
    * (`PreCommit_Notify` in `src/backend/commands/async.c`), so on a server with many concurrent writers and a slow
-   * commit flush every enqueue's transaction waits its turn. Off, nothing else changes: rows are claimed as before,
-   * and a `relay.run()` finds them at its next poll (`pollIntervalMs`). @default true
+   * commit flush every enqueue's transaction waits its turn (measured, `npm run bench` section 3: 8 writers at once,
+   * 2,261 enqueue transactions/s with it against 3,156 without). Off, nothing else changes: rows are claimed as
+   * before, and a `relay.run()` finds them at its next poll (`pollIntervalMs`). @default true
    */
   notify?: boolean | undefined;
 }
