@@ -20,7 +20,9 @@ export const DRAIN_BUDGET_MS = 45_000;
 const SEND_TIMEOUT_MS = 10_000;
 
 export const sql = postgres(env("DATABASE_URL"), { max: 1, idle_timeout: 20 });
-export const outbox = createOutbox({ storage: postgresStorage(sql), topics: [orderCreated] });
+// notify: false: Vercel Cron drains this outbox, nothing LISTENs to it, so the enqueues skip pg_notify (PostgreSQL
+// serialises the commits of notifying transactions cluster-wide; see the README's Postgres section).
+export const outbox = createOutbox({ storage: postgresStorage(sql, { notify: false }), topics: [orderCreated] });
 export const relay = createRelay({
   outbox,
   transport: webhookTransport({ url: env("WEBHOOK_URL"), secret: env("WEBHOOK_SECRET"), timeoutMs: SEND_TIMEOUT_MS }),
