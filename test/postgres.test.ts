@@ -1055,7 +1055,7 @@ describe("postgresStorage: enqueue handles, ids, replay, stats, missing table, w
     }
   });
 
-  it("notify: false: enqueues (one message, keyless, keyed) and replays call no pg_notify, and change nothing else; a notifying storage's enqueue after them is the only wake", async () => {
+  it("notify: false: enqueues (one message, keyless, keyed) and replays call no pg_notify, and change nothing else; a notifying storage's enqueue after them is the only other notification", async () => {
     const f = await postgresFixture();
     const listener = f.connect({ max: 2 });
     const controller = new AbortController();
@@ -1069,22 +1069,25 @@ describe("postgresStorage: enqueue handles, ids, replay, stats, missing table, w
         expect(loud[name]).toContain("pg_notify(");
         expect(quietSql[name]).not.toContain("pg_notify(");
       }
-      const wakes: number[] = [];
-      await postgresStorage(listener, f.options).subscribe!(() => wakes.push(1), controller.signal);
-      // A dead letter to replay (a notifying enqueue: its wake is counted before the quiet calls start).
+      // Every notification on the outbox's channel, with its payload (the storages notify with ''), in commit order.
+      const heard: string[] = [];
+      const sub = await listener.listen(f.storage.channel, (payload) => heard.push(payload));
+      controller.signal.addEventListener("abort", () => void Promise.resolve(sub.unlisten()).catch(() => {}));
+      // A dead letter to replay (a notifying enqueue: heard before the quiet calls start).
       const dead = message(0, { key: "k" });
       await f.sql.begin((tx) => f.storage.enqueue(tx, [dead]));
-      await until(() => wakes.length === 1, 2_000, "the notifying enqueue's wake-up");
+      await until(() => heard.length === 1, 2_000, "the notifying enqueue's notification");
       const c = await f.storage.claim({ limit: 10, leaseMs: 10_000 });
       expect((await f.storage.settle(c.token, [{ id: dead.id, outcome: "dead", error: "x" }])).applied).toBe(1);
       await f.sql.begin((tx) => quiet.enqueue(tx, [message(1)]));
       await f.sql.begin((tx) => quiet.enqueue(tx, [message(2), message(3)]));
       await f.sql.begin((tx) => quiet.enqueue(tx, [message(4, { key: "k" }), message(5, { key: "j" })]));
       expect(await quiet.replayDead(dead.id)).toBe(true);
-      // Notifications reach a listener in commit order: once this one's wake is in, any of the quiet calls' would be too.
       await f.sql.begin((tx) => f.storage.enqueue(tx, [message(6)]));
-      await until(() => wakes.length >= 2, 2_000, "the last enqueue's wake-up");
-      expect(wakes).toHaveLength(2);
+      // Notifications reach a listener in commit order: once this marker is heard, any of the quiet calls' would be too.
+      await f.sql.unsafe(`SELECT pg_notify($1, 'end')`, [f.storage.channel]);
+      await until(() => heard.includes("end"), 2_000, "the marker notification");
+      expect(heard).toEqual(["", "", "end"]);
       // The quiet calls wrote what the notifying ones write: every row claimable, keys in order, the replay at its key's tail.
       const got = await f.storage.claim({ limit: 20, leaseMs: 10_000 });
       expect(got.messages.map((m) => (m.payload as { n: number }).n)).toEqual([1, 2, 3, 4, 5, 0, 6]);
