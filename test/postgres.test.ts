@@ -598,20 +598,33 @@ describe("postgresStorage: writes", () => {
   });
 });
 
-/** A one-connection client of `f`'s database that collects the plans auto_explain logs, and a storage on it. */
+/**
+ * A one-connection client of `f`'s database that collects the plans auto_explain logs, a storage on it, and
+ * `explain`/`quiet` to turn the logging of every statement (nested ones too) on and off: with `analyze`, the
+ * executed plans; with `buffers`, also their buffer counts, without timing.
+ */
 function planCapture(f: Awaited<ReturnType<typeof postgresFixture>>) {
   const plans: string[] = [];
   const c = f.connect({ max: 1, onnotice: (n) => { if (String(n["message"]).includes("plan:")) plans.push(String(n["message"])); } });
-  return { c, plans, storage: postgresStorage(c, f.options) };
+  const explain = async (o: { analyze?: boolean; buffers?: boolean } = {}): Promise<void> => {
+    await c.unsafe(`LOAD 'auto_explain'`);
+    const analyze = o.analyze ? " SET auto_explain.log_analyze = on;" : "";
+    const buffers = o.buffers ? " SET auto_explain.log_buffers = on; SET auto_explain.log_timing = off;" : "";
+    await c.unsafe(`SET auto_explain.log_min_duration = 0;${analyze}${buffers} SET auto_explain.log_nested_statements = on; SET client_min_messages = log`);
+  };
+  const quiet = async (): Promise<void> => void (await c.unsafe(`SET auto_explain.log_min_duration = -1; SET client_min_messages = notice`));
+  return { c, plans, storage: postgresStorage(c, f.options), explain, quiet };
 }
+
+/** The nodes of logged plan text: each node's line with its detail lines. */
+const planNodes = (text: string): string[] => text.split(/\n(?=\s*->|\S)/);
 
 describe("postgresStorage: plans of a drain over few keys", () => {
   /** The plan nodes (a node's line and its detail lines) of `plans` that scan `index`. */
-  const nodes = (plans: string, index: string): string[] =>
-    plans.split(/\n(?=\s*->|\S)/).filter((n) => n.includes(`using ${index} on `));
+  const nodes = (plans: string, index: string): string[] => planNodes(plans).filter((n) => n.includes(`using ${index} on `));
   it("a continued claim and a keyed settle read each key's rows through the (key, seq) index: no primary-key walk filtered by key, no bitmap scan", async () => {
     const f = await postgresFixture();
-    const { c, plans, storage } = planCapture(f);
+    const { plans, storage, explain, quiet } = planCapture(f);
     try {
       // 20,000 rows round-robin over 10 keys, as in bench/README.md "7 keys", analysed: few keys in the statistics.
       const sent = Array.from({ length: 20_000 }, (_, i) => message(i, { key: `c-${i % 10}` }));
@@ -627,16 +640,13 @@ describe("postgresStorage: plans of a drain over few keys", () => {
       let held = await storage.claim({ limit: 100, leaseMs: 30_000 });
       for (let round = 0; round < 6; round++) {
         const last = round === 5;
-        if (last) {
-          await c.unsafe(`LOAD 'auto_explain'`);
-          await c.unsafe(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on; SET client_min_messages = log`);
-        }
+        if (last) await explain();
         const next = await storage.claim({ limit: 100, leaseMs: 30_000, continue: continueAfter(held) });
         expect(next.messages.length).toBe(100);
         expect((await storage.settle(held.token, held.messages.map(delivered))).applied).toBe(100);
         held = next;
       }
-      await c.unsafe(`SET auto_explain.log_min_duration = -1; SET client_min_messages = notice`);
+      await quiet();
       const claimPlans = plans.filter((p) => p.includes("outbox_claim") || p.includes("lk AS")).join("\n");
       const settlePlans = plans.filter((p) => p.includes("DELETE FROM")).join("\n");
       expect(claimPlans).toContain("lk AS");
@@ -658,15 +668,14 @@ describe("postgresStorage: plans of a drain over few keys", () => {
 describe("postgresStorage: a claim over many due deep keys (schema v8)", () => {
   it("reads its locked keys only until it has limit rows: 50 of 100 due keys read for a claim of 100, each a 2-row prefix; the unread keys stay due, and empty keys are still deleted", async () => {
     const f = await postgresFixture();
-    const { c, plans, storage } = planCapture(f);
+    const { plans, storage, explain, quiet } = planCapture(f);
     try {
       // 100 keys x 4 rows, round-robin: every key due; ceil(100 / ceil(100 / 2)) = 2 rows per key read.
       const sent = Array.from({ length: 400 }, (_, i) => message(i, { key: `k${i % 100}` }));
       await f.sql.begin((tx) => f.storage.enqueue(tx, sent));
-      await c.unsafe(`LOAD 'auto_explain'`);
-      await c.unsafe(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_analyze = on; SET auto_explain.log_nested_statements = on; SET client_min_messages = log`);
+      await explain({ analyze: true });
       const first = await storage.claim({ limit: 100, leaseMs: 30_000 });
-      await c.unsafe(`SET auto_explain.log_min_duration = -1; SET client_min_messages = notice`);
+      await quiet();
       const byKey = new Map<string, string[]>();
       for (const m of first.messages) byKey.set(m.key!, [...(byKey.get(m.key!) ?? []), m.id]);
       expect(first.messages).toHaveLength(100);
@@ -714,7 +723,7 @@ describe("postgresStorage: a claim over many due deep keys (schema v8)", () => {
 describe("postgresStorage: claim plans under stale statistics", () => {
   it("a connection whose first claims saw an empty table still claims in O(rows claimed) after 200,000 rows arrive unanalysed: the claim is planned per call with its values (no cached generic plan), index scans with conditions only", async () => {
     const f = await postgresFixture();
-    const { c, plans, storage } = planCapture(f);
+    const { plans, storage, explain, quiet } = planCapture(f);
     const table = `"${f.schema}".outbox`;
     try {
       // No ANALYZE will come (autovacuum off for the table): the statistics stay those of an empty table.
@@ -730,13 +739,12 @@ describe("postgresStorage: claim plans under stale statistics", () => {
         SELECT gen_random_uuid(), 'orders', CASE WHEN i % 2 = 0 THEN 'k-' || (i % 10) END, '{}'::json, '{}'::json,
           'pending', now(), now() FROM generate_series(1, 200000) AS i`);
       await f.sql.unsafe(`INSERT INTO "${f.schema}".outbox_keys (key) SELECT 'k-' || k FROM generate_series(0, 9) AS k ON CONFLICT (key) DO NOTHING`);
-      await c.unsafe(`LOAD 'auto_explain'`);
-      await c.unsafe(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_analyze = on; SET auto_explain.log_buffers = on; SET auto_explain.log_timing = off; SET auto_explain.log_nested_statements = on; SET client_min_messages = log`);
+      await explain({ analyze: true, buffers: true });
       const due = await storage.claim({ limit: 100, leaseMs: 30_000 });
       const last = new Map<string, number>();
       for (const m of due.messages) if (m.key !== null) last.set(m.key, m.seq);
       const continued = await storage.claim({ limit: 100, leaseMs: 30_000, continue: { after: [...last.values()], tokens: [due.token] } });
-      await c.unsafe(`SET auto_explain.log_min_duration = -1; SET client_min_messages = notice`);
+      await quiet();
       expect(due.messages).toHaveLength(100);
       expect(last.size).toBeGreaterThan(0);
       expect(continued.messages).toHaveLength(100);
@@ -749,7 +757,7 @@ describe("postgresStorage: claim plans under stale statistics", () => {
       for (const plan of statements) {
         expect(plan).not.toMatch(/Seq Scan|Merge Join|Hash Join|Bitmap/);
         // Every index scan of the outbox's tables has a condition: none walks a whole index.
-        for (const node of plan.split(/\n(?=\s*->|\S)/).filter((n) => / on outbox(_keys|_positions)? /.test(n) && /Index (Only )?Scan/.test(n))) {
+        for (const node of planNodes(plan).filter((n) => / on outbox(_keys|_positions)? /.test(n) && /Index (Only )?Scan/.test(n))) {
           expect(node, plan).toMatch(/Index Cond: /);
         }
         // O(rows claimed): a claim of 100 touches about 2,000 buffers; a walk of an index of 200,000 rows, far more.
