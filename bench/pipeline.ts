@@ -1,6 +1,7 @@
 // Sections 6–8: the streaming drain where users meet it (issue 11).
 // 6 tail:   sends of 20 ms, 1 in 100 taking 1 s, concurrency 8, against the ideal C / mean(L) of the latencies the
-//           transport really took (timer overshoot included), on Postgres and a libSQL file; and 20 ms without the tail.
+//           transport really took (timer overshoot included), on Postgres and a libSQL file; 20 ms without the tail;
+//           and 20 ms over 10 hot keys (one send at a time per key) against min(C, keys) / mean(L).
 // 7 keys:   N messages over 10, 100 and 1,000 keys against the same N keyless, both databases; and 10 keys against
 //           graphile-worker with the same keys as named queues.
 // 8 remote: Postgres behind a TCP proxy adding 10 ms each way (test/fixtures/delay-proxy.ts): relay.drain against the
@@ -126,13 +127,15 @@ const mean = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0) / 
 export async function tailSection(cfg: BenchConfig, results: Results, sql: Sql): Promise<void> {
   const SECTION = "6 slow sends";
   const C = 8;
-  const cases = [
-    { name: "20 ms, 1 in 100 at 1 s", n: cfg.quick ? 2_000 : 6_000, latency: (i: number) => (i % 100 === 50 ? 1_000 : 20), target: 0.85 },
-    { name: "20 ms, no tail", n: cfg.quick ? 1_000 : 3_000, latency: () => 20, target: 0.95 },
+  // The keyed case (no target in the issue): 10 hot keys, one send at a time each, so the ideal is min(C, keys) / L.
+  const cases: { name: string; n: number; keys: number; latency: (i: number) => number; target?: number }[] = [
+    { name: "20 ms, 1 in 100 at 1 s", n: cfg.quick ? 2_000 : 6_000, keys: 0, latency: (i: number) => (i % 100 === 50 ? 1_000 : 20), target: 0.85 },
+    { name: "20 ms, no tail", n: cfg.quick ? 1_000 : 3_000, keys: 0, latency: () => 20, target: 0.95 },
+    { name: "20 ms over 10 keys", n: cfg.quick ? 1_000 : 3_000, keys: 10, latency: () => 20 },
   ];
   for (const db of [pgDb(sql), libsqlDb]) {
     for (const c of cases) {
-      await db.with(c.n, 0, async ({ outbox, left }) => {
+      await db.with(c.n, c.keys, async ({ outbox, left }) => {
         const transport = sleepingTransport(c.latency);
         const { delivered, ms } = await drainFor(outbox, transport, 120_000, { concurrency: C });
         if (delivered !== c.n || (await left()) !== 0) throw new Error(`${db.label} ${c.name}: delivered ${delivered} of ${c.n}`);
@@ -141,10 +144,11 @@ export async function tailSection(cfg: BenchConfig, results: Results, sql: Sql):
         const nominalL = mean(Array.from({ length: c.n }, (_, i) => c.latency(i)));
         // The ideal uses the nominal latencies (20 ms, 1 s), as the issue states it; the detail gives the ratio to the
         // ideal of the latencies as the transport measured them (timer overshoot and event-loop stalls included).
+        const slots = c.keys > 0 ? Math.min(C, c.keys) : C;
         results.compare(SECTION, `${db.label}: sends of ${c.name}, concurrency ${C}, ${c.n.toLocaleString("en-US")} msgs`, rate, "msg/s", {
-          name: "ideal C / mean(L)",
-          value: C / (nominalL / 1000),
-        }, { kind: "min", value: c.target }, `mean L as taken ${measuredL.toFixed(1)} ms: ${(rate / (C / (measuredL / 1000))).toFixed(2)}× of that ideal`);
+          name: c.keys > 0 ? "ideal min(C, keys) / mean(L)" : "ideal C / mean(L)",
+          value: slots / (nominalL / 1000),
+        }, c.target === undefined ? undefined : { kind: "min", value: c.target }, `mean L as taken ${measuredL.toFixed(1)} ms: ${(rate / (slots / (measuredL / 1000))).toFixed(2)}× of that ideal`);
       });
     }
   }

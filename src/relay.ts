@@ -698,7 +698,11 @@ export function createRelay(options: RelayOptions): Relay {
           if (n >= 4 && continueClaims) deep.add(key);
           else deep.delete(key);
         }
-        for (const key of asked.keys()) if (!counts.has(key)) dry.add(key);
+        // A continued key the claim brought nothing of is dry, unless the claim was full: a storage reads the keys
+        // it continues until it has `limit` rows and leaves the rest unread (Postgres reads due keys first), and
+        // marking those dry left each one idle until its held rows were settled and a claim took it as due again
+        // (over 10 keys with 20 ms sends: up to 1.2 s, the drain 0.82-0.85x its ideal).
+        if (claim.messages.length < batchSize) for (const key of asked.keys()) if (!counts.has(key)) dry.add(key);
         // Spread: mostly rows that are not repeats of held keys (a keyless or many-keyed backlog). Where claims and
         // settles can run at once (not serialWrites), also a claim of two or more keys not held before: Postgres
         // gives whole prefixes of about half the due keys when queues are deep, so such a claim leaves other keys

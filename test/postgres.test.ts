@@ -471,6 +471,43 @@ describe("postgresStorage: writes", () => {
     }
   });
 
+  it("a settle that leaves its key's due time as it is does not lock the key row: a claim continuing the key while that settle's transaction is open still continues it", async () => {
+    const f = await postgresFixture();
+    const reserved = await f.sql.reserve();
+    try {
+      const rows = Array.from({ length: 6 }, (_, i) => message(i, { key: "k" }));
+      await f.sql.begin((tx) => f.storage.enqueue(tx, rows));
+      const c1 = await f.storage.claim({ limit: 3, leaseMs: 60_000 });
+      expect(c1.messages.map((m) => m.id)).toEqual(rows.slice(0, 3).map((m) => m.id));
+      const keyAt = async (): Promise<string> =>
+        String((await f.sql.unsafe(`SELECT available_at::text AS at FROM "${f.schema}".outbox_keys WHERE key = 'k'`))[0]!["at"]);
+      const before = await keyAt();
+      // The settle of c1's first row, left uncommitted: the key's new head is c1's second row, due when c1's lease
+      // ends, which is the key row's value already.
+      const { settleDelivered } = postgresSql({ schema: f.schema, table: "outbox" });
+      await reserved.unsafe("BEGIN");
+      expect(await reserved.unsafe(settleDelivered, [c1.token, `{${c1.messages[0]!.id}}`])).toHaveLength(0); // applied
+      // Before, the settle rewrote the key row and held it locked: this continuation skipped the key and got nothing.
+      const c2 = await f.storage.claim({ limit: 3, leaseMs: 60_000, continue: { after: [c1.messages[2]!.seq], tokens: [c1.token] } });
+      expect(c2.messages.map((m) => m.id)).toEqual(rows.slice(3).map((m) => m.id));
+      await reserved.unsafe("COMMIT");
+      expect(await keyAt()).not.toBe(before); // c2's lease moved the key row
+      const settle = (c: typeof c1, from: number) =>
+        f.storage.settle(c.token, c.messages.slice(from).map((m) => ({ id: m.id, outcome: "delivered" as const })));
+      expect((await settle(c1, 1)).applied).toBe(2);
+      expect((await settle(c2, 0)).applied).toBe(3);
+      // A settle that changes the key's due time still writes it: the key is empty and due now, and the next claim
+      // deletes its row.
+      expect((await f.storage.claim({ limit: 10, leaseMs: 60_000 })).messages).toEqual([]);
+      expect(await f.sql.unsafe(`SELECT 1 FROM "${f.schema}".outbox_keys`)).toHaveLength(0);
+      expect((await f.storage.stats()).pending).toBe(0);
+    } finally {
+      await reserved.unsafe("ROLLBACK").catch(() => {}); // a failed expectation leaves the settle open
+      reserved.release();
+      await f.close();
+    }
+  });
+
   it("enqueue keeps array order as seq order in one statement; a rollback leaves nothing", async () => {
     const f = await postgresFixture();
     try {

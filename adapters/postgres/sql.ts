@@ -217,6 +217,14 @@ const POSITIONS_UPSERT = `INSERT INTO ${P} AS p (key, seq, at)
  * the token (a claim gives all its rows the same `lease_until`), one index probe where reading every settled row cost
  * about 1 ms per 100. O(rows settled). The head lookup matches its key with `sameKeyRange` (schema.ts), so it walks
  * `_key` within that key (over 10 keys an equality walked the primary key: 814 buffers for 5 keys, 286 now).
+ *
+ * A key row whose `available_at` would not change is left alone, so it is not locked. The usual settle of a deep key
+ * is one: its new head is another row of the same claim, due when that claim's lease ends, which is the key row's
+ * value already. Rewriting it anyway held the key row locked until the settle committed, and a claim continuing the
+ * key at that moment skipped it (`FOR UPDATE SKIP LOCKED`): the relay then took the key for drained and it waited,
+ * with its rows leased, until its held rows were settled and a later claim took it as due. Over 10 keys with 20 ms
+ * sends, keys stood still for up to 1.2 s and the drain ran 0.82–0.85x its ideal (`bench/README.md`, "What changed on
+ * 2026-12-02, 18:22").
  */
 function keyHints(ids: string, removed: readonly string[], moved: readonly string[]): string {
   const all = [...removed, ...moved];
@@ -233,7 +241,7 @@ function keyHints(ids: string, removed: readonly string[], moved: readonly strin
   FROM sk
 ), kh AS (
   UPDATE ${K} AS kk SET available_at = coalesce(nh.at, now())
-  FROM nh WHERE kk.key = nh.key AND kk.available_at <= (SELECT lu.until FROM lu)
+  FROM nh WHERE kk.key = nh.key AND kk.available_at <= (SELECT lu.until FROM lu) AND kk.available_at IS DISTINCT FROM nh.at
 )`;
 }
 
