@@ -1,7 +1,8 @@
 // Sections 6–8: the streaming drain where users meet it (issue 11).
 // 6 tail:   sends of 20 ms, 1 in 100 taking 1 s, concurrency 8, against the ideal C / mean(L) of the latencies the
 //           transport really took (timer overshoot included), on Postgres and a libSQL file; 20 ms without the tail;
-//           and 20 ms over 10 hot keys (one send at a time per key) against min(C, keys) / mean(L).
+//           20 ms over 10 hot keys (one send at a time per key) against min(C, keys) / mean(L); and two relays over
+//           30 hot keys against min(2C, keys) / mean(L).
 // 7 keys:   N messages over 10, 100 and 1,000 keys against the same N keyless, both databases; and 10 keys against
 //           graphile-worker with the same keys as named queues.
 // 8 remote: Postgres behind a TCP proxy adding 10 ms each way (test/fixtures/delay-proxy.ts): relay.drain against the
@@ -152,6 +153,45 @@ export async function tailSection(cfg: BenchConfig, results: Results, sql: Sql):
       });
     }
   }
+  await twoRelays(cfg, results, sql, SECTION);
+}
+
+// ---- 6 tail, two relays over hot keys --------------------------------------------------------------------------------
+
+/**
+ * Two relays (concurrency 8 each, one client) on one Postgres outbox of 30 keys, 20 ms sends: against the ideal
+ * min(2C, keys) / L = 800 msg/s. Each relay drains again while rows are left (a drain ends when every key is held
+ * elsewhere); the second starts once the first is sending, as relays started by a schedule or on other machines do.
+ * A relay that held every key (it continues what it holds) left the other idle: about one relay's 400 msg/s.
+ */
+async function twoRelays(cfg: BenchConfig, results: Results, sql: Sql, section: string): Promise<void> {
+  const C = 8, keys = 30, n = cfg.quick ? 1_500 : 3_000;
+  await pgDb(sql).with(n, keys, async ({ outbox, left }) => {
+    const transports = [sleepingTransport(() => 20), sleepingTransport(() => 20)];
+    const relays = transports.map((transport) =>
+      createRelay({ outbox, transport, batchSize: 100, concurrency: C, leaseMs: LEASE_MS, sendTimeoutMs: 10_000 })
+    );
+    const delivered = (): number => transports[0]!.count + transports[1]!.count;
+    gc();
+    const t0 = performance.now();
+    await Promise.all(relays.map(async (relay, i) => {
+      if (i === 1) while (transports[0]!.count === 0) await sleep(1);
+      while (delivered() < n && performance.now() - t0 < 120_000) {
+        const r = await relay.drain({ budgetMs: 30_000, safetyMarginMs: 0 });
+        if (r.retried || r.dead || r.leaseLost) throw new Error(`unexpected drain report ${JSON.stringify(r)}`);
+        if (!r.more) await sleep(5);
+      }
+    }));
+    const ms = performance.now() - t0;
+    if (delivered() !== n || (await left()) !== 0) throw new Error(`two relays: delivered ${delivered()} of ${n}`);
+    const rate = n / (ms / 1000);
+    const measuredL = mean([...transports[0]!.took, ...transports[1]!.took]);
+    const slots = Math.min(2 * C, keys);
+    results.compare(section, `Postgres, 2 relays: sends of 20 ms over ${keys} keys, concurrency ${C} each, ${n.toLocaleString("en-US")} msgs`, rate, "msg/s", {
+      name: "ideal min(2C, keys) / mean(L)",
+      value: slots / 0.02,
+    }, undefined, `relays sent ${transports.map((t) => t.count).join(" / ")}; mean L as taken ${measuredL.toFixed(1)} ms: ${(rate / (slots / (measuredL / 1000))).toFixed(2)}× of that ideal`);
+  });
 }
 
 // ---- 7 keys ---------------------------------------------------------------------------------------------------------

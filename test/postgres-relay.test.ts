@@ -6,7 +6,7 @@ import { recordingTransport } from "../adapters/memory/mod.ts";
 import { type PostgresStorage, postgresStorage } from "../adapters/postgres/mod.ts";
 import { postgresSql } from "../adapters/postgres/sql.ts";
 import { createPostgresStorage, resolvePostgresStorageOptions } from "../adapters/postgres/storage.ts";
-import { createOutbox, createRelay } from "../mod.ts";
+import { createOutbox, createRelay, type OutboxMessage } from "../mod.ts";
 import { type NewMessage, uuidv7 } from "../src/message.ts";
 import type { OutboxStorage } from "../src/storage.ts";
 import { type PgFixture, postgresFixture, type Sql } from "./postgres-fixtures.ts";
@@ -94,6 +94,66 @@ describe("postgres relays", () => {
       for (const m of transport.delivered) if (m.key !== null) perKey.set(m.key, [...(perKey.get(m.key) ?? []), seqOf.get(m.id)!]);
       expect(perKey.size).toBe(3);
       for (const order of perKey.values()) expect(order).toEqual([...order].sort((a, b) => a - b));
+      expect((await f.storage.stats()).pending).toBe(0);
+    } finally {
+      await f.close();
+    }
+  }, 120_000);
+
+  it("two relays with slow sends over more keys than one relay's slots: the first does not hoard keys it cannot send, both send at once, every key in seq order", async () => {
+    const f = await postgresFixture();
+    try {
+      const keys = 24, total = keys * 15, concurrency = 4;
+      const rows = Array.from({ length: total }, (_, i) => message({ n: i }, { key: `k${i % keys}` }));
+      await f.sql.begin((tx) => f.storage.enqueue(tx, rows));
+      let inFlight = 0, most = 0;
+      /** Every send's messages as it starts, across both relays. */
+      const started: OutboxMessage[] = [];
+      /** One per relay: 10 ms a send, one message a call (a webhook), counting the sends in flight across both. */
+      const transports = [0, 1].map(() => {
+        const t = {
+          name: "slow",
+          delivered: [] as OutboxMessage[],
+          async send(ms: readonly OutboxMessage[]) {
+            started.push(...ms);
+            inFlight += ms.length;
+            most = Math.max(most, inFlight);
+            await sleep(10);
+            inFlight -= ms.length;
+            t.delivered.push(...ms);
+            return ms.map(() => ({ status: "delivered" as const }));
+          },
+        };
+        return t;
+      });
+      const relays = transports.map((transport) => createRelay({ outbox: createOutbox({ storage: f.storage }), transport, batchSize: 100, concurrency }));
+      let delivered = 0;
+      const t0 = Date.now();
+      // Each relay drains again while rows are left (a drain ends when nothing is claimable for it: every key held).
+      // The second starts once the first is sending, as relays started by a schedule or on other machines do.
+      await Promise.all(relays.map(async (relay, i) => {
+        if (i === 1) while (transports[0]!.delivered.length === 0) await sleep(1);
+        while (delivered < total && Date.now() - t0 < 60_000) {
+          const report = await relay.drain({ budgetMs: 20_000 });
+          delivered += report.delivered;
+          await sleep(5);
+        }
+      }));
+      expect(delivered).toBe(total);
+      const shares = transports.map((t) => t.delivered.length);
+      // Before, the first relay took every key (a claim of half the due keys, then one ahead of need for the rest)
+      // and went on continuing them: the other sent 14 of the 360, and the drain took 931-961 ms against 570-580.
+      expect(Math.min(...shares)).toBeGreaterThan(total / 4);
+      expect(most).toBeGreaterThan(concurrency);
+      const seqOf = new Map(rows.map((m, i) => [m.id, i]));
+      const sent = transports.flatMap((t) => t.delivered);
+      expect(new Set(sent.map((m) => m.id)).size).toBe(total);
+      expect(started).toHaveLength(total); // nothing was sent twice
+      for (let k = 0; k < keys; k++) {
+        // Across both relays, each key's sends start in seq order.
+        const order = started.filter((m) => m.key === `k${k}`).map((m) => seqOf.get(m.id)!);
+        expect(order).toEqual([...order].sort((a, b) => a - b));
+      }
       expect((await f.storage.stats()).pending).toBe(0);
     } finally {
       await f.close();

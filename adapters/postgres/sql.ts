@@ -223,7 +223,7 @@ const POSITIONS_UPSERT = `INSERT INTO ${P} AS p (key, seq, at)
  * value already. Rewriting it anyway held the key row locked until the settle committed, and a claim continuing the
  * key at that moment skipped it (`FOR UPDATE SKIP LOCKED`): the relay then took the key for drained and it waited,
  * with its rows leased, until its held rows were settled and a later claim took it as due. Over 10 keys with 20 ms
- * sends, keys stood still for up to 1.2 s and the drain ran 0.82–0.85x its ideal (`bench/README.md`, "What changed on
+ * sends, keys stood still for up to 1.2 s and the drain ran 0.80–0.85x its ideal (`bench/README.md`, "What changed on
  * 2026-12-02, 18:22").
  */
 function keyHints(ids: string, removed: readonly string[], moved: readonly string[]): string {
