@@ -13,6 +13,12 @@ import type { ClaimedMessage, OutboxStorage, Settlement } from "./storage.ts";
 import type { TraceAttributes, TraceSpan, Tracing } from "./tracing.ts";
 import type { DeliveryOutcome, SendContext, Transport } from "./transport.ts";
 
+/**
+ * How long a drain that holds all the keys it may (see `keyCap` in the drain) goes on continuing a key before it lets
+ * the key go for the ones waiting in the database.
+ */
+const KEY_TURN_MS = 1_000;
+
 /** Options of {@link createRelay}. */
 export interface RelayOptions {
   /** The outbox whose storage is drained. */
@@ -387,6 +393,9 @@ export function createRelay(options: RelayOptions): Relay {
    *   claim when claims are the bottleneck: a send slot is free and no claimed row can start, after a full claim
    *   whose rows were mostly not repeats of held keys (up to three claims at once) or that brought two or more new
    *   keys (up to two), and while the last such claim found rows.
+   * - Keys held (with rows unsent or in flight) stay within `keyCap`, twice what can be sent at once: a claim asks for
+   *   no more new keys than the room left (`ClaimOptions.maxKeys`, counting the room claims in flight may fill), and
+   *   at the cap a key held for `KEY_TURN_MS` is no longer continued, so it is let go once its held rows are sent.
    * - Outcomes are buffered per claim token and settled in groups: at once when no send is in flight, when a group
    *   reaches `groupSize`, or `settleDelayMs` after its first outcome (2 ms, 8 ms with `serialWrites`, or as long as the
    *   last settle took). One settle round at a time, so a slow database makes the groups bigger, not the queue of
@@ -492,6 +501,15 @@ export function createRelay(options: RelayOptions): Relay {
     const dry = new Set<string>();
     /** Lease tokens with rows not settled yet, and how many. */
     const liveTokens = new Map<string, number>();
+    // Keys held at once (storages with `continueClaims`, which honour ClaimOptions.maxKeys): at most twice as many as
+    // can be sent at once (`concurrency` sends of up to `maxBatch` keys each), so a key in flight has one waiting to
+    // follow it. More only wait here, where another relay could be sending them: two relays over 30 deep keys with
+    // 20 ms sends, the first held 17 keys and the second 13, which it finished 1 s before the first, then sat idle.
+    const keyCap = 2 * concurrency * maxBatch;
+    /** Per held key, when this drain took it (its first row held since its rows were last all settled). */
+    const heldSince = new Map<string, number>();
+    /** New keys the claims in flight may bring (their maxKeys), so claims side by side do not pass keyCap together. */
+    let keysReserved = 0;
 
     let buffer = new Map<string, { settlements: Settlement[]; keys: (string | null)[] }>();
     let buffered = 0;
@@ -532,6 +550,7 @@ export function createRelay(options: RelayOptions): Relay {
       const h: Held = { m, claim };
       queued++;
       if (m.key === null) return keyless.push(h);
+      if (!heldPerKey.has(m.key)) heldSince.set(m.key, now());
       heldPerKey.set(m.key, (heldPerKey.get(m.key) ?? 0) + 1);
       let q = keyQueues.get(m.key);
       if (!q) {
@@ -658,14 +677,20 @@ export function createRelay(options: RelayOptions): Relay {
     /** `ahead`: a claim ahead of need after a full claim (the probe of whether such claims find rows). */
     async function claimMore(ahead = false, beside = false): Promise<void> {
       claiming++;
+      let reserved = 0;
       const epoch = settleEpoch;
       const claimStarted = now();
       const asked = continuation();
       try {
+        // Room for new keys (see keyCap); a storage without continueClaims ignores it.
+        const room = Math.max(0, keyCap - keyQueues.size - keysReserved);
+        reserved = Math.min(room, batchSize);
+        keysReserved += reserved;
+        const keys = room < batchSize ? { maxKeys: room } : {};
         const claim = await storage.claim(
           asked.size === 0
-            ? { limit: batchSize, leaseMs }
-            : { limit: batchSize, leaseMs, continue: { after: [...asked.keys()].map((k) => lastSeq.get(k)!), tokens: [...liveTokens.keys()] } },
+            ? { limit: batchSize, leaseMs, ...keys }
+            : { limit: batchSize, leaseMs, ...keys, continue: { after: [...asked.keys()].map((k) => lastSeq.get(k)!), tokens: [...liveTokens.keys()] } },
         );
         report.claimed += claim.messages.length;
         let repeats = 0;
@@ -720,6 +745,7 @@ export function createRelay(options: RelayOptions): Relay {
       } catch (e) {
         failure ??= { error: e };
       } finally {
+        keysReserved -= reserved;
         for (const key of asked.keys()) continuing.delete(key);
         claiming--;
         pump();
@@ -745,7 +771,11 @@ export function createRelay(options: RelayOptions): Relay {
         deep.delete(key);
         return false;
       }
-      return !continuing.has(key) && !dry.has(key) && lastSeq.has(key) && q.length * 2 <= lastCount.get(key)!;
+      if (continuing.has(key) || dry.has(key) || !lastSeq.has(key) || q.length * 2 > lastCount.get(key)!) return false;
+      // Holding all the keys it may (keyCap), a drain takes no new ones: a key it has held for KEY_TURN_MS is then
+      // not continued but let go once its held rows are sent, so keys waiting in the database get their turn (the
+      // oldest head first: a claim locks due keys in due order) here or at another relay.
+      return keyQueues.size < keyCap || now() - heldSince.get(key)! < KEY_TURN_MS;
     }
 
     /** Whether {@link continuation} would name a key (asked on every pump: nothing made). */
@@ -831,6 +861,7 @@ export function createRelay(options: RelayOptions): Relay {
               if (left > 0) heldPerKey.set(key, left);
               else {
                 heldPerKey.delete(key);
+                heldSince.delete(key);
                 if (!claimed) freedSinceClaim++;
               }
             }

@@ -19,7 +19,8 @@
  *   `capabilities.keyPrefixClaims: false`.
  * - With `capabilities.continueClaims`, a claim may also take the next rows of a key whose earlier rows the caller
  *   holds (`ClaimOptions.continue`), only while every pending row of that key up to the caller's last one is leased
- *   with one of the caller's tokens; the caller sends them after those, or releases them.
+ *   with one of the caller's tokens; the caller sends them after those, or releases them. Such a storage also honours
+ *   `ClaimOptions.maxKeys` (at most that many keys besides the continued ones).
  * - Counters (delivered, retried, dead, delivery latency) live in the database, written in the same statement
  *   batch as the settle, so `stats()` is right when every call runs in a new serverless process.
  * - Driver failures are thrown as `OutboxError("STORAGE")` with the driver error as `cause`, `retryable` when a
@@ -158,8 +159,8 @@ export interface StorageCapabilities {
   readonly keyPrefixClaims: boolean;
   /**
    * `claim` honours {@link ClaimOptions.continue}: it can take the next rows of keys the caller holds, before the
-   * caller has settled the rows it holds of them. Absent or false: `continue` is ignored. Optional for third-party
-   * adapters.
+   * caller has settled the rows it holds of them, and {@link ClaimOptions.maxKeys}. Absent or false: both are
+   * ignored. Optional for third-party adapters.
    */
   readonly continueClaims?: boolean | undefined;
 }
@@ -186,6 +187,14 @@ export interface ClaimOptions {
     /** The caller's lease tokens with rows not settled yet. */
     readonly tokens: readonly string[];
   } | undefined;
+  /**
+   * The most keys to take rows of besides the ones named in {@link ClaimOptions.continue} (0: none); keyless rows
+   * are not counted. The relay passes it while it holds as many keys as it can keep busy, so that it does not take
+   * keys whose rows would only wait in it while another relay could send them. A storage with
+   * `capabilities.continueClaims` honours it; others may ignore it (the claim then takes rows of any number of
+   * keys). @default no limit
+   */
+  readonly maxKeys?: number | undefined;
 }
 
 /**

@@ -2,7 +2,7 @@
 // the commit-order proof with concurrent writers (plus the same run against a variant without the design, which
 // must deliver out of order).
 import { describe, expect, it } from "vitest";
-import { recordingTransport } from "../adapters/memory/mod.ts";
+import { functionTransport, recordingTransport } from "../adapters/memory/mod.ts";
 import { type PostgresStorage, postgresStorage } from "../adapters/postgres/mod.ts";
 import { postgresSql } from "../adapters/postgres/sql.ts";
 import { createPostgresStorage, resolvePostgresStorageOptions } from "../adapters/postgres/storage.ts";
@@ -153,6 +153,65 @@ describe("postgres relays", () => {
         // Across both relays, each key's sends start in seq order.
         const order = started.filter((m) => m.key === `k${k}`).map((m) => seqOf.get(m.id)!);
         expect(order).toEqual([...order].sort((a, b) => a - b));
+      }
+      expect((await f.storage.stats()).pending).toBe(0);
+    } finally {
+      await f.close();
+    }
+  }, 120_000);
+
+  it("two relays over deep keys, more than one relay's key cap: neither holds more than 2 x concurrency keys with rows unsent or in flight, so the second gets the keys the first cannot keep busy", async () => {
+    const f = await postgresFixture();
+    try {
+      const keys = 15, perKey = 20, total = keys * perKey, concurrency = 4;
+      const rows = Array.from({ length: total }, (_, i) => message({ n: i }, { key: `k${i % keys}` }));
+      await f.sql.begin((tx) => f.storage.enqueue(tx, rows));
+      /** Per relay: rows claimed whose send has not ended, per key, and the most keys with such rows at once. */
+      const open = [new Map<string, number>(), new Map<string, number>()];
+      const most = [0, 0];
+      const storages = [0, 1].map((r): OutboxStorage<unknown, never> => ({
+        ...f.storage,
+        async claim(o) {
+          const c = await f.storage.claim(o);
+          for (const m of c.messages) open[r]!.set(m.key!, (open[r]!.get(m.key!) ?? 0) + 1);
+          most[r] = Math.max(most[r]!, open[r]!.size);
+          return c;
+        },
+      }));
+      const sent: OutboxMessage[][] = [[], []];
+      /** Every send as it starts, across both relays. */
+      const started: number[] = [];
+      const relays = [0, 1].map((r) =>
+        createRelay({
+          outbox: createOutbox({ storage: storages[r]! }),
+          concurrency,
+          batchSize: 100,
+          transport: functionTransport(async (m) => {
+            started.push((m.payload as { n: number }).n);
+            await sleep(5);
+            sent[r]!.push(m);
+            const left = open[r]!.get(m.key!)! - 1;
+            if (left > 0) open[r]!.set(m.key!, left);
+            else open[r]!.delete(m.key!);
+          }),
+        })
+      );
+      const t0 = Date.now();
+      await Promise.all(relays.map(async (relay, r) => {
+        if (r === 1) while (sent[0]!.length === 0) await sleep(1);
+        while (sent[0]!.length + sent[1]!.length < total && Date.now() - t0 < 60_000) {
+          await relay.drain({ budgetMs: 20_000 });
+          await sleep(5);
+        }
+      }));
+      expect(sent[0]!.length + sent[1]!.length).toBe(total);
+      // Before, the first relay held up to 10 of the 15 keys (its claims continuing keys took due keys too).
+      expect(Math.max(...most)).toBeLessThanOrEqual(2 * concurrency);
+      expect(new Set(sent[1]!.map((m) => m.key)).size).toBeGreaterThanOrEqual(keys - 2 * concurrency);
+      expect(started).toHaveLength(total); // nothing sent twice
+      for (let k = 0; k < keys; k++) {
+        // Across both relays, each key's sends start in seq order.
+        expect(started.filter((n) => n % keys === k)).toEqual(Array.from({ length: perKey }, (_, i) => i * keys + k));
       }
       expect((await f.storage.stats()).pending).toBe(0);
     } finally {

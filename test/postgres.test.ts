@@ -15,6 +15,8 @@ import {
 import { isConnectionError, isRetryableError } from "../adapters/postgres/client.ts";
 import { ADVISORY_KEY_SQL } from "../adapters/postgres/lock.ts";
 import {
+  CLAIM_CONTINUE_FUNCTION_DDL,
+  CLAIM_FUNCTION_DDL,
   LATEST_SCHEMA_VERSION,
   MAX_TABLE_NAME_LENGTH,
   MIGRATIONS_TABLE_DDL,
@@ -201,7 +203,7 @@ describe("postgresStorage: schema and migrations", () => {
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".my_outbox_migrations`);
       expect(versions.map((r) => r["version"])).toEqual(SCHEMA_VERSIONS.map((v) => v.version));
-      expect(LATEST_SCHEMA_VERSION).toBe(8);
+      expect(LATEST_SCHEMA_VERSION).toBe(9);
       await sql.begin((tx) => storage.enqueue(tx, [message(1)]));
       expect((await storage.stats()).pending).toBe(1);
     } finally {
@@ -232,7 +234,7 @@ describe("postgresStorage: schema and migrations", () => {
         "second_positions",
       ]);
       const versions = await a.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
       const indexes = await a`select indexname from pg_indexes where schemaname = ${schema} and tablename = 'outbox' order by 1`;
       expect(indexes.map((r) => r["indexname"])).toEqual([
         "outbox_dead",
@@ -262,6 +264,22 @@ async function installUpTo(sql: Sql, schema: string, upTo: number): Promise<void
   });
 }
 
+/** Drains `storage` with one relay (at most 20 drains) until every message of `sent` is delivered, each key's in order. */
+async function expectDrainsInKeyOrder(
+  storage: ReturnType<typeof postgresStorage>,
+  sent: readonly NewMessage[],
+  relayOptions: { batchSize: number; concurrency: number },
+): Promise<void> {
+  const transport = recordingTransport();
+  const relay = createRelay({ outbox: createOutbox({ storage }), transport, ...relayOptions });
+  for (let i = 0; i < 20 && transport.delivered.length < sent.length; i++) await relay.drain({ budgetMs: 2_000 });
+  expect(transport.delivered.map((m) => m.id).sort()).toEqual(sent.map((m) => m.id).sort());
+  for (const key of new Set(sent.map((m) => m.key))) {
+    if (key === null) continue;
+    expect(transport.delivered.filter((m) => m.key === key).map((m) => m.id)).toEqual(sent.filter((m) => m.key === key).map((m) => m.id));
+  }
+}
+
 describe("postgresStorage: schema v1 -> v2 upgrade", () => {
   it("migrate() upgrades a POPULATED v1 table (keys table filled, _pending dropped); the backlog then drains in key order", async () => {
     const schema = `eo_test_up_${randomSuffix()}`;
@@ -282,7 +300,7 @@ describe("postgresStorage: schema v1 -> v2 upgrade", () => {
       const storage = postgresStorage(sql, { schema });
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
       const keys = await sql.unsafe(`SELECT key FROM "${schema}".outbox_keys ORDER BY 1`);
       expect(keys.map((r) => r["key"])).toEqual(["k0", "k1", "k2"]);
       const indexes = await sql.unsafe(`SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'outbox'`, [schema]);
@@ -339,7 +357,7 @@ describe("postgresStorage: schema v4 -> v5 (the claim function's clock)", () => 
       const before = await storage.claim({ limit: 3, leaseMs: 30_000 }); // on the v4 schema
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
       const body = await sql.unsafe(
         `SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 AND p.proname = 'outbox_claim' AND p.pronargs = 3`,
         [schema],
@@ -380,7 +398,7 @@ describe("postgresStorage: schema v5 -> v6 (claims that continue held keys)", ()
       expect(onV5.messages).toEqual([]); // both keys' heads are leased: the 3-argument claim takes nothing
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
       const onV6 = await storage.claim({ limit: 2, leaseMs: 30_000, continue: cont });
       expect(ids(onV6)).toEqual([sent[4]!.id, sent[5]!.id]); // k0's next rows; nothing of k1, which was not named
       // Named with a token that does not hold k0's rows up to `after` (b's is missing): nothing.
@@ -390,12 +408,7 @@ describe("postgresStorage: schema v5 -> v6 (claims that continue held keys)", ()
       for (const c of [a, b, onV6]) {
         expect((await storage.settle(c.token, c.messages.map((m) => ({ id: m.id, outcome: "released" as const })))).applied).toBe(c.messages.length);
       }
-      const transport = recordingTransport();
-      const relay = createRelay({ outbox: createOutbox({ storage }), transport, batchSize: 10, concurrency: 4 });
-      for (let i = 0; i < 20 && transport.delivered.length < 26; i++) await relay.drain({ budgetMs: 2_000 });
-      for (const key of ["k0", "k1"]) {
-        expect(transport.delivered.filter((m) => m.key === key).map((m) => m.id)).toEqual(sent.filter((m) => m.key === key).map((m) => m.id));
-      }
+      await expectDrainsInKeyOrder(storage, sent, { batchSize: 10, concurrency: 4 });
       expect((await storage.stats()).pending).toBe(0);
     } finally {
       await sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
@@ -421,19 +434,13 @@ describe("postgresStorage: schema v3 -> v4 (the claim function)", () => {
       expect((await storage.stats()).leased).toBe(0); // the failed claim changed nothing
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
       const fns = await sql.unsafe(
         `SELECT p.proname, p.pronargs FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 ORDER BY 2`,
         [schema],
       );
       expect(fns.map((r) => [r["proname"], r["pronargs"]])).toEqual([["outbox_claim", 3], ["outbox_claim", 5]]);
-      const transport = recordingTransport();
-      const relay = createRelay({ outbox: createOutbox({ storage }), transport, batchSize: 7, concurrency: 4 });
-      for (let i = 0; i < 20 && transport.delivered.length < 60; i++) await relay.drain({ budgetMs: 2_000 });
-      expect(transport.delivered.map((m) => m.id).sort()).toEqual(sent.map((m) => m.id).sort());
-      for (const key of ["k0", "k1", "k2"]) {
-        expect(transport.delivered.filter((m) => m.key === key).map((m) => m.id)).toEqual(sent.filter((m) => m.key === key).map((m) => m.id));
-      }
+      await expectDrainsInKeyOrder(storage, sent, { batchSize: 7, concurrency: 4 });
     } finally {
       await sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
       await sql.end({ timeout: 5 });
@@ -755,6 +762,73 @@ describe("postgresStorage: a claim over many due deep keys (schema v8)", () => {
       await f.close();
     }
   }, 60_000);
+});
+
+/**
+ * The claim functions as schema version 8 created them: this version's text without the `maxKeys` setting (version 9
+ * added only the `v_max_keys` declaration and its use as the due-key lock's limit). Throws if the text has drifted, so
+ * the test never runs on a function it did not mean.
+ */
+function claimFunctionsV8(): string[] {
+  return [CLAIM_FUNCTION_DDL, CLAIM_CONTINUE_FUNCTION_DDL].map((ddl) => {
+    const v8 = ddl
+      .replace(/\n  -- The most due keys to lock[^\n]*\n  v_max_keys integer := [^\n]*;/, "")
+      .replace("ORDER BY k.available_at LIMIT v_max_keys", "ORDER BY k.available_at LIMIT p_limit");
+    if (v8.includes("v_max_keys") || v8 === ddl) throw new Error("the claim function's text no longer matches what version 9 changed");
+    return v8;
+  });
+}
+
+describe("postgresStorage: maxKeys (schema v9)", () => {
+  it("a claim with maxKeys locks at most that many due keys; on a v8 schema the setting is ignored (a relay of this version runs there unchanged); migrate() replaces the functions while rows are leased, which then settle; every key then drains in order", async () => {
+    const schema = `eo_test_v9_${randomSuffix()}`;
+    const sql = connect(`eo-test-v9-${randomSuffix()}`, { max: 4 });
+    try {
+      await installUpTo(sql, schema, 8);
+      for (const ddl of claimFunctionsV8()) await sql.unsafe(renderSql(ddl, { schema }));
+      const storage = postgresStorage(sql, { schema });
+      // 6 keys x 3 rows, round-robin.
+      const sent = Array.from({ length: 18 }, (_, i) => message(i, { key: `k${i % 6}` }));
+      await sql.begin((tx) => storage.enqueue(tx, sent));
+      const keysOf = (c: { messages: readonly { key: string | null }[] }): Set<string> => new Set(c.messages.map((m) => m.key!));
+      // v8: 6 keys locked, ceil(6 / 3) = 2 rows read per key until 6 rows: 3 keys, though maxKeys says 2.
+      const onV8 = await storage.claim({ limit: 6, leaseMs: 30_000, maxKeys: 2 });
+      expect(onV8.messages).toHaveLength(6);
+      expect(keysOf(onV8).size).toBe(3);
+      await storage.migrate();
+      const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      // v9: of the 3 keys left, 2, each its whole queue (ceil(100 / 1) rows read per key).
+      const onV9 = await storage.claim({ limit: 100, leaseMs: 30_000, maxKeys: 2 });
+      expect(keysOf(onV9).size).toBe(2);
+      expect(onV9.messages).toHaveLength(6);
+      for (const key of keysOf(onV9)) expect(keysOf(onV8).has(key)).toBe(false);
+      expect((await storage.claim({ limit: 100, leaseMs: 30_000, maxKeys: 0 })).messages).toEqual([]);
+      for (const c of [onV8, onV9]) {
+        expect((await storage.settle(c.token, c.messages.map((m) => ({ id: m.id, outcome: "released" as const })))).applied).toBe(c.messages.length);
+      }
+      await expectDrainsInKeyOrder(storage, sent, { batchSize: 10, concurrency: 1 });
+      expect((await storage.stats()).pending).toBe(0);
+    } finally {
+      await sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
+      await sql.end({ timeout: 5 });
+    }
+  }, 60_000);
+
+  it("refuses a maxKeys that is not a non-negative integer with VALIDATION, before anything is sent: nothing is leased", async () => {
+    const f = await postgresFixture();
+    try {
+      await f.sql.begin((tx) => f.storage.enqueue(tx, [message(1, { key: "k" }), message(2)]));
+      for (const maxKeys of [-1, 1.5, Number.NaN, "2" as unknown as number]) {
+        const e = expectCode(await caught(f.storage.claim({ limit: 10, leaseMs: 10_000, maxKeys })), "VALIDATION");
+        expect(e.message).toContain("claim maxKeys must be a non-negative integer");
+      }
+      expect((await f.storage.stats()).leased).toBe(0);
+      expect((await f.storage.claim({ limit: 10, leaseMs: 10_000, maxKeys: 10 })).messages).toHaveLength(2);
+    } finally {
+      await f.close();
+    }
+  });
 });
 
 describe("postgresStorage: claim plans under stale statistics", () => {

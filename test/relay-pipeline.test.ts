@@ -236,6 +236,55 @@ describe("streaming drain", () => {
     expect(off.continuedRows).toBe(0);
   });
 
+  it("keyCap: a drain holds at most 2 x concurrency x maxBatch keys with rows unsent or in flight (claims side by side included): more would only wait in it while another relay could send them", async () => {
+    const { storage, outbox } = memoryOutbox();
+    await fill(storage, outbox, 400, { key: (i) => `k${i % 40}` }); // 40 keys x 10 rows
+    /** Per key, rows claimed whose send has not ended. */
+    const open = new Map<string, number>();
+    let most = 0;
+    const wrapped: OutboxStorage<unknown, never> = {
+      ...storage,
+      async claim(o) {
+        await sleep(5); // a database round trip: claims made side by side overlap
+        const c = await storage.claim(o);
+        for (const m of c.messages) open.set(m.key!, (open.get(m.key!) ?? 0) + 1);
+        most = Math.max(most, open.size);
+        return c;
+      },
+    };
+    const transport = functionTransport(async (m) => {
+      await sleep(2);
+      const left = open.get(m.key!)! - 1;
+      if (left > 0) open.set(m.key!, left);
+      else open.delete(m.key!);
+    });
+    const concurrency = 3;
+    const report = await createRelay({ outbox: createOutbox({ storage: wrapped }), transport, batchSize: 50, concurrency }).drain({ budgetMs: 20_000 });
+    expect(report).toMatchObject({ claimed: 400, delivered: 400, released: 0, more: false });
+    // Before, the first claim alone brought 50 keys (a row of each, in seq order) and the drain held up to 40.
+    expect(most).toBeLessThanOrEqual(2 * concurrency);
+    expect(most).toBe(2 * concurrency);
+  });
+
+  it("keyCap without starving: a drain that holds all the keys it may lets a key go after holding it for a second, so a key waiting in the database gets its turn before the held ones end", async () => {
+    const { storage, outbox } = memoryOutbox();
+    // Three deep keys, a drain of concurrency 1 (keyCap 2): a and b are taken first, c waits.
+    await fill(storage, outbox, 2_400, { key: (i) => ["a", "b", "c"][i % 3]! });
+    const order: string[] = [];
+    const transport = functionTransport(async (m) => {
+      order.push(m.key!);
+      await sleep(1);
+    });
+    const report = await createRelay({ outbox: createOutbox({ storage }), transport, batchSize: 20, concurrency: 1 }).drain({ budgetMs: 30_000 });
+    expect(report).toMatchObject({ claimed: 2_400, delivered: 2_400, more: false });
+    const first = (key: string): number => order.indexOf(key);
+    const last = (key: string): number => order.lastIndexOf(key);
+    expect(first("c")).toBeGreaterThan(Math.min(first("a"), first("b")));
+    // c starts while both a and b still have rows to send (without the turn: only once a or b had sent its 800).
+    expect(first("c")).toBeLessThan(Math.min(last("a"), last("b")));
+    for (const key of ["a", "b", "c"]) expect(order.filter((k) => k === key)).toHaveLength(800);
+  }, 30_000);
+
   it("continueClaims: a continued key that a full claim left unread (the storage had its limit from due rows) is asked for again while its rows are still held, not taken for drained", async () => {
     const { storage, outbox } = memoryOutbox();
     // Two deep keys and keyless rows, a third each: a claim of 15 brings 5 rows of each key (deep: continued).

@@ -299,11 +299,23 @@ export function memoryStorage(options: MemoryStorageOptions = {}): MemoryStorage
       }
       return Promise.resolve();
     },
-    claim({ limit, leaseMs, continue: cont }): Promise<Claim> {
+    claim({ limit, leaseMs, continue: cont, maxKeys }): Promise<Claim> {
       const t = clock();
       const token = crypto.randomUUID();
       const leaseUntil = t + leaseMs;
-      const rows = eligible(t, continued(cont)).slice(0, limit);
+      const going = continued(cont);
+      let rows = eligible(t, going);
+      if (maxKeys !== undefined) {
+        // At most maxKeys keys besides the continued ones: rows of further keys are left for the next claim.
+        const taken = new Set<string>();
+        rows = rows.filter((r) => {
+          if (r.key === null || going?.after.has(r.key) || taken.has(r.key)) return true;
+          if (taken.size >= maxKeys) return false;
+          taken.add(r.key);
+          return true;
+        });
+      }
+      rows = rows.slice(0, limit);
       for (const r of rows) {
         r.leaseToken = token;
         r.leaseUntil = leaseUntil;

@@ -201,13 +201,20 @@ const CLAIMED_COLUMNS = `t.seq, t.id::text AS id, t.topic, t.key, t.payload::tex
 const CLAIMED_FROM_C = "c.seq, c.id, c.topic, c.key, c.payload, c.headers, c.created, c.attempts, c.lasterror";
 /** The database clock on every returned row: now and the lease expiry, epoch ms (`v_now`: computed once per call). */
 const CLAIM_CLOCK = `v_now, v_now + p_lease`;
+/**
+ * The setting (`SET LOCAL`, for the claim's transaction only) through which a claim passes `ClaimOptions.maxKeys` to
+ * the claim functions of schema version 9: they lock at most that many due keys (the keys a claim may take rows of,
+ * besides the ones it continues). Unset or empty: the limit, as before version 9.
+ */
+export const MAX_KEYS_SETTING = "edge_outbox.claim_max_keys";
 
 /**
  * The claim function `<table>_claim(p_token uuid, p_lease bigint, p_limit integer)` (schema v4), which the adapter's
  * claim calls (`CLAIM_SQL` in `sql.ts`, after `SET TRANSACTION ISOLATION LEVEL READ COMMITTED`). It leases up to
  * `p_limit` rows with token `p_token` for `p_lease` ms and returns them, with the database clock on every row.
  *
- * 1. Lock keys: up to `p_limit` rows of `<table>_keys` whose `available_at` (when the key's head may be claimable) has
+ * 1. Lock keys: up to `p_limit` rows of `<table>_keys` (fewer when the claim's transaction sets `ClaimOptions.maxKeys`
+ *    as {@link MAX_KEYS_SETTING}, schema version 9) whose `available_at` (when the key's head may be claimable) has
  *    come, `FOR UPDATE SKIP LOCKED` (another claimer's keys are skipped, never waited for), in due order.
  * 2. With a snapshot taken **after** those key locks were granted (a VOLATILE function takes a fresh snapshot for each
  *    statement under READ COMMITTED): the locked keys are read in order (the due keys in due order, then the
@@ -340,9 +347,11 @@ AS $claim$
 DECLARE
   v_keys text[];${continued ? "\n  v_cont text[];" : ""}
   v_now float8 := ${epochMs("now()")};
+  -- The most due keys to lock (ClaimOptions.maxKeys, schema version 9): the claim's setting, else the limit.
+  v_max_keys integer := least(p_limit, coalesce(nullif(current_setting('${MAX_KEYS_SETTING}', true), '')::integer, p_limit));
 BEGIN${lockContinued}
   SELECT coalesce(array_agg(s.key), '{}') INTO v_keys FROM (
-    SELECT k.key FROM ${KEYS} AS k WHERE k.available_at <= now()${notContinued} ORDER BY k.available_at LIMIT p_limit
+    SELECT k.key FROM ${KEYS} AS k WHERE k.available_at <= now()${notContinued} ORDER BY k.available_at LIMIT v_max_keys
     FOR UPDATE SKIP LOCKED) AS s;
   IF ${noKeys} THEN
     -- No key is due: only keyless rows can be claimed, and this much smaller statement claims exactly what the one
@@ -484,8 +493,22 @@ export const SCHEMA_V8: SchemaVersion = {
   statements: [CLAIM_FUNCTION_DDL, CLAIM_CONTINUE_FUNCTION_DDL],
 };
 
+/**
+ * Version 9: re-creates both claim functions (`CREATE OR REPLACE`, {@link CLAIM_FUNCTION_DDL} and
+ * {@link CLAIM_CONTINUE_FUNCTION_DDL}) so that a claim locks at most `ClaimOptions.maxKeys` due keys, read from the
+ * transaction's {@link MAX_KEYS_SETTING} (unset: the limit, as before): the same arguments and result columns. A
+ * relay that holds as many keys as it can keep busy no longer takes more, whose rows would wait in it while another
+ * relay sat idle (two relays over 30 keys with 20 ms sends: bench/README.md, "What changed on 2026-12-03"). A relay
+ * of version 8 runs on it unchanged (it sets nothing), and this version's on a version 8 schema until `migrate()`
+ * replaces the functions (the setting is then ignored).
+ */
+export const SCHEMA_V9: SchemaVersion = {
+  version: 9,
+  statements: [CLAIM_FUNCTION_DDL, CLAIM_CONTINUE_FUNCTION_DDL],
+};
+
 /** Every schema version, oldest first. */
-export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8];
+export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9];
 
 /** The newest schema version. */
 export const LATEST_SCHEMA_VERSION: number = SCHEMA_VERSIONS[SCHEMA_VERSIONS.length - 1]!.version;

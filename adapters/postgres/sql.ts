@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { epochMs, KEY_LOCK_NAMESPACE_SQL, type PostgresNames, renderSql, sameKeyRange } from "./schema.ts";
+import { epochMs, KEY_LOCK_NAMESPACE_SQL, MAX_KEYS_SETTING, type PostgresNames, renderSql, sameKeyRange } from "./schema.ts";
 
 const T = `"{{schema}}"."{{table}}"`;
 const ms = epochMs;
@@ -122,10 +122,11 @@ export const ENQUEUE_UNDO_SQL: string = `DELETE FROM ${T} WHERE id IN (SELECT j.
 /** The first statements of every claim's transaction (see {@link CLAIM_SQL}). */
 const CLAIM_SETTINGS = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
 SET LOCAL enable_hashjoin = off;
-SET LOCAL enable_bitmapscan = off;`;
+SET LOCAL enable_bitmapscan = off;
+SET LOCAL ${MAX_KEYS_SETTING} = '{{maxKeys}}';`;
 
 /**
- * Claims up to `{{limit}}` rows in one round trip: a simple query of four statements, which PostgreSQL runs as one
+ * Claims up to `{{limit}}` rows in one round trip: a simple query of five statements, which PostgreSQL runs as one
  * implicit transaction:
  * 1. `SET TRANSACTION ISOLATION LEVEL READ COMMITTED` (whatever the database's default);
  * 2. `SET LOCAL enable_hashjoin = off`, for this transaction only: every join of the claim has at most `limit` rows on
@@ -138,12 +139,15 @@ SET LOCAL enable_bitmapscan = off;`;
  *    when the planner chose one for a key's rows (it did for a continued key's check) the claims of a drain over few
  *    keys read more and more dead rows; a plain index scan marks them, and later scans step over them in the index.
  *    Every read of the claim takes at most `limit` rows of one key or of the keyless rows;
- * 4. a call of the claim function `<table>_claim(token, lease, limit)` that schema version 4 creates (see
+ * 4. `SET LOCAL edge_outbox.claim_max_keys = '{{maxKeys}}'` (`MAX_KEYS_SETTING` in `schema.ts`): the most due keys
+ *    the claim may lock (`ClaimOptions.maxKeys`; the limit when not given), which the claim functions of schema
+ *    version 9 read, and earlier ones ignore;
+ * 5. a call of the claim function `<table>_claim(token, lease, limit)` that schema version 4 creates (see
  *    `CLAIM_FUNCTION_DDL` in `schema.ts` for what it does and why it is safe with concurrent claimers).
  *
  * The function's statements keep their parsed form per connection, so a claim no longer parses and plans five
  * statements on every call (measured: 0.3 to 0.7 ms of a 3.5 ms claim of 100 rows). Token, lease and limit are
- * inlined as validated literals (a UUID the adapter generated, two integers). Result: one row per claimed message
+ * inlined as validated literals (a UUID the adapter generated, integers). Result: one row per claimed message
  * plus the database clock (`now`, `until`) on every row; when nothing was claimed, one row whose message columns are
  * null.
  */
@@ -478,6 +482,7 @@ export function postgresSql(names: PostgresNames & { readonly notify?: boolean |
  * @param leaseMs the lease, ms
  * @param limit the most rows to claim
  * @param cont for {@link CLAIM_CONTINUE_SQL}: the seqs and tokens of the keys to continue
+ * @param maxKeys the most due keys the claim may lock (`ClaimOptions.maxKeys`, a non-negative safe integer) @default limit
  * @returns the SQL text to run as one simple query
  * @throws {RangeError} for a value that is not what the adapter generates or the relay passes (never user input)
  * @example
@@ -491,12 +496,14 @@ export function claimSql(
   leaseMs: number,
   limit: number,
   cont?: { readonly after: readonly number[]; readonly tokens: readonly string[] },
+  maxKeys: number = limit,
 ): string {
   if (!UUID.test(token)) throw new RangeError("bad claim token");
+  if (!Number.isSafeInteger(maxKeys) || maxKeys < 0) throw new RangeError("bad claim maxKeys");
   if (!Number.isSafeInteger(leaseMs) || leaseMs < 1 || !Number.isSafeInteger(limit) || limit < 1) {
     throw new RangeError("bad claim lease or limit");
   }
-  let text = claim.replaceAll("{{token}}", token).replaceAll("{{lease}}", `${leaseMs}::bigint`).replaceAll("{{limit}}", String(limit));
+  let text = claim.replaceAll("{{token}}", token).replaceAll("{{lease}}", `${leaseMs}::bigint`).replaceAll("{{limit}}", String(limit)).replaceAll("{{maxKeys}}", String(maxKeys));
   if (cont !== undefined) {
     if (!cont.after.every((s) => Number.isSafeInteger(s) && s > 0)) throw new RangeError("bad claim continuation seq");
     if (!cont.tokens.every((t) => UUID.test(t))) throw new RangeError("bad claim continuation token");

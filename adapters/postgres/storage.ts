@@ -321,7 +321,7 @@ export function createPostgresStorage(
       } catch (e) {
         return Promise.reject(e);
       }
-      const { limit, leaseMs } = args;
+      const { limit, leaseMs, maxKeys = limit } = args;
       // A token that is not a UUID (every lease token is one) leases no row: left out.
       const cont = args.continue && { after: args.continue.after, tokens: args.continue.tokens.filter(isUuid).map((t) => t.toLowerCase()) };
       const continuing = cont !== undefined && cont.tokens.length > 0 && continueFunction;
@@ -332,14 +332,14 @@ export function createPostgresStorage(
         let results: readonly ClaimResult[];
         try {
           results = (await client.unsafe(
-            continuing ? claimSql(sql.claimContinue, token, leaseMs, limit, cont) : claimSql(sql.claim, token, leaseMs, limit),
+            continuing ? claimSql(sql.claimContinue, token, leaseMs, limit, cont, maxKeys) : claimSql(sql.claim, token, leaseMs, limit, undefined, maxKeys),
           )) as unknown as readonly ClaimResult[];
         } catch (e) {
           if ((e as { code?: unknown } | null)?.code !== "42883") throw e; // undefined_function
           if (continuing) {
             // A schema before version 6 has no 5-argument claim: claim without continuing, now and from now on.
             continueFunction = false;
-            results = (await client.unsafe(claimSql(sql.claim, token, leaseMs, limit))) as unknown as readonly ClaimResult[];
+            results = (await client.unsafe(claimSql(sql.claim, token, leaseMs, limit, undefined, maxKeys))) as unknown as readonly ClaimResult[];
           } else {
             const [found] = await query(client, "SELECT to_regclass($1::text) IS NOT NULL AS present", [`"${schema}"."${table}"`], false);
             if (found?.["present"] !== true) throw missingTableError("postgres", `${schema}.${table}`, e);

@@ -13,10 +13,11 @@ type Invalid = (message: string) => OutboxError;
 /**
  * Checks `claim`'s options.
  *
- * @param options `{ limit, leaseMs, continue? }`
+ * @param options `{ limit, leaseMs, continue?, maxKeys? }`
  * @param invalid the adapter's VALIDATION error maker
- * @returns the checked limit and lease, and the keys to continue when any are named
- * @throws {OutboxError} VALIDATION when `limit` or `leaseMs` is not a positive integer, or `continue` is not arrays of
+ * @returns the checked limit and lease, `maxKeys` when it is below `limit`, and the keys to continue when any are named
+ * @throws {OutboxError} VALIDATION when `limit` or `leaseMs` is not a positive integer, `maxKeys` is given and not a
+ *   non-negative integer, or `continue` is not arrays of
  *   positive integers (`after`) and non-empty strings (`tokens`)
  * @example
  * ```ts
@@ -28,19 +29,22 @@ type Invalid = (message: string) => OutboxError;
 export function claimArgs(
   options: ClaimOptions,
   invalid: Invalid,
-): { limit: number; leaseMs: number; continue?: { after: readonly number[]; tokens: readonly string[] } } {
-  const { limit, leaseMs, continue: cont } = options ?? ({} as ClaimOptions);
+): { limit: number; leaseMs: number; maxKeys?: number; continue?: { after: readonly number[]; tokens: readonly string[] } } {
+  const { limit, leaseMs, continue: cont, maxKeys } = options ?? ({} as ClaimOptions);
   if (!isPositiveInt(limit)) throw invalid(`claim limit must be a positive integer, got ${limit}`);
   if (!isPositiveInt(leaseMs)) throw invalid(`claim leaseMs must be a positive integer, got ${leaseMs}`);
-  if (cont === undefined) return { limit, leaseMs };
+  if (maxKeys !== undefined && !isNonNegativeInt(maxKeys)) throw invalid(`claim maxKeys must be a non-negative integer, got ${maxKeys}`);
+  // A limit of at least `limit` keys limits nothing (a claim takes at most `limit` rows): left out.
+  const keys = maxKeys !== undefined && maxKeys < limit ? { maxKeys } : {};
+  if (cont === undefined) return { limit, leaseMs, ...keys };
   const after: unknown = (cont as { after?: unknown } | null)?.after;
   const tokens: unknown = (cont as { tokens?: unknown } | null)?.tokens;
   if (!Array.isArray(after) || !after.every(isPositiveInt)) throw invalid("claim continue.after must be an array of row seqs (positive integers)");
   if (!Array.isArray(tokens) || !tokens.every((t) => typeof t === "string" && t !== "")) {
     throw invalid("claim continue.tokens must be an array of lease tokens (non-empty strings)");
   }
-  if (after.length === 0 || tokens.length === 0) return { limit, leaseMs };
-  return { limit, leaseMs, continue: { after: after as number[], tokens: tokens as string[] } };
+  if (after.length === 0 || tokens.length === 0) return { limit, leaseMs, ...keys };
+  return { limit, leaseMs, ...keys, continue: { after: after as number[], tokens: tokens as string[] } };
 }
 
 /**

@@ -550,6 +550,43 @@ export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: Con
         expect(ids(d3.messages)).toEqual([k2!.id, k3!.id, k4!.id]);
       });
 
+      test("maxKeys (capabilities.continueClaims): a claim takes rows of at most maxKeys keys besides the ones it continues, keyless rows uncounted; 0 takes no new key, yet continued keys and keyless rows still come; the keys left are claimed next (without the capability it may be ignored)", async (f) => {
+        const rows: NewMessage[] = [];
+        for (let i = 0; i < 3; i++) for (const key of ["a", "b", "c", "d"]) rows.push(message(rows.length + 1, { key }));
+        const free = [message(20), message(21)];
+        for (const m of [...rows.slice(0, 4), free[0]!, ...rows.slice(4), free[1]!]) await enqueueCommitted(f, [m]);
+        const of = (key: string): string[] => rows.filter((m) => m.key === key).map((m) => m.id);
+        const byKey = (ms: readonly ClaimedMessage[], key: string): string[] => ms.filter((m) => m.key === key).map((m) => m.id);
+        const c1 = await f.storage.claim({ limit: 100, leaseMs: 10_000, maxKeys: 2 });
+        if (!f.storage.capabilities.continueClaims) {
+          // Ignored or honoured: either way, whole due prefixes of the keys it took, and every keyless row.
+          for (const key of ["a", "b", "c", "d"]) {
+            const got = byKey(c1.messages, key);
+            if (got.length > 0) expect(got).toEqual(prefix(f, of(key)));
+          }
+          expect(c1.messages.filter((m) => m.key === null).map((m) => m.id)).toEqual(ids(free));
+          return;
+        }
+        // The first keys due (a and b committed first), each its whole due prefix; the keyless rows besides.
+        expect(byKey(c1.messages, "a")).toEqual(prefix(f, of("a")));
+        expect(byKey(c1.messages, "b")).toEqual(prefix(f, of("b")));
+        expect(byKey(c1.messages, "c")).toEqual([]);
+        expect(byKey(c1.messages, "d")).toEqual([]);
+        expect(c1.messages.filter((m) => m.key === null).map((m) => m.id)).toEqual(ids(free));
+        // maxKeys 0 while continuing a: a's next row and a new keyless row come; c and d (due) do not.
+        const a4 = message(30, { key: "a" }), n3 = message(31);
+        await enqueueCommitted(f, [a4, n3]);
+        const lastOfA = c1.messages.filter((m) => m.key === "a").at(-1)!;
+        const c2 = await f.storage.claim({ limit: 100, leaseMs: 10_000, maxKeys: 0, continue: { after: [lastOfA.seq], tokens: [c1.token] } });
+        expect(ids(c2.messages)).toEqual([a4.id, n3.id]);
+        expect((await f.storage.claim({ limit: 100, leaseMs: 10_000, maxKeys: 0 })).messages).toEqual([]);
+        // Without the limit, the keys left: c and d.
+        const c3 = await f.storage.claim({ limit: 100, leaseMs: 10_000 });
+        expect(byKey(c3.messages, "c")).toEqual(prefix(f, of("c")));
+        expect(byKey(c3.messages, "d")).toEqual(prefix(f, of("d")));
+        expect(c3.messages.filter((m) => m.key !== "c" && m.key !== "d")).toEqual([]);
+      });
+
       if (positions) {
         test("claims carry each key's delivery position (prevSeq): the seq of its last delivered message; a retry, a dead letter, a release or a stale settle never moves it", async (f) => {
           const a = [1, 2, 3, 4, 5].map((n) => message(n, { key: "a" }));
