@@ -550,7 +550,7 @@ export function createRelay(options: RelayOptions): Relay {
       const h: Held = { m, claim };
       queued++;
       if (m.key === null) return keyless.push(h);
-      if (!heldPerKey.has(m.key)) heldSince.set(m.key, now());
+      if (!heldSince.has(m.key)) heldSince.set(m.key, now());
       heldPerKey.set(m.key, (heldPerKey.get(m.key) ?? 0) + 1);
       let q = keyQueues.get(m.key);
       if (!q) {
