@@ -546,12 +546,18 @@ export function createRelay(options: RelayOptions): Relay {
       if (buffered++ === 0) bufferedSince = now();
     }
 
+    /** Counts one more claimed, unsettled row of `key`; its first starts the key's turn (heldSince). */
+    function countHeld(key: string): void {
+      const n = heldPerKey.get(key) ?? 0;
+      if (n === 0) heldSince.set(key, now());
+      heldPerKey.set(key, n + 1);
+    }
+
     function hold(m: ClaimedMessage, claim: ClaimState): void {
       const h: Held = { m, claim };
       queued++;
       if (m.key === null) return keyless.push(h);
-      if (!heldSince.has(m.key)) heldSince.set(m.key, now());
-      heldPerKey.set(m.key, (heldPerKey.get(m.key) ?? 0) + 1);
+      countHeld(m.key);
       let q = keyQueues.get(m.key);
       if (!q) {
         keyQueues.set(m.key, q = new Fifo());
@@ -706,7 +712,7 @@ export function createRelay(options: RelayOptions): Relay {
           const askedAt = asked.get(m.key);
           // A continuation goes behind the rows held of its key, unless their chain broke since it was asked.
           if (askedAt !== undefined && askedAt !== (chainEpoch.get(m.key) ?? 0)) {
-            heldPerKey.set(m.key, (heldPerKey.get(m.key) ?? 0) + 1);
+            countHeld(m.key);
             release({ m, claim: state });
             continue;
           }

@@ -327,19 +327,18 @@ export function createPostgresStorage(
       const continuing = cont !== undefined && cont.tokens.length > 0 && continueFunction;
       return relaySide("claim", async () => {
         const token = crypto.randomUUID();
+        const claimText = (claim: string, c?: typeof cont): string => claimSql(claim, token, leaseMs, limit, c, maxKeys);
         // The function call's rows come last (the SET before it returns none); the clock is on every row, and an
         // empty claim is one row whose message columns are null.
         let results: readonly ClaimResult[];
         try {
-          results = (await client.unsafe(
-            continuing ? claimSql(sql.claimContinue, token, leaseMs, limit, cont, maxKeys) : claimSql(sql.claim, token, leaseMs, limit, undefined, maxKeys),
-          )) as unknown as readonly ClaimResult[];
+          results = (await client.unsafe(continuing ? claimText(sql.claimContinue, cont) : claimText(sql.claim))) as unknown as readonly ClaimResult[];
         } catch (e) {
           if ((e as { code?: unknown } | null)?.code !== "42883") throw e; // undefined_function
           if (continuing) {
             // A schema before version 6 has no 5-argument claim: claim without continuing, now and from now on.
             continueFunction = false;
-            results = (await client.unsafe(claimSql(sql.claim, token, leaseMs, limit, undefined, maxKeys))) as unknown as readonly ClaimResult[];
+            results = (await client.unsafe(claimText(sql.claim))) as unknown as readonly ClaimResult[];
           } else {
             const [found] = await query(client, "SELECT to_regclass($1::text) IS NOT NULL AS present", [`"${schema}"."${table}"`], false);
             if (found?.["present"] !== true) throw missingTableError("postgres", `${schema}.${table}`, e);
