@@ -1,0 +1,443 @@
+// Seeded chaos runs of the streaming relay on every storage, against the guarantees of DESIGN.md rather than any one
+// mechanism: several relays drain one outbox at once while writers commit (and roll back) more, with short random
+// budgets and aborted drains; the transport delivers, asks for retries, dead-letters, throws, answers with the wrong
+// number of outcomes or hangs until its signal fires; and some relays lose their database mid-drain (every storage
+// call hangs, as behind a partition, while the relay keeps the sends its leases allow, or fails). At the end:
+//
+// - nothing lost: every committed message was delivered (the transport said so at least once) or is a dead letter,
+//   nothing is left pending, and nothing of a rolled-back transaction was ever sent;
+// - leases: a relay starts a send only when the send, cut off by its timeout, ends before the lease of the claim that
+//   brought the message (another relay may claim it then);
+// - per-key order: a keyed message is sent only once every earlier message of its key has a final outcome
+//   (delivered, or dead: by the transport, after its last attempt, or given up at claim because its attempts ran out);
+// - with every relay keeping its database: each message delivered once, no delivered message dead, and the reports add
+//   up (claimed = delivered + retried + dead + released + leaseLost, the sums match the outbox);
+// - every drain of a relay that keeps its database returns within its budget plus the send timeout and a margin.
+//
+// A seed fixes a run's choices, not its timings: a failing seed names itself in the test name and its message says
+// which invariant broke and for which messages. CHAOS_SEEDS sweeps more seeds (see `seeds`).
+import { describe, expect, it } from "vitest";
+import { memoryStorage } from "../adapters/memory/mod.ts";
+import {
+  createOutbox,
+  createRelay,
+  type DeliveryOutcome,
+  type DrainReport,
+  type OutboxMessage,
+  type SendContext,
+  type Transport,
+} from "../mod.ts";
+import { OutboxError } from "../src/errors.ts";
+import type { OutboxStorage } from "../src/storage.ts";
+import { event, sleep } from "./helpers.ts";
+import { libsqlFileFixture } from "./libsql-fixtures.ts";
+import { postgresFixture } from "./postgres-fixtures.ts";
+
+/** mulberry32: a small seeded PRNG, so a run's choices (not its timings) repeat for a seed. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+// deno-lint-ignore no-explicit-any
+type AnyStorage = OutboxStorage<any, any>;
+
+/** One database under test: a storage to write with, a new storage (connection) per relay, the clean-up. */
+interface Db {
+  readonly label: string;
+  readonly writer: AnyStorage;
+  begin(): Promise<{ tx: unknown; commit(): Promise<void>; rollback(): Promise<void> }>;
+  another(): Promise<AnyStorage>;
+  close(): Promise<void>;
+}
+
+async function memoryDb(): Promise<Db> {
+  const writer = memoryStorage();
+  return {
+    label: "memory",
+    writer,
+    begin: () => Promise.resolve(writer.begin()),
+    another: () => Promise.resolve(memoryStorage({ shareWith: writer })),
+    close: () => Promise.resolve(),
+  };
+}
+
+async function postgresDb(): Promise<Db> {
+  const f = await postgresFixture();
+  return { label: "postgres", writer: f.storage, begin: () => f.begin(), another: () => f.another(), close: () => f.close() };
+}
+
+async function libsqlDb(): Promise<Db> {
+  const f = await libsqlFileFixture();
+  return { label: "libsql", writer: f.storage, begin: () => f.begin(), another: () => f.another(), close: () => f.close() };
+}
+
+/** A run's shape, drawn from its seed. */
+interface Plan {
+  seed: number;
+  messages: number;
+  relays: number;
+  /** Whether relays lose their database during the run (then leases are short, so others take over soon). */
+  partitions: boolean;
+}
+
+const MAX_ATTEMPTS = 4;
+const SEND_TIMEOUT_MS = 100;
+
+/** What the consumer side saw: outcomes per message, and every breach of an invariant, as text. */
+interface World {
+  /** Per key, its committed ids in commit order, and how many leading ones have a final outcome. */
+  readonly keys: Map<string, { ids: string[]; finalPrefix: number }>;
+  readonly keyOf: Map<string, string>;
+  readonly indexOf: Map<string, number>;
+  readonly final: Set<string>;
+  readonly delivered: Map<string, number>;
+  readonly rolledBack: Set<string>;
+  readonly committed: Set<string>;
+  readonly breaches: string[];
+  /** Keys with a send in flight (never two at once: a key's next message waits for its previous one's outcome). */
+  readonly keysInFlight: Set<string>;
+}
+
+function newWorld(): World {
+  return {
+    keys: new Map(),
+    keyOf: new Map(),
+    indexOf: new Map(),
+    final: new Set(),
+    delivered: new Map(),
+    rolledBack: new Set(),
+    committed: new Set(),
+    breaches: [],
+    keysInFlight: new Set(),
+  };
+}
+
+function markFinal(w: World, id: string): void {
+  if (w.final.has(id)) return;
+  w.final.add(id);
+  const key = w.keyOf.get(id);
+  if (key === undefined) return;
+  const k = w.keys.get(key)!;
+  while (k.finalPrefix < k.ids.length && w.final.has(k.ids[k.finalPrefix]!)) k.finalPrefix++;
+}
+
+/**
+ * The chaotic destination, shared by every relay of a run: per call it throws (3%), answers with too few outcomes
+ * (2%), hangs until its signal fires (2%), or waits 0–8 ms (one call in ten 20–60 ms) and then delivers (80%), asks for a retry
+ * (15%, with a `retryAfterMs` now and then) or dead-letters (5%) each message. It honours its signal: a send whose
+ * signal fired reports retries and delivers nothing, as a destination that was never reached.
+ */
+function chaosTransport(w: World, rng: () => number, maxBatchSize: number, leases: ReadonlyMap<string, number>): Transport {
+  return {
+    name: "chaos",
+    maxBatchSize,
+    async send(messages: readonly OutboxMessage[], context: SendContext): Promise<readonly DeliveryOutcome[]> {
+      const mine: string[] = [];
+      for (const m of messages) {
+        if (w.rolledBack.has(m.id)) w.breaches.push(`sent a message of a rolled-back transaction: ${m.id}`);
+        if (!w.committed.has(m.id)) w.breaches.push(`sent an unknown message: ${m.id}`);
+        const lease = leases.get(m.id);
+        if (lease === undefined) w.breaches.push(`sent a message this relay never claimed: ${m.id}`);
+        else if (Date.now() + SEND_TIMEOUT_MS > lease) {
+          w.breaches.push(`sent ${m.id} when its send could outlive the lease (${Date.now() + SEND_TIMEOUT_MS - lease} ms)`);
+        }
+        if (m.key === null) continue;
+        const k = w.keys.get(m.key)!;
+        const i = w.indexOf.get(m.id)!;
+        if (i > k.finalPrefix) {
+          w.breaches.push(`key ${m.key}: message #${i} sent while #${k.finalPrefix} had no final outcome`);
+        }
+        if (w.keysInFlight.has(m.key)) w.breaches.push(`key ${m.key}: two sends in flight at once (message #${i})`);
+        w.keysInFlight.add(m.key);
+        mine.push(m.key);
+      }
+      try {
+        const r = rng();
+        if (r < 0.03) throw new Error("chaos: connection reset");
+        if (r < 0.05) return messages.slice(1).map(() => ({ status: "delivered" as const }));
+        const signal = context.signal;
+        const aborted = new Promise<void>((resolve) => {
+          if (signal.aborted) resolve();
+          else signal.addEventListener("abort", () => resolve(), { once: true });
+        });
+        if (r < 0.07) {
+          await aborted; // hangs until the relay gives up on it (its timeout, or the drain's signal)
+        } else {
+          const waitMs = rng() < 0.1 ? 20 + Math.floor(rng() * 40) : Math.floor(rng() * 8);
+          await Promise.race([sleep(waitMs), aborted]);
+        }
+        if (signal.aborted) return messages.map(() => ({ status: "retry" as const, error: "chaos: aborted" }));
+        return messages.map((m) => {
+          const x = rng();
+          if (x < 0.8) {
+            w.delivered.set(m.id, (w.delivered.get(m.id) ?? 0) + 1);
+            markFinal(w, m.id);
+            return { status: "delivered" as const };
+          }
+          if (x < 0.95) {
+            if (m.attempts >= MAX_ATTEMPTS) markFinal(w, m.id); // the relay dead-letters it
+            return x < 0.9
+              ? { status: "retry" as const, error: "chaos: 503" }
+              : { status: "retry" as const, error: "chaos: 429", retryAfterMs: Math.floor(rng() * 40) };
+          }
+          markFinal(w, m.id);
+          return { status: "dead" as const, error: "chaos: 400" };
+        });
+      } finally {
+        for (const key of mine) w.keysInFlight.delete(key);
+        // A call that did not deliver (threw, too few outcomes, aborted) is a retry of each message: the last
+        // attempt's retry dead-letters it.
+        for (const m of messages) {
+          if (!w.final.has(m.id) && m.attempts >= MAX_ATTEMPTS && !w.delivered.has(m.id)) markFinal(w, m.id);
+        }
+      }
+    },
+  };
+}
+
+/**
+ * A relay's connection to the database, which can be cut: "hang" (every call waits for ever, as behind a partition;
+ * the relay goes on with the sends its leases allow) or "fail" (every call rejects with STORAGE). Claims are watched:
+ * a row claimed with its attempts used up is given up by the relay without a send (a final outcome: dead).
+ */
+function cuttable(
+  storage: AnyStorage,
+  w: World,
+  leaseMs: number,
+): { storage: AnyStorage; leases: Map<string, number>; cut(mode: "hang" | "fail"): void } {
+  const leases = new Map<string, number>();
+  let mode: "up" | "hang" | "fail" = "up";
+  const wrapped: Record<string, unknown> = { ...storage };
+  for (const [name, value] of Object.entries(storage)) {
+    if (typeof value !== "function") continue;
+    wrapped[name] = (...args: unknown[]) => {
+      if (mode === "hang") return new Promise(() => {});
+      if (mode === "fail") return Promise.reject(new OutboxError("STORAGE", "chaos: the database is unreachable"));
+      const calledAt = Date.now();
+      const out = (value as (...a: unknown[]) => unknown).apply(storage, args);
+      if (name !== "claim") return out;
+      return (out as Promise<{ messages: readonly OutboxMessage[] }>).then((claim) => {
+        for (const m of claim.messages) {
+          if (m.attempts > MAX_ATTEMPTS) markFinal(w, m.id);
+          leases.set(m.id, calledAt + leaseMs); // the lease ends no earlier than this, by this process's clock
+        }
+        return claim;
+      });
+    };
+  }
+  return { storage: wrapped as unknown as AnyStorage, leases, cut: (m) => (mode = m) };
+}
+
+async function allDead(storage: AnyStorage): Promise<Set<string>> {
+  const ids = new Set<string>();
+  let cursor: string | null = null;
+  do {
+    const page = await storage.listDead({ limit: 500, cursor });
+    for (const d of page.items) ids.add(d.id);
+    cursor = page.cursor;
+  } while (cursor !== null);
+  return ids;
+}
+
+async function chaosRun(db: Db, plan: Plan): Promise<void> {
+  const rng = prng(plan.seed);
+  const w = newWorld();
+  const writerOutbox = createOutbox({ storage: db.writer, topics: [event] });
+  const hot = ["hot-0", "hot-1", "hot-2"];
+  const keyFor = (): string | null => {
+    const r = rng();
+    if (r < 0.3) return null;
+    if (r < 0.8) return hot[Math.floor(rng() * hot.length)]!;
+    return `cold-${Math.floor(rng() * 40)}`;
+  };
+  let n = 0;
+  /** One transaction of `count` messages; 5% roll back (their ids must never be sent). */
+  const write = async (count: number): Promise<void> => {
+    const h = await db.begin();
+    const batch: { id: string; key: string | null }[] = [];
+    for (let i = 0; i < count; i++) {
+      const key = keyFor();
+      const delayMs = rng() < 0.05 ? Math.floor(rng() * 80) : 0;
+      // deno-lint-ignore no-explicit-any
+      const id = await writerOutbox.enqueue(h.tx as any, event, { n: n++ }, { key, delayMs });
+      batch.push({ id, key });
+    }
+    if (rng() < 0.05) {
+      for (const b of batch) w.rolledBack.add(b.id);
+      await h.rollback();
+      return;
+    }
+    // Known before the commit: a relay woken by it may send them before this function goes on.
+    for (const b of batch) {
+      w.committed.add(b.id);
+      if (b.key === null) continue;
+      let k = w.keys.get(b.key);
+      if (!k) w.keys.set(b.key, k = { ids: [], finalPrefix: 0 });
+      w.keyOf.set(b.id, b.key);
+      w.indexOf.set(b.id, k.ids.length);
+      k.ids.push(b.id);
+    }
+    await h.commit();
+  };
+  // Most of the backlog first, the rest while the relays run.
+  const upfront = Math.floor(plan.messages * 0.6);
+  for (let done = 0; done < upfront;) {
+    const c = Math.min(upfront - done, 1 + Math.floor(rng() * 40));
+    await write(c);
+    done += c;
+  }
+
+  // With cuts, leases are shorter than many drains' budgets, so a relay that holds a hot key's rows for long must stop
+  // sending them before its lease ends (another relay may claim them then).
+  const leaseMs = plan.partitions ? 400 : 5_000;
+  const reports: DrainReport[] = [];
+  const slowDrains: string[] = [];
+  const unexpected: unknown[] = [];
+  let stop = false;
+  let partitioned = 0;
+
+  /** A relay process: its own connection, drains in a loop with short random budgets, some aborted. */
+  /** Processes whose database hangs: their last drain never returns, and nothing waits for them. */
+  const hung = new Set<string>();
+  const relayProcess = async (label: string, cutAfterMs: number | null, cutMode: "hang" | "fail"): Promise<void> => {
+    const conn = cuttable(await db.another(), w, leaseMs);
+    const relay = createRelay({
+      outbox: createOutbox({ storage: conn.storage, topics: [event] }),
+      transport: chaosTransport(w, rng, 1 + Math.floor(rng() * 8), conn.leases),
+      batchSize: 1 + Math.floor(rng() * (plan.partitions ? 100 : 40)),
+      concurrency: 1 + Math.floor(rng() * 8),
+      leaseMs,
+      sendTimeoutMs: SEND_TIMEOUT_MS,
+      maxAttempts: MAX_ATTEMPTS,
+      backoff: { baseMs: 20, maxMs: 60, minMs: 0 },
+    });
+    const started = Date.now();
+    let cut = false;
+    if (cutAfterMs !== null) {
+      setTimeout(() => {
+        cut = true;
+        partitioned++;
+        if (cutMode === "hang") hung.add(label);
+        conn.cut(cutMode);
+      }, cutAfterMs);
+    }
+    while (!stop) {
+      const budgetMs = 30 + Math.floor(rng() * (plan.partitions && rng() < 0.5 ? 1_200 : 300));
+      const abort = rng() < 0.2 ? new AbortController() : undefined;
+      const timer = abort ? setTimeout(() => abort.abort(), Math.floor(rng() * budgetMs)) : undefined;
+      const t0 = Date.now();
+      try {
+        const report = await relay.drain({ budgetMs, ...(abort ? { signal: abort.signal } : {}) });
+        if (cut) return; // a report made across the cut is not this relay's to count
+        reports.push(report);
+        const took = Date.now() - t0;
+        if (took > budgetMs + SEND_TIMEOUT_MS + 1_500) slowDrains.push(`${label}: ${took} ms for a budget of ${budgetMs} ms`);
+        if (!report.more) await sleep(2 + Math.floor(rng() * 15));
+      } catch (e) {
+        if (cut) return; // the cut made it fail (mode "fail"): the process is gone
+        unexpected.push(e);
+        return;
+      } finally {
+        clearTimeout(timer);
+      }
+      if (cut) return;
+      if (Date.now() - started > 60_000) return;
+    }
+  };
+
+  const running = new Map<string, Promise<void>>();
+  for (let i = 0; i < plan.relays; i++) {
+    const cutAt = plan.partitions && i === 0 ? 100 + Math.floor(rng() * 400) : null;
+    running.set(`relay ${i}`, relayProcess(`relay ${i}`, cutAt, rng() < 0.5 ? "hang" : "fail"));
+  }
+  // With partitions, a replacement relay starts after the first cut, so one is always left.
+  if (plan.partitions) running.set("replacement", sleep(900).then(() => relayProcess("replacement", null, "hang")));
+  // The rest over about a second, so the cut falls while messages still come in.
+  for (let done = upfront; done < plan.messages;) {
+    await sleep(Math.floor(rng() * 70));
+    const c = Math.min(plan.messages - done, 1 + Math.floor(rng() * 12));
+    await write(c);
+    done += c;
+  }
+
+  const deadline = Date.now() + 40_000;
+  let pending = -1;
+  while (Date.now() < deadline) {
+    pending = (await db.writer.stats()).pending;
+    if (pending === 0 && unexpected.length === 0) break;
+    if (unexpected.length > 0 || w.breaches.length > 0) break;
+    await sleep(50);
+  }
+  stop = true;
+  // The live processes end within a drain; a process behind a hanging cut never returns and is left behind.
+  await Promise.all([...running].filter(([label]) => !hung.has(label)).map(([, p]) => p));
+
+  const cuts = plan.partitions ? `, ${partitioned} cut` : "";
+  const ctx = `${db.label} seed ${plan.seed} (${plan.messages} messages, ${plan.relays} relays${cuts})`;
+  const duplicates = [...w.delivered.values()].filter((c) => c > 1).length;
+  console.log(`[chaos] ${ctx}: ${w.committed.size} committed, ${w.rolledBack.size} rolled back, ${w.delivered.size} delivered ` +
+    `(${duplicates} more than once), ${reports.length} drains reported`);
+  expect(partitioned, `${ctx}: relays cut off while the run went on`).toBe(plan.partitions ? 1 : 0);
+  expect(unexpected, `${ctx}: a drain failed`).toEqual([]);
+  expect(pending, `${ctx}: rows left pending`).toBe(0);
+  expect(w.breaches, `${ctx}: invariant breaches`).toEqual([]);
+  expect(slowDrains, `${ctx}: drains past their budget + sendTimeout + 1.5 s`).toEqual([]);
+
+  const dead = await allDead(db.writer);
+  const lost = [...w.committed].filter((id) => !w.delivered.has(id) && !dead.has(id));
+  expect(lost, `${ctx}: committed messages neither delivered nor dead`).toEqual([]);
+  for (const id of dead) expect(w.committed.has(id), `${ctx}: dead letter ${id} was never committed`).toBe(true);
+  for (const r of reports) {
+    expect(r.claimed, `${ctx}: a report that does not add up: ${JSON.stringify(r)}`).toBe(r.delivered + r.retried + r.dead + r.released + r.leaseLost);
+  }
+  if (!plan.partitions) {
+    const twice = [...w.delivered].filter(([, c]) => c > 1).map(([id]) => id);
+    expect(twice, `${ctx}: delivered more than once with no relay cut off`).toEqual([]);
+    const deliveredAndDead = [...dead].filter((id) => w.delivered.has(id));
+    expect(deliveredAndDead, `${ctx}: delivered, then dead-lettered`).toEqual([]);
+    const sum = (f: (r: DrainReport) => number): number => reports.reduce((s, r) => s + f(r), 0);
+    expect(sum((r) => r.delivered), `${ctx}: reports' delivered`).toBe(w.delivered.size);
+    expect(sum((r) => r.dead), `${ctx}: reports' dead`).toBe(dead.size);
+    expect(sum((r) => r.leaseLost), `${ctx}: lease lost with long leases`).toBe(0);
+  }
+  // Some of everything happened (a run that exercised nothing would prove nothing).
+  expect(w.delivered.size, `${ctx}: delivered`).toBeGreaterThan(plan.messages * 0.5);
+}
+
+const plans = (seeds: number[], messages: number): Plan[] =>
+  seeds.map((seed) => ({ seed, messages, relays: 1 + (seed % 3), partitions: seed % 2 === 1 }));
+
+/** `CHAOS_SEEDS=100-400 npx vitest run test/relay-chaos.test.ts -t memory`: a longer sweep (of each storage's runs). */
+function seeds(defaults: number[]): number[] {
+  const range = /^(\d+)-(\d+)$/.exec(globalThis.process?.env?.["CHAOS_SEEDS"] ?? "");
+  if (!range) return defaults;
+  return Array.from({ length: Number(range[2]) - Number(range[1]) + 1 }, (_, i) => Number(range[1]) + i);
+}
+
+const STORAGES: { name: string; open(): Promise<Db>; seeds: number[]; messages: number }[] = [
+  { name: "memory storage", open: memoryDb, seeds: seeds([1, 2, 3, 4, 5, 6, 7, 8]), messages: 300 },
+  { name: "postgres", open: postgresDb, seeds: seeds([11, 12, 13, 14]), messages: 240 },
+  { name: "libSQL file", open: libsqlDb, seeds: seeds([21, 22]), messages: 200 },
+];
+
+describe("chaos: several relays, a faulty destination and lost databases, against the guarantees", () => {
+  for (const storage of STORAGES) {
+    for (const plan of plans(storage.seeds, storage.messages)) {
+      it(`${storage.name}, seed ${plan.seed}: ${plan.relays} relay(s)${plan.partitions ? ", one cut off" : ""}`, async () => {
+        const db = await storage.open();
+        try {
+          await chaosRun(db, plan);
+        } finally {
+          await db.close();
+        }
+      }, 60_000);
+    }
+  }
+});
