@@ -83,8 +83,12 @@ interface Plan {
   seed: number;
   messages: number;
   relays: number;
-  /** Whether relays lose their database during the run (then leases are short, so others take over soon). */
-  partitions: boolean;
+  /**
+   * The database faults: none; "cut", one relay loses its database for good mid-run (a replacement starts later);
+   * "flaky", 3% of every relay's storage calls fail, half of them after the call took effect (as a connection lost
+   * before the answer), and the relay drains again. With faults, leases are short, so others take over soon.
+   */
+  faults: "none" | "cut" | "flaky";
 }
 
 const MAX_ATTEMPTS = 4;
@@ -211,17 +215,22 @@ function cuttable(
   storage: AnyStorage,
   w: World,
   leaseMs: number,
+  flaky: (() => "before" | "after" | null) | null,
 ): { storage: AnyStorage; leases: Map<string, number>; cut(mode: "hang" | "fail"): void } {
   const leases = new Map<string, number>();
   let mode: "up" | "hang" | "fail" = "up";
+  const flakyError = (): OutboxError => new OutboxError("STORAGE", "chaos: flaky connection", { retryable: true });
   const wrapped: Record<string, unknown> = { ...storage };
   for (const [name, value] of Object.entries(storage)) {
     if (typeof value !== "function") continue;
     wrapped[name] = (...args: unknown[]) => {
       if (mode === "hang") return new Promise(() => {});
       if (mode === "fail") return Promise.reject(new OutboxError("STORAGE", "chaos: the database is unreachable"));
+      const fault = flaky?.() ?? null;
+      if (fault === "before") return Promise.reject(flakyError());
       const calledAt = Date.now();
       const out = (value as (...a: unknown[]) => unknown).apply(storage, args);
+      if (fault === "after") return Promise.resolve(out).then(() => Promise.reject(flakyError()));
       if (name !== "claim") return out;
       return (out as Promise<{ messages: readonly OutboxMessage[] }>).then((claim) => {
         for (const m of claim.messages) {
@@ -233,6 +242,12 @@ function cuttable(
     };
   }
   return { storage: wrapped as unknown as AnyStorage, leases, cut: (m) => (mode = m) };
+}
+
+/** Whether `e` (or an error in its `cause` chain) is a fault of a flaky connection. */
+function causedByFlakiness(e: unknown): boolean {
+  for (let x = e; x instanceof Error; x = x.cause) if (x.message.includes("chaos: flaky connection")) return true;
+  return false;
 }
 
 async function allDead(storage: AnyStorage): Promise<Set<string>> {
@@ -296,22 +311,32 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
 
   // With cuts, leases are shorter than many drains' budgets, so a relay that holds a hot key's rows for long must stop
   // sending them before its lease ends (another relay may claim them then).
-  const leaseMs = plan.partitions ? 400 : 5_000;
+  const leaseMs = plan.faults !== "none" ? 400 : 5_000;
   const reports: DrainReport[] = [];
   const slowDrains: string[] = [];
   const unexpected: unknown[] = [];
   let stop = false;
   let partitioned = 0;
+  let flakyFailures = 0;
 
   /** A relay process: its own connection, drains in a loop with short random budgets, some aborted. */
   /** Processes whose database hangs: their last drain never returns, and nothing waits for them. */
   const hung = new Set<string>();
   const relayProcess = async (label: string, cutAfterMs: number | null, cutMode: "hang" | "fail"): Promise<void> => {
-    const conn = cuttable(await db.another(), w, leaseMs);
+    let calls = 0;
+    const flaky = plan.faults === "flaky"
+      ? () => {
+        // The 4th call fails after taking effect, so every flaky run has at least one such fault.
+        if (++calls === 4) return "after";
+        const r = rng();
+        return r < 0.015 ? "before" : r < 0.03 ? "after" : null;
+      }
+      : null;
+    const conn = cuttable(await db.another(), w, leaseMs, flaky);
     const relay = createRelay({
       outbox: createOutbox({ storage: conn.storage, topics: [event] }),
       transport: chaosTransport(w, rng, 1 + Math.floor(rng() * 8), conn.leases),
-      batchSize: 1 + Math.floor(rng() * (plan.partitions ? 100 : 40)),
+      batchSize: 1 + Math.floor(rng() * (plan.faults !== "none" ? 100 : 40)),
       concurrency: 1 + Math.floor(rng() * 8),
       leaseMs,
       sendTimeoutMs: SEND_TIMEOUT_MS,
@@ -329,7 +354,7 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
       }, cutAfterMs);
     }
     while (!stop) {
-      const budgetMs = 30 + Math.floor(rng() * (plan.partitions && rng() < 0.5 ? 1_200 : 300));
+      const budgetMs = 30 + Math.floor(rng() * (plan.faults !== "none" && rng() < 0.5 ? 1_200 : 300));
       const abort = rng() < 0.2 ? new AbortController() : undefined;
       const timer = abort ? setTimeout(() => abort.abort(), Math.floor(rng() * budgetMs)) : undefined;
       const t0 = Date.now();
@@ -342,6 +367,11 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
         if (!report.more) await sleep(2 + Math.floor(rng() * 15));
       } catch (e) {
         if (cut) return; // the cut made it fail (mode "fail"): the process is gone
+        if (flaky && causedByFlakiness(e)) {
+          flakyFailures++;
+          await sleep(5 + Math.floor(rng() * 20)); // as relay.run backs off, then drains again
+          continue;
+        }
         unexpected.push(e);
         return;
       } finally {
@@ -354,11 +384,11 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
 
   const running = new Map<string, Promise<void>>();
   for (let i = 0; i < plan.relays; i++) {
-    const cutAt = plan.partitions && i === 0 ? 100 + Math.floor(rng() * 400) : null;
+    const cutAt = plan.faults === "cut" && i === 0 ? 100 + Math.floor(rng() * 400) : null;
     running.set(`relay ${i}`, relayProcess(`relay ${i}`, cutAt, rng() < 0.5 ? "hang" : "fail"));
   }
-  // With partitions, a replacement relay starts after the first cut, so one is always left.
-  if (plan.partitions) running.set("replacement", sleep(900).then(() => relayProcess("replacement", null, "hang")));
+  // With a cut, a replacement relay starts after the first cut, so one is always left.
+  if (plan.faults === "cut") running.set("replacement", sleep(900).then(() => relayProcess("replacement", null, "hang")));
   // The rest over about a second, so the cut falls while messages still come in.
   for (let done = upfront; done < plan.messages;) {
     await sleep(Math.floor(rng() * 70));
@@ -379,12 +409,13 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
   // The live processes end within a drain; a process behind a hanging cut never returns and is left behind.
   await Promise.all([...running].filter(([label]) => !hung.has(label)).map(([, p]) => p));
 
-  const cuts = plan.partitions ? `, ${partitioned} cut` : "";
+  const cuts = plan.faults === "cut" ? `, ${partitioned} cut` : plan.faults === "flaky" ? `, ${flakyFailures} drains failed` : "";
   const ctx = `${db.label} seed ${plan.seed} (${plan.messages} messages, ${plan.relays} relays${cuts})`;
   const duplicates = [...w.delivered.values()].filter((c) => c > 1).length;
   console.log(`[chaos] ${ctx}: ${w.committed.size} committed, ${w.rolledBack.size} rolled back, ${w.delivered.size} delivered ` +
     `(${duplicates} more than once), ${reports.length} drains reported`);
-  expect(partitioned, `${ctx}: relays cut off while the run went on`).toBe(plan.partitions ? 1 : 0);
+  expect(partitioned, `${ctx}: relays cut off while the run went on`).toBe(plan.faults === "cut" ? 1 : 0);
+  if (plan.faults === "flaky") expect(flakyFailures, `${ctx}: drains failed by the flaky connections`).toBeGreaterThan(0);
   expect(unexpected, `${ctx}: a drain failed`).toEqual([]);
   expect(pending, `${ctx}: rows left pending`).toBe(0);
   expect(w.breaches, `${ctx}: invariant breaches`).toEqual([]);
@@ -397,7 +428,7 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
   for (const r of reports) {
     expect(r.claimed, `${ctx}: a report that does not add up: ${JSON.stringify(r)}`).toBe(r.delivered + r.retried + r.dead + r.released + r.leaseLost);
   }
-  if (!plan.partitions) {
+  if (plan.faults === "none") {
     const twice = [...w.delivered].filter(([, c]) => c > 1).map(([id]) => id);
     expect(twice, `${ctx}: delivered more than once with no relay cut off`).toEqual([]);
     const deliveredAndDead = [...dead].filter((id) => w.delivered.has(id));
@@ -412,7 +443,7 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
 }
 
 const plans = (seeds: number[], messages: number): Plan[] =>
-  seeds.map((seed) => ({ seed, messages, relays: 1 + (seed % 3), partitions: seed % 2 === 1 }));
+  seeds.map((seed) => ({ seed, messages, relays: 1 + (seed % 3), faults: seed % 2 === 1 ? "cut" : seed % 4 === 2 ? "flaky" : "none" }));
 
 /** `CHAOS_SEEDS=100-400 npx vitest run test/relay-chaos.test.ts -t memory`: a longer sweep (of each storage's runs). */
 function seeds(defaults: number[]): number[] {
@@ -424,13 +455,14 @@ function seeds(defaults: number[]): number[] {
 const STORAGES: { name: string; open(): Promise<Db>; seeds: number[]; messages: number }[] = [
   { name: "memory storage", open: memoryDb, seeds: seeds([1, 2, 3, 4, 5, 6, 7, 8]), messages: 300 },
   { name: "postgres", open: postgresDb, seeds: seeds([11, 12, 13, 14]), messages: 240 },
-  { name: "libSQL file", open: libsqlDb, seeds: seeds([21, 22]), messages: 200 },
+  { name: "libSQL file", open: libsqlDb, seeds: seeds([21, 22, 24]), messages: 200 },
 ];
 
 describe("chaos: several relays, a faulty destination and lost databases, against the guarantees", () => {
   for (const storage of STORAGES) {
     for (const plan of plans(storage.seeds, storage.messages)) {
-      it(`${storage.name}, seed ${plan.seed}: ${plan.relays} relay(s)${plan.partitions ? ", one cut off" : ""}`, async () => {
+      const faults = { none: "", cut: ", one cut off", flaky: ", flaky connections" }[plan.faults];
+      it(`${storage.name}, seed ${plan.seed}: ${plan.relays} relay(s)${faults}`, async () => {
         const db = await storage.open();
         try {
           await chaosRun(db, plan);
