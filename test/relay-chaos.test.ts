@@ -323,7 +323,7 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
     done += c;
   }
 
-  // With cuts, leases are shorter than many drains' budgets, so a relay that holds a hot key's rows for long must stop
+  // With database faults, leases are shorter than many drains' budgets, so a relay that holds a hot key's rows for long must stop
   // sending them before its lease ends (another relay may claim them then).
   const leaseMs = plan.faults !== "none" ? 400 : 5_000;
   const reports: DrainReport[] = [];
@@ -336,11 +336,14 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
   let partitioned = 0;
   let flakyFailures = 0;
 
-  /** A relay process: its own connection, drains in a loop with short random budgets, some aborted. */
   /** Processes whose database hangs: their last drain never returns, and nothing waits for them. */
   const hung = new Set<string>();
   /** What each process is doing, for the message when one does not stop. */
   const state = new Map<string, string>();
+  /**
+   * A relay process: its own connection; drains in a loop with short random budgets, some aborted, or one
+   * `relay.run` loop.
+   */
   const relayProcess = async (label: string, cutAfterMs: number | null, cutMode: "hang" | "fail"): Promise<void> => {
     try {
       await relayLoop(label, cutAfterMs, cutMode);
@@ -455,7 +458,8 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
   let pending = -1;
   while (Date.now() < deadline) {
     pending = (await within(5_000, db.writer.stats(), () => "the writer's stats()")).pending;
-    if (pending === 0 && unexpected.length === 0) break;
+    // Not before the cut, if there is one: it must fall while the run goes on.
+    if (pending === 0 && unexpected.length === 0 && (plan.faults !== "cut" || partitioned > 0)) break;
     if (unexpected.length > 0 || w.breaches.length > 0) break;
     await sleep(50);
   }
