@@ -1,4 +1,7 @@
-// Profiling aid (not part of `npm run bench`): a drain over few keys with per-call storage timings.
+// Profiling aid (not part of `npm run bench`): a drain over few keys (0: keyless) with per-call storage timings, the
+// transport calls (a keyed call carries one head per key), and the CPU per 100 rows of this process and of the
+// PostgreSQL processes (on 2 cores both are busy, so a keyed drain's rate against a keyless one follows their CPU
+// per row: bench/README.md, "What changed on 2026-12-03, 13:46–16:30 UTC").
 //   node --import tsx bench/profile-keys.ts [keys] [messages] [batch] [pg|libsql]
 import { createRelay } from "../mod.ts";
 import { cleanupAll, connect, libsqlFill, libsqlOutbox, noopTransport, pgFill, pgOutbox, postgresCpuMs } from "./lib.ts";
@@ -33,7 +36,8 @@ try {
       }
     };
   }
-  const transport = noopTransport();
+  let sends = 0;
+  const transport = noopTransport(() => sends++);
   const relay = createRelay({ outbox: o.outbox, transport, batchSize: batch, concurrency: 8, leaseMs: 30_000, sendTimeoutMs: 10_000 });
   // PROFILE=<file>: a CPU profile of the drain alone (not the fill), for `node /tmp/profsum.js`-style summaries.
   const profileTo = process.env["PROFILE"];
@@ -65,7 +69,10 @@ try {
   console.log(`${db} ${keys} keys batch ${batch}: ${Math.round(rate)} msg/s; total ${Math.round(total)} ms; claims ${calls.claim} (${Math.round(time.claim!)} ms, ${(time.claim! / calls.claim!).toFixed(2)} ms each), settles ${calls.settle} (${Math.round(time.settle!)} ms, ${(time.settle! / calls.settle!).toFixed(2)} ms each); rows/claim ${JSON.stringify([...hist].sort((a, b) => b[1] - a[1]).slice(0, 6))}`);
   const kh = new Map<string, number>();
   for (const k of kinds) kh.set(k, (kh.get(k) ?? 0) + 1);
-  console.log(`  this process's CPU: ${Math.round((cpu.user + cpu.system) / 1000)} ms of ${Math.round(total)} ms wall${db === "pg" ? `; postgres CPU ${pgUsed} ms` : ""}`);
+  const per100 = (ms: number): string => (ms / transport.count * 100).toFixed(2);
+  const nodeCpu = (cpu.user + cpu.system) / 1000;
+  console.log(`  this process's CPU: ${Math.round(nodeCpu)} ms of ${Math.round(total)} ms wall (${per100(nodeCpu)} ms per 100 rows)` +
+    `${db === "pg" ? `; postgres CPU ${pgUsed} ms (${per100(pgUsed)} ms per 100 rows)` : ""}; ${sends} transport calls`);
   console.log(`  claims by kind (n: none continued, cK: K keys continued) : rows → count ${JSON.stringify([...kh].sort((a, b) => b[1] - a[1]).slice(0, 12))}`);
 } finally {
   await cleanupAll();

@@ -1,10 +1,12 @@
 // Profiling aid (not part of `npm run bench`): a drain's storage calls one at a time, as a streaming drain over deep
 // keys makes them (each claim continues the keys of the claim before it, which is settled after it), so each call's
-// cost is seen without the contention of a real drain. Prints per-call medians and sums.
+// cost is seen without the contention of a real drain. Prints per-call medians and sums, and on Postgres the medians
+// of the backend's own CPU per call (/proc/<pid>/schedstat: the connection is the client's only one).
 //   node --import tsx bench/profile-serial.ts [keys] [pg|libsql] [messages]
 // PLANS=1 (Postgres): the plans of the 100th claim and the 100th settle, with their timings and buffers (auto_explain
 // with nested statements, so the claim function's statements show; the server must ship auto_explain, as Debian's
 // packages do) and the planner's time per statement (log_planner_stats).
+import { readFileSync } from "node:fs";
 import { cleanupAll, connect, libsqlFill, libsqlOutbox, pgFill, pgOutbox } from "./lib.ts";
 
 const [keysArg = "10", db = "pg", nArg = "20000"] = process.argv.slice(2);
@@ -33,20 +35,25 @@ try {
       console.log(notices.join("\n=====\n"));
     }
   };
-  const claims: number[] = [], settles: number[] = [];
+  const claims: number[] = [], settles: number[] = [], claimCpu: number[] = [], settleCpu: number[] = [];
+  const backend = pg ? Number(((await pg.sql`SELECT pg_backend_pid() AS pid`) as unknown as [{ pid: number }])[0].pid) : 0;
+  /** The backend's CPU time so far, ms (0 on libSQL, which runs in this process). */
+  const cpu = (): number => (pg ? Number(readFileSync(`/proc/${backend}/schedstat`, "utf8").split(" ")[0]) / 1e6 : 0);
   let held: { token: string; ids: string[]; last: Map<string, number> } | undefined;
   let total = 0;
   const t0 = performance.now();
   for (;;) {
-    const t = performance.now();
+    const t = performance.now(), c0 = cpu();
     const after = held && held.last.size > 0 ? { after: [...held.last.values()], tokens: [held.token] } : undefined;
     const c = await explained(plans && claims.length === 100, () => storage.claim({ limit: 100, leaseMs: 30_000, ...(after ? { continue: after } : {}) }));
     claims.push(performance.now() - t);
+    claimCpu.push(cpu() - c0);
     if (held) {
       const { token, ids } = held;
-      const t1 = performance.now();
+      const t1 = performance.now(), c1 = cpu();
       await explained(plans && settles.length === 100, () => storage.settle(token, ids.map((id) => ({ id, outcome: "delivered" as const }))));
       settles.push(performance.now() - t1);
+      settleCpu.push(cpu() - c1);
     }
     if (c.messages.length === 0 && !held) break;
     total += c.messages.length;
@@ -59,7 +66,8 @@ try {
   const sum = (a: number[]): string => a.reduce((x, y) => x + y, 0).toFixed(0);
   console.log(
     `${db} ${keys} keys: ${total} rows in ${wall.toFixed(0)} ms; claims ${claims.length}, median ${median(claims)} ms, sum ${sum(claims)} ms; ` +
-      `settles ${settles.length}, median ${median(settles)} ms, sum ${sum(settles)} ms`,
+      `settles ${settles.length}, median ${median(settles)} ms, sum ${sum(settles)} ms` +
+      (pg ? `; backend CPU median: claim ${median(claimCpu)} ms, settle ${median(settleCpu)} ms` : ""),
   );
 } finally {
   await cleanupAll();
