@@ -262,11 +262,15 @@ export function keyedMessages(start: number, count: number, keys: number): NewMe
   return out.map((m, i) => ({ ...m, key: `c-${(start + i) % keys}` }));
 }
 
-/** A transport that accepts everything at once (transport cost ~0). */
-export function noopTransport(onSend?: (messages: readonly OutboxMessage[]) => void): Transport & { count: number } {
+/**
+ * A transport that accepts everything at once (transport cost ~0). `orderedBatches`: it says it keeps a call's
+ * messages of one key in order (Transport.orderedBatches), so the relay may send runs of a key's rows in one call.
+ */
+export function noopTransport(onSend?: (messages: readonly OutboxMessage[]) => void, orderedBatches = false): Transport & { count: number } {
   const t = {
-    name: "noop",
+    name: orderedBatches ? "noop-ordered" : "noop",
     maxBatchSize: 1_000,
+    orderedBatches,
     count: 0,
     send(messages: readonly OutboxMessage[]) {
       t.count += messages.length;

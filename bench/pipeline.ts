@@ -103,10 +103,18 @@ async function drainFor(
   return { delivered: transport.count, ms: performance.now() - t0 };
 }
 
-/** A transport whose every send sleeps `latency(n)` ms for message n; records the latencies it really took. */
-function sleepingTransport(latency: (i: number) => number): Transport & { count: number; took: number[] } {
+/**
+ * A transport whose every send sleeps `latency(n)` ms for message n (the call's first); records the latencies it
+ * really took. `batch`: calls of up to that many messages, and whether it keeps a key's messages of a call in order
+ * (Transport.orderedBatches), as a destination that takes a batch per request would.
+ */
+function sleepingTransport(
+  latency: (i: number) => number,
+  batch: { maxBatchSize: number; orderedBatches: boolean } = { maxBatchSize: 1, orderedBatches: false },
+): Transport & { count: number; took: number[] } {
   const t = {
     name: "sleeping",
+    ...batch,
     count: 0,
     took: [] as number[],
     async send(messages: readonly OutboxMessage[]) {
@@ -154,6 +162,29 @@ export async function tailSection(cfg: BenchConfig, results: Results, sql: Sql):
     }
   }
   await twoRelays(cfg, results, sql, SECTION);
+  for (const db of [pgDb(sql), libsqlDb]) await orderedBatchesRow(cfg, results, db, SECTION);
+}
+
+/**
+ * Hot keys through a destination that takes batches: calls of 20 ms carrying up to 50 messages, over 10 keys,
+ * concurrency 8. With `orderedBatches` a call carries a run of each key's consecutive rows; without it (the baseline,
+ * same run), one message per key per call, so the rate is about one message per key per 20 ms.
+ */
+async function orderedBatchesRow(cfg: BenchConfig, results: Results, db: Db, section: string): Promise<void> {
+  const C = 8, keys = 10, L = 20, n = cfg.quick ? 2_000 : 6_000;
+  const rate = (orderedBatches: boolean): Promise<{ rate: number; calls: number }> =>
+    db.with(n, keys, async ({ outbox, left }) => {
+      const transport = sleepingTransport(() => L, { maxBatchSize: 50, orderedBatches });
+      const { delivered, ms } = await drainFor(outbox, transport, 120_000, { concurrency: C });
+      if (delivered !== n || (await left()) !== 0) throw new Error(`${db.label} ordered batches ${orderedBatches}: delivered ${delivered} of ${n}`);
+      return { rate: delivered / (ms / 1000), calls: transport.took.length };
+    });
+  const plain = await rate(false);
+  const ordered = await rate(true);
+  results.compare(section, `${db.label}: calls of ${L} ms (up to 50 msgs) over ${keys} keys, concurrency ${C}, orderedBatches, ${n.toLocaleString("en-US")} msgs`, ordered.rate, "msg/s", {
+    name: "the same transport without orderedBatches",
+    value: plain.rate,
+  }, undefined, `${ordered.calls} calls against ${plain.calls}`);
 }
 
 // ---- 6 tail, two relays over hot keys --------------------------------------------------------------------------------

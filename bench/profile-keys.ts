@@ -37,7 +37,7 @@ try {
     };
   }
   let sends = 0;
-  const transport = noopTransport(() => sends++);
+  const transport = noopTransport(() => sends++, process.env["ORDERED"] === "1");
   const relay = createRelay({ outbox: o.outbox, transport, batchSize: batch, concurrency: 8, leaseMs: 30_000, sendTimeoutMs: 10_000 });
   // PROFILE=<file>: a CPU profile of the drain alone (not the fill), for `node /tmp/profsum.js`-style summaries.
   const profileTo = process.env["PROFILE"];

@@ -247,6 +247,14 @@ export function createRelay(options: RelayOptions): Relay {
   if (!Number.isInteger(maxBatch) || maxBatch < 1) {
     throw new OutboxError("CONFIG", `createRelay options: transport.maxBatchSize must be a positive integer (got ${maxBatch})`);
   }
+  const orderedBatches = transport.orderedBatches ?? false;
+  if (typeof orderedBatches !== "boolean") {
+    throw new OutboxError("CONFIG", `createRelay options: transport.orderedBatches must be a boolean (got ${safeJson(orderedBatches)})`);
+  }
+  // A call may carry a run of consecutive rows per key (see Transport.orderedBatches).
+  const keyRuns = orderedBatches && maxBatch > 1;
+  /** Keys whose run was in a call that failed as a whole: sent a row per call for a while (see sendUnit). */
+  const soloKeys = new ExpiringSet(SOLO_KEY_MS, 10_000);
   const { batchSize, concurrency, leaseMs, sendTimeoutMs, maxAttempts, backoff } = o;
   const lockKey = o.lockKey ?? `edge-outbox:relay:${storage.scope ?? storage.name}`;
   const tracing: Tracing | undefined = options.tracing ?? options.outbox.tracing;
@@ -379,7 +387,8 @@ export function createRelay(options: RelayOptions): Relay {
    * The streaming drain: claim → send → settle as a pipeline (see DESIGN.md, "The drain engine").
    *
    * - Up to `concurrency` sends are in flight. A slot that frees takes the next startable unit, lowest `seq` first:
-   *   up to `maxBatchSize` keyless messages, or the head of a key whose previous message has a final outcome.
+   *   up to `maxBatchSize` keyless messages, or the head of a key whose previous message has a final outcome (with
+   *   `orderedBatches`, the head and the key's queued rows after it: a run).
    * - Claims are costly (a write transaction: an fsync on SQLite, a round trip on a remote database), so a claim runs
    *   only when it can pay. Ahead of need, while sends go on, when fewer than `lowWater` claimed rows could start
    *   soon (queued keyless rows, plus one per key: a key's rows go one by one): after a full claim whose rows were
@@ -598,7 +607,10 @@ export function createRelay(options: RelayOptions): Relay {
     /**
      * The next unit to send (lowest seq first), releasing or dead-lettering what cannot be sent; null when none. A
      * keyed unit holds the head of each of up to `maxBatch` ready keys (never two rows of one key): with a transport
-     * that takes batches, few deep keys then go as one call per round of heads, not one call per message.
+     * that takes batches, few deep keys then go as one call per round of heads, not one call per message. With
+     * `orderedBatches` (keyRuns), each head is followed by the key's queued rows that can go with it (in seq order, up
+     * to the first that cannot be sent now: it waits for the run's outcomes), and a unit takes its share of the ready
+     * keys (spread over the free send slots, so keys are sent side by side, not all in one call).
      */
     function nextUnit(): Held[] | null {
       for (;;) {
@@ -620,7 +632,9 @@ export function createRelay(options: RelayOptions): Relay {
           if (items.length > 0) return items;
           continue;
         }
-        while (items.length < maxBatch) {
+        const keyShare = keyRuns ? Math.ceil(readyKeys.length / Math.max(1, concurrency - inFlight)) : maxBatch;
+        let keysTaken = 0;
+        while (items.length < maxBatch && keysTaken < keyShare) {
           const key = readyKeys.peek();
           if (key === undefined) break;
           const q = keyQueues.get(key)!;
@@ -644,6 +658,15 @@ export function createRelay(options: RelayOptions): Relay {
           queued--;
           activeKeys.add(key);
           items.push(h);
+          keysTaken++;
+          if (!keyRuns || soloKeys.has(key)) continue;
+          // The run: an exhausted row or one whose timeout no longer fits stays queued, and is handled once it is the
+          // head (after this call's outcomes).
+          for (let n = q.peek(); n && items.length < maxBatch && !exhausted(n.m) && fits(n); n = q.peek()) {
+            q.shift();
+            queued--;
+            items.push(n);
+          }
         }
         if (items.length > 0) return items;
       }
@@ -655,20 +678,51 @@ export function createRelay(options: RelayOptions): Relay {
       return known !== undefined && known < m.seq && (m.prevSeq ?? -1) < known ? { ...m, prevSeq: known } : m;
     }
 
+    /**
+     * The messages of a unit as sent: a keyed one's `prevSeq` is the seq of the row before it in the unit when that
+     * has the same key (a run), else its position as this drain knows it ({@link withPosition}).
+     */
+    function toSend(items: readonly Held[]): ClaimedMessage[] {
+      if (!keyRuns) return items.map((h) => withPosition(h.m));
+      const before = new Map<string, number>();
+      return items.map(({ m }) => {
+        if (m.key === null) return m;
+        const prev = before.get(m.key);
+        before.set(m.key, m.seq);
+        return prev === undefined ? withPosition(m) : { ...m, prevSeq: prev };
+      });
+    }
+
     async function sendUnit(items: Held[]): Promise<void> {
       try {
         let deadline = items[0]!.claim.deadline;
         for (const h of items) deadline = Math.min(deadline, h.claim.deadline);
-        const outcomes = await send(items.map((h) => withPosition(h.m)), deadline, watch, drainSpan);
+        const outcomes = await send(toSend(items), deadline, watch, drainSpan);
+        // With runs (keyRuns): per key, the index of its last row in the unit, and the keys whose run stopped (a row
+        // not delivered before the last): their later rows in the unit were not attempted (Transport.orderedBatches)
+        // and are released. A call that failed as a whole (thrown, timed out, wrong outcomes) is a retry of each
+        // key's first row only, so no row is retried (or dead-lettered) before the rows ahead of it have a final
+        // outcome; the key then goes a row per call for a while (soloKeys), so a row that fails such calls is
+        // charged its own attempts, not the row ahead of it.
+        const lastOf = keyRuns ? new Map<string, number>() : undefined;
+        if (lastOf) items.forEach((h, i) => h.m.key !== null && lastOf.set(h.m.key, i));
+        const stoppedKeys = lastOf ? new Set<string>() : undefined;
+        const wholeCall = lastOf !== undefined && failedCalls.has(outcomes);
         items.forEach((h, i) => {
-          const s = toSettlement(h.m, outcomes[i]!);
           const key = h.m.key;
+          const s: Settlement = key !== null && stoppedKeys?.has(key) ? { id: h.m.id, outcome: "released" } : toSettlement(h.m, outcomes[i]!);
           if (key !== null && s.outcome === "delivered") deliveredSeq.set(key, Math.max(deliveredSeq.get(key) ?? -1, h.m.seq));
           settleLater(h, s);
           if (key === null) return;
+          if (lastOf && lastOf.get(key)! > i) {
+            if (s.outcome !== "delivered") stoppedKeys!.add(key);
+            if (wholeCall) soloKeys.add(key);
+            return;
+          }
           activeKeys.delete(key);
           const q = keyQueues.get(key);
-          if (s.outcome === "retry") releaseKey(key); // a retrying head blocks its key
+          // A retrying head blocks its key; a run that stopped handed rows back, which the queued ones follow.
+          if (s.outcome === "retry" || stoppedKeys?.has(key)) releaseKey(key);
           else if (q && q.length > 0) readyKeys.push(key);
           else keyQueues.delete(key);
         });
@@ -1090,9 +1144,14 @@ function callback<T>(name: string, fn: (arg: T) => unknown, arg: T): void {
   }
 }
 
+/** The outcome arrays of sends that failed as a whole (made by {@link retryAll}). */
+const failedCalls = new WeakSet<readonly DeliveryOutcome[]>();
+
 /** Outcomes for every message of a send that did not return its own. */
 function retryAll(batch: readonly unknown[], error: string): DeliveryOutcome[] {
-  return batch.map(() => ({ status: "retry", error }));
+  const outcomes: DeliveryOutcome[] = batch.map(() => ({ status: "retry", error }));
+  failedCalls.add(outcomes);
+  return outcomes;
 }
 
 interface WatchedSend {
@@ -1182,6 +1241,33 @@ class SendWatch {
       }
       this.arm();
     }, Math.max(0, head.deadline - now()));
+  }
+}
+
+/** How long a key whose run failed as a whole call goes a row per call (see sendUnit). */
+const SOLO_KEY_MS = 10 * 60_000;
+
+/** A set whose members leave `ttlMs` after they were last added, holding at most `max` (the oldest leave first). */
+class ExpiringSet {
+  private readonly added = new Map<string, number>();
+  private readonly ttlMs: number;
+  private readonly max: number;
+  constructor(ttlMs: number, max: number) {
+    this.ttlMs = ttlMs;
+    this.max = max;
+  }
+  add(item: string): void {
+    this.added.delete(item);
+    this.added.set(item, now());
+    if (this.added.size > this.max) this.added.delete(this.added.keys().next().value!);
+  }
+  has(item: string): boolean {
+    if (this.added.size === 0) return false;
+    const at = this.added.get(item);
+    if (at === undefined) return false;
+    if (now() - at < this.ttlMs) return true;
+    this.added.delete(item);
+    return false;
   }
 }
 

@@ -32,9 +32,10 @@ export interface SendContext {
 /**
  * The transport contract.
  *
- * Messages with the same key are never given to `send` together and never in parallel: the relay sends a key's
- * messages one after another and stops at the first one that is not delivered. One call (up to `maxBatchSize`)
- * holds keyless messages, or the next message of each of several keys, never both.
+ * Messages with the same key are never sent in parallel: the relay sends a key's messages one after another and
+ * stops at the first one that is not delivered. One call (up to `maxBatchSize`) holds keyless messages, or keyed
+ * ones, never both: the next message of each of several keys, or, with {@link Transport.orderedBatches}, the next
+ * consecutive messages of each (a run per key, in `seq` order).
  *
  * @example
  * ```ts
@@ -53,6 +54,20 @@ export interface Transport {
   readonly name: string;
   /** The most messages one `send` call takes. @default 1 */
   readonly maxBatchSize?: number | undefined;
+  /**
+   * Set it when the transport keeps the order of a call's messages of one key: it delivers them one after another in
+   * the order given, and once one of them is not delivered (its outcome is `retry` or `dead`) it does not attempt that
+   * key's later messages of the call. The relay may then put consecutive messages of a key in one call (with a
+   * `maxBatchSize` above 1), so a hot key goes a batch per call, not a message per call. For each key, the relay reads
+   * the outcomes in order up to the first that is not `delivered` and hands back the key's later messages of the call
+   * unattempted (`released`: due again at once, their attempt not counted, whatever outcome the transport gave them),
+   * with the key's rows queued behind them. A call that throws, times out or returns the wrong number of outcomes
+   * counts as `retry` for every message of it, as for any batch. Each message's `prevSeq` is the `seq` of the message
+   * before it in the call when that one has the same key (delivered just before it, or this one is not attempted).
+   * A transport that delivers a call's messages independently (in parallel, or through a service that may reorder
+   * them) must leave it unset. @default false
+   */
+  readonly orderedBatches?: boolean | undefined;
   /**
    * Delivers `messages` and returns exactly one outcome per message, in the same order. Throwing (or returning
    * the wrong number of outcomes) counts as `retry` for every message of the call.

@@ -2,7 +2,8 @@
 // against the guarantees of DESIGN.md rather than any one mechanism: several relays drain one outbox at once while
 // writers commit (and roll back) more, with short random budgets and aborted drains, some as `relay.run` loops woken
 // by commits, some sharing a lock; the transport delivers, asks for retries, dead-letters, throws, answers with the
-// wrong number of outcomes or hangs until its signal fires; and relays lose their database mid-drain (every storage
+// wrong number of outcomes or hangs until its signal fires (every other relay's transport sets orderedBatches, so it
+// gets runs of a key's rows and checks the order as it attempts each one); and relays lose their database mid-drain (every storage
 // call hangs, as behind a partition, while the relay keeps the sends its leases allow, or fails) or see flaky
 // connections. At the end:
 //
@@ -153,12 +154,27 @@ function markFinal(w: World, id: string): void {
  * (15%, with a `retryAfterMs` now and then) or dead-letters (5%) each message. It honours its signal: a send whose
  * signal fired reports retries and delivers nothing, as a destination that was never reached.
  */
-function chaosTransport(w: World, rng: () => number, maxBatchSize: number, leases: ReadonlyMap<string, number>): Transport {
+function chaosTransport(
+  w: World,
+  rng: () => number,
+  maxBatchSize: number,
+  leases: ReadonlyMap<string, number>,
+  ordered: boolean,
+): Transport {
+  /** A keyed message attempted now: every earlier message of its key must have a final outcome. */
+  const checkOrder = (m: OutboxMessage): void => {
+    const k = w.keys.get(m.key!)!;
+    const i = w.place.get(m.id)!.index;
+    if (i > k.finalPrefix) w.breaches.push(`key ${m.key}: message #${i} sent while #${k.finalPrefix} had no final outcome`);
+  };
   return {
-    name: "chaos",
+    name: ordered ? "chaos-ordered" : "chaos",
     maxBatchSize,
+    orderedBatches: ordered,
     async send(messages: readonly OutboxMessage[], context: SendContext): Promise<readonly DeliveryOutcome[]> {
       const mine: string[] = [];
+      /** Per key, the seq order of its messages in this call must be their commit order (ordered: a run). */
+      const lastIndex = new Map<string, number>();
       for (const m of messages) {
         if (w.rolledBack.has(m.id)) w.breaches.push(`sent a message of a rolled-back transaction: ${m.id}`);
         if (!w.committed.has(m.id)) w.breaches.push(`sent an unknown message: ${m.id}`);
@@ -168,11 +184,17 @@ function chaosTransport(w: World, rng: () => number, maxBatchSize: number, lease
           w.breaches.push(`sent ${m.id} when its send could outlive the lease (${Date.now() + SEND_TIMEOUT_MS - lease} ms)`);
         }
         if (m.key === null) continue;
-        const k = w.keys.get(m.key)!;
         const i = w.place.get(m.id)!.index;
-        if (i > k.finalPrefix) {
-          w.breaches.push(`key ${m.key}: message #${i} sent while #${k.finalPrefix} had no final outcome`);
+        const before = lastIndex.get(m.key);
+        lastIndex.set(m.key, i);
+        if (before !== undefined) {
+          // A second message of the key in this call: only in a run of an ordered transport, and right after the
+          // one before it among the key's messages still without a final outcome.
+          if (!ordered) w.breaches.push(`key ${m.key}: two of its messages in one call (message #${i})`);
+          else if (i < before) w.breaches.push(`key ${m.key}: message #${i} after #${before} in one call`);
+          continue;
         }
+        if (!ordered) checkOrder(m);
         if (w.keysInFlight.has(m.key)) w.breaches.push(`key ${m.key}: two sends in flight at once (message #${i})`);
         w.keysInFlight.add(m.key);
         mine.push(m.key);
@@ -193,7 +215,33 @@ function chaosTransport(w: World, rng: () => number, maxBatchSize: number, lease
           await Promise.race([sleep(waitMs), aborted]);
         }
         if (signal.aborted) return messages.map(() => ({ status: "retry" as const, error: "chaos: aborted" }));
+        // Ordered: a key's messages one after another, each checked as it is attempted; after one that is not
+        // delivered, the key's later messages of the call are not attempted.
+        const stopped = new Set<string>();
         return messages.map((m) => {
+          if (ordered && m.key !== null) {
+            if (stopped.has(m.key)) return { status: "retry" as const, error: "chaos: not attempted" };
+            checkOrder(m);
+          }
+          const outcome = judge(m);
+          if (ordered && m.key !== null && outcome.status !== "delivered") stopped.add(m.key);
+          return outcome;
+        });
+      } finally {
+        for (const key of mine) w.keysInFlight.delete(key);
+        // A call that did not deliver (threw, too few outcomes, aborted) is a retry of each message (ordered: of
+        // each key's first message; the rest are released): the last attempt's retry dead-letters it.
+        const first = new Set<string>();
+        for (const m of messages) {
+          if (ordered && m.key !== null) {
+            if (first.has(m.key)) continue;
+            first.add(m.key);
+          }
+          if (m.attempts >= MAX_ATTEMPTS) markFinal(w, m.id); // a no-op for a message delivered or dead already
+        }
+      }
+      /** One message's outcome: delivered (80%), retry (15%) or dead (5%). */
+      function judge(m: OutboxMessage): DeliveryOutcome {
           const x = rng();
           if (x < 0.8) {
             w.delivered.set(m.id, (w.delivered.get(m.id) ?? 0) + 1);
@@ -208,14 +256,6 @@ function chaosTransport(w: World, rng: () => number, maxBatchSize: number, lease
           }
           markFinal(w, m.id);
           return { status: "dead" as const, error: "chaos: 400" };
-        });
-      } finally {
-        for (const key of mine) w.keysInFlight.delete(key);
-        // A call that did not deliver (threw, too few outcomes, aborted) is a retry of each message: the last
-        // attempt's retry dead-letters it.
-        for (const m of messages) {
-          if (m.attempts >= MAX_ATTEMPTS) markFinal(w, m.id); // a no-op for a message delivered or dead already
-        }
       }
     },
   };
@@ -357,14 +397,14 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
    * A relay process: its own connection; drains in a loop with short random budgets, some aborted, or one
    * `relay.run` loop.
    */
-  const relayProcess = async (label: string, cutAfterMs: number | null, cutMode: "hang" | "fail"): Promise<void> => {
+  const relayProcess = async (label: string, cutAfterMs: number | null, cutMode: "hang" | "fail", ordered: boolean): Promise<void> => {
     try {
-      await relayLoop(label, cutAfterMs, cutMode);
+      await relayLoop(label, cutAfterMs, cutMode, ordered);
     } finally {
       state.set(label, "stopped");
     }
   };
-  const relayLoop = async (label: string, cutAfterMs: number | null, cutMode: "hang" | "fail"): Promise<void> => {
+  const relayLoop = async (label: string, cutAfterMs: number | null, cutMode: "hang" | "fail", ordered: boolean): Promise<void> => {
     let calls = 0;
     const flaky = plan.faults === "flaky"
       ? () => {
@@ -377,7 +417,7 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
     const conn = cuttable(await db.another(), w, leaseMs, flaky);
     const relay = createRelay({
       outbox: createOutbox({ storage: conn.storage, topics: [event] }),
-      transport: chaosTransport(w, rng, 1 + Math.floor(rng() * 8), conn.leases),
+      transport: chaosTransport(w, rng, 1 + Math.floor(rng() * 8), conn.leases, ordered),
       batchSize: 1 + Math.floor(rng() * (plan.faults !== "none" ? 100 : 40)),
       concurrency: 1 + Math.floor(rng() * 8),
       leaseMs,
@@ -454,10 +494,11 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
   const running = new Map<string, Promise<void>>();
   for (let i = 0; i < plan.relays; i++) {
     const cutAt = plan.faults === "cut" && i === 0 ? 100 + Math.floor(rng() * 400) : null;
-    running.set(`relay ${i}`, relayProcess(`relay ${i}`, cutAt, rng() < 0.5 ? "hang" : "fail"));
+    // Every other relay's transport keeps a call's messages of a key in order (Transport.orderedBatches: runs).
+    running.set(`relay ${i}`, relayProcess(`relay ${i}`, cutAt, rng() < 0.5 ? "hang" : "fail", (plan.seed + i) % 2 === 0));
   }
   // With a cut, a replacement relay starts after the first cut, so one is always left.
-  if (plan.faults === "cut") running.set("replacement", sleep(900).then(() => relayProcess("replacement", null, "hang")));
+  if (plan.faults === "cut") running.set("replacement", sleep(900).then(() => relayProcess("replacement", null, "hang", plan.seed % 2 === 1)));
   // The rest over about a second, so the cut falls while messages still come in.
   for (let done = upfront; done < plan.messages;) {
     await sleep(Math.floor(rng() * 70));

@@ -1,3 +1,4 @@
+import { OutboxError } from "../../src/errors.ts";
 import type { OutboxMessage } from "../../src/message.ts";
 import type { DeliveryOutcome, SendContext, Transport } from "../../src/transport.ts";
 
@@ -9,13 +10,19 @@ export interface RecordingTransportOptions {
   delayMs?: number | undefined;
   /** Decides each message's outcome. @default always delivered */
   outcome?: ((message: OutboxMessage) => DeliveryOutcome | Promise<DeliveryOutcome>) | undefined;
+  /**
+   * Keep a call's messages of one key in order ({@link Transport.orderedBatches}): once one of a key's messages is
+   * not delivered, the key's later messages of the call are not attempted (not recorded in `attempts`, no `outcome`
+   * call). @default false
+   */
+  orderedBatches?: boolean | undefined;
 }
 
 /** A transport that records what it was given. */
 export interface RecordingTransport extends Transport {
   /** Messages reported delivered, in the order they were delivered. */
   readonly delivered: OutboxMessage[];
-  /** Every message handed to `send`, in order, whatever its outcome. */
+  /** Every message attempted, in order, whatever its outcome (with `orderedBatches`, not those skipped). */
   readonly attempts: OutboxMessage[];
   /** Number of `send` calls. */
   readonly calls: number;
@@ -47,6 +54,7 @@ export function recordingTransport(options: RecordingTransportOptions = {}): Rec
   return {
     name: "recording",
     maxBatchSize: options.maxBatchSize ?? 1,
+    orderedBatches: options.orderedBatches ?? false,
     delivered,
     attempts,
     get calls(): number {
@@ -66,15 +74,14 @@ export function recordingTransport(options: RecordingTransportOptions = {}): Rec
       inFlight++;
       maxInFlight = Math.max(maxInFlight, inFlight);
       try {
-        attempts.push(...messages);
+        if (!options.orderedBatches) attempts.push(...messages);
         if (options.delayMs) await abortableDelay(options.delayMs, signal);
-        const outcomes: DeliveryOutcome[] = [];
-        for (const m of messages) {
+        return await inKeyOrder(messages, options.orderedBatches === true, async (m) => {
+          if (options.orderedBatches) attempts.push(m);
           const o = options.outcome ? await options.outcome(m) : { status: "delivered" as const };
           if (o.status === "delivered") delivered.push(m);
-          outcomes.push(o);
-        }
-        return outcomes;
+          return o;
+        });
       } finally {
         inFlight--;
       }
@@ -86,15 +93,24 @@ export function recordingTransport(options: RecordingTransportOptions = {}): Rec
 export interface FunctionTransportOptions {
   /** Name in reports. @default "function" */
   name?: string | undefined;
+  /**
+   * Messages per `send` call (1–1,000), handled one after another: above 1, a call may carry several consecutive
+   * messages of a hot key ({@link Transport.orderedBatches}); the handler still sees them one by one, in order, and a
+   * key's later messages of the call are skipped once one of them is not delivered. Calls still run `concurrency`
+   * at a time. @default 1
+   */
+  maxBatchSize?: number | undefined;
 }
 
 /**
  * A transport that calls an in-process handler per message. The handler resolving means delivered; throwing
  * means retry; it may also return an explicit outcome (e.g. `{ status: "dead", error }` for a permanent failure).
+ * It keeps the order of each key's messages within a call (`orderedBatches`).
  *
  * @param handler called once per message with the send's abort signal
- * @param options name
+ * @param options name, maxBatchSize
  * @returns the transport
+ * @throws {OutboxError} CONFIG when `maxBatchSize` is not an integer from 1 to 1,000
  * @example
  * ```ts
  * import { functionTransport } from "edge-outbox/memory";
@@ -109,22 +125,47 @@ export function functionTransport(
   handler: (message: OutboxMessage, context: SendContext) => Promise<void | DeliveryOutcome> | void | DeliveryOutcome,
   options: FunctionTransportOptions = {},
 ): Transport {
+  const maxBatchSize = options.maxBatchSize ?? 1;
+  if (!Number.isInteger(maxBatchSize) || maxBatchSize < 1 || maxBatchSize > 1_000) {
+    throw new OutboxError("CONFIG", `functionTransport options: maxBatchSize must be an integer from 1 to 1000 (got ${String(maxBatchSize)})`);
+  }
   return {
     name: options.name ?? "function",
-    maxBatchSize: 1,
-    async send(messages: readonly OutboxMessage[], context: SendContext): Promise<readonly DeliveryOutcome[]> {
-      const outcomes: DeliveryOutcome[] = [];
-      for (const m of messages) {
+    maxBatchSize,
+    orderedBatches: true,
+    send(messages: readonly OutboxMessage[], context: SendContext): Promise<readonly DeliveryOutcome[]> {
+      return inKeyOrder(messages, true, async (m) => {
         try {
-          const r = await handler(m, context);
-          outcomes.push(r ?? { status: "delivered" });
+          return (await handler(m, context)) ?? { status: "delivered" };
         } catch (e) {
-          outcomes.push({ status: "retry", error: e instanceof Error ? e.message : String(e) });
+          return { status: "retry", error: e instanceof Error ? e.message : String(e) };
         }
-      }
-      return outcomes;
+      });
     },
   };
+}
+
+/**
+ * Delivers `messages` one after another with `deliver`; with `ordered`, a key's later messages are skipped (a
+ * `retry` outcome that says so, which the relay ignores) once one of its messages was not delivered.
+ */
+async function inKeyOrder(
+  messages: readonly OutboxMessage[],
+  ordered: boolean,
+  deliver: (m: OutboxMessage) => Promise<DeliveryOutcome>,
+): Promise<DeliveryOutcome[]> {
+  const outcomes: DeliveryOutcome[] = [];
+  const stopped = new Set<string>();
+  for (const m of messages) {
+    if (ordered && m.key !== null && stopped.has(m.key)) {
+      outcomes.push({ status: "retry", error: "not attempted: an earlier message of its key in this call was not delivered" });
+      continue;
+    }
+    const o = await deliver(m);
+    if (ordered && m.key !== null && o.status !== "delivered") stopped.add(m.key);
+    outcomes.push(o);
+  }
+  return outcomes;
 }
 
 function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
