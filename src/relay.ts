@@ -43,6 +43,18 @@ export interface RelayOptions {
   leaseMs?: number | undefined;
   /** Longest a single `send` call may take, ms; its signal aborts then. @default 10000 */
   sendTimeoutMs?: number | undefined;
+  /**
+   * Longest the relay waits for one storage call (a claim, a settle, `hasDue`), ms. A call that takes longer (a
+   * database behind a half-open connection, a partition: drivers such as postgres.js have no query timeout of their
+   * own, and TCP keepalive takes minutes) fails the drain with STORAGE, as a failed call does: nothing new is
+   * claimed or sent, the drain waits for its sends in flight, hands back its unsent rows and settles what it can,
+   * each of those calls bounded the same way, then rejects; `relay.run` backs off and drains again. So a drain returns
+   * or rejects within about `budgetMs + sendTimeoutMs + 2 × storageTimeoutMs`, whatever the database does. The call
+   * is abandoned, not undone: a claim that still commits leaves its rows leased until `leaseMs` runs out, a settle
+   * that still commits is applied; either way nothing is lost (an unsettled delivery is sent again, with the same
+   * id). @default 10000
+   */
+  storageTimeoutMs?: number | undefined;
   /** Attempts before a message is dead-lettered. @default 10 */
   maxAttempts?: number | undefined;
   /**
@@ -169,6 +181,7 @@ const relayOptionsSchema = v.pipe(
     concurrency: v.optional(int(1, 1_000), 8),
     leaseMs: v.optional(int(100, 3_600_000), 30_000),
     sendTimeoutMs: v.optional(int(10, 1_800_000), 10_000),
+    storageTimeoutMs: v.optional(int(10, 3_600_000), 10_000),
     maxAttempts: v.optional(int(1, 1_000), 10),
     backoff: v.optional(v.strictObject({
       baseMs: v.optional(int(1, 86_400_000), 1_000),
@@ -219,7 +232,7 @@ const STOPPED: unique symbol = Symbol("stopped");
 /**
  * Creates a relay that drains an outbox into a transport.
  *
- * @param options outbox, transport, lock, batchSize (100), concurrency (8), leaseMs (30000), sendTimeoutMs (10000), maxAttempts (10), backoff
+ * @param options outbox, transport, lock, batchSize (100), concurrency (8), leaseMs (30000), sendTimeoutMs (10000), storageTimeoutMs (10000), maxAttempts (10), backoff
  * @returns the relay
  * @throws {OutboxError} CONFIG naming the bad option (e.g. `leaseMs must be at least twice sendTimeoutMs`)
  * @example
@@ -255,7 +268,25 @@ export function createRelay(options: RelayOptions): Relay {
   const keyRuns = orderedBatches && maxBatch > 1;
   /** Keys whose run was in a call that failed as a whole: sent a row per call for a while (see sendUnit). */
   const soloKeys = new ExpiringSet(SOLO_KEY_MS, 10_000);
-  const { batchSize, concurrency, leaseMs, sendTimeoutMs, maxAttempts, backoff } = o;
+  const { batchSize, concurrency, leaseMs, sendTimeoutMs, storageTimeoutMs, maxAttempts, backoff } = o;
+  /** A storage call, rejected with STORAGE when it has not answered within storageTimeoutMs (see the option). */
+  const bounded = <T>(what: string, call: () => Promise<T>): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new OutboxError("STORAGE", `${storage.name} ${what} did not answer within storageTimeoutMs (${storageTimeoutMs} ms)`, { retryable: true }));
+      }, storageTimeoutMs);
+      Promise.resolve().then(call).then(
+        (value) => {
+          clearTimeout(timer);
+          resolve(value);
+        },
+        (e: unknown) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      );
+    });
+  const hasDue = (): Promise<boolean> => bounded("hasDue()", () => storage.hasDue());
   const lockKey = o.lockKey ?? `edge-outbox:relay:${storage.scope ?? storage.name}`;
   const tracing: Tracing | undefined = options.tracing ?? options.outbox.tracing;
   // Kept back from the lease so a settle lands before the lease can expire.
@@ -312,7 +343,7 @@ export function createRelay(options: RelayOptions): Relay {
       if (!stoppedEarly && now() < lingerUntil) {
         stoppedEarly = await linger(lingerUntil, d.lingerPollMs, stopped, [d.signal, lease?.signal], report, () => pipeline(report, stopped, d.signal, span));
       }
-      if (stoppedEarly) report.more = report.released > 0 || await storage.hasDue();
+      if (stoppedEarly) report.more = report.released > 0 || await hasDue();
     } catch (e) {
       const error = toOutboxError("STORAGE", `[edge-outbox:relay] ${storage.name} storage failed`, e, true);
       traceSafely(() => span?.recordError(error));
@@ -367,7 +398,7 @@ export function createRelay(options: RelayOptions): Relay {
       for (;;) {
         if (stopped()) return true;
         woken = false;
-        if (await storage.hasDue()) {
+        if (await hasDue()) {
           const claimed = report.claimed;
           if ((await again()).stoppedEarly) return true;
           // A due row that no claim can take (a race with another drain) must not make this loop spin.
@@ -747,11 +778,12 @@ export function createRelay(options: RelayOptions): Relay {
         reserved = Math.min(room, batchSize);
         keysReserved += reserved;
         const keys = room < batchSize ? { maxKeys: room } : {};
-        const claim = await storage.claim(
-          asked.size === 0
-            ? { limit: batchSize, leaseMs, ...keys }
-            : { limit: batchSize, leaseMs, ...keys, continue: { after: [...asked.keys()].map((k) => lastSeq.get(k)!), tokens: [...liveTokens.keys()] } },
-        );
+        const claim = await bounded("claim()", () =>
+          storage.claim(
+            asked.size === 0
+              ? { limit: batchSize, leaseMs, ...keys }
+              : { limit: batchSize, leaseMs, ...keys, continue: { after: [...asked.keys()].map((k) => lastSeq.get(k)!), tokens: [...liveTokens.keys()] } },
+          ));
         report.claimed += claim.messages.length;
         let repeats = 0;
         let newKeys = 0;
@@ -936,7 +968,7 @@ export function createRelay(options: RelayOptions): Relay {
     }
 
     async function settleGroup(token: string, settlements: readonly Settlement[]): Promise<void> {
-      const result = await storage.settle(token, settlements);
+      const result = await bounded("settle()", () => storage.settle(token, settlements));
       const lost = new Set(result.lost);
       report.leaseLost += lost.size;
       for (const s of settlements) {

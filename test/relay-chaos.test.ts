@@ -15,7 +15,8 @@
 //   (delivered, or dead: by the transport, after its last attempt, or given up at claim because its attempts ran out);
 // - with every relay keeping its database: each message delivered once, no delivered message dead, and the reports add
 //   up (claimed = delivered + retried + dead + released + leaseLost, the sums match the outbox);
-// - every drain of a relay that keeps its database returns within its budget plus the send timeout and a margin.
+// - every drain of a relay that keeps its database returns within its budget plus the send timeout and a margin, and
+//   one behind a hanging cut fails within that plus twice the storage timeout (storageTimeoutMs); every relay stops.
 //
 // A seed fixes a run's choices, not its timings: a failing seed names itself in the test name and its message says
 // which invariant broke and for which messages. CHAOS_SEEDS sweeps more seeds (see `seeds`).
@@ -110,6 +111,8 @@ interface Plan {
 
 const MAX_ATTEMPTS = 4;
 const SEND_TIMEOUT_MS = 100;
+/** A storage call that does not answer within this fails the drain (RelayOptions.storageTimeoutMs). */
+const STORAGE_TIMEOUT_MS = 300;
 
 /** What the consumer side saw: outcomes per message, and every breach of an invariant, as text. */
 interface World {
@@ -389,8 +392,6 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
   let partitioned = 0;
   let flakyFailures = 0;
 
-  /** Processes whose database hangs: their last drain never returns, and nothing waits for them. */
-  const hung = new Set<string>();
   /** What each process is doing, for the message when one does not stop. */
   const state = new Map<string, string>();
   /**
@@ -422,6 +423,7 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
       concurrency: 1 + Math.floor(rng() * 8),
       leaseMs,
       sendTimeoutMs: SEND_TIMEOUT_MS,
+      storageTimeoutMs: STORAGE_TIMEOUT_MS,
       maxAttempts: MAX_ATTEMPTS,
       backoff: { baseMs: 20, maxMs: 60, minMs: 0 },
       ...(lock ? { lock } : {}),
@@ -432,7 +434,6 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
       setTimeout(() => {
         cut = true;
         partitioned++;
-        if (cutMode === "hang") hung.add(label);
         conn.cut(cutMode);
       }, cutAfterMs);
     }
@@ -475,7 +476,12 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
         onReport(report, budgetMs, Date.now() - t0);
         if (!report.more) await sleep(2 + Math.floor(rng() * 15));
       } catch (e) {
-        if (cut) return; // the cut made it fail (mode "fail"): the process is gone
+        // Behind a hanging cut, a drain still ends: its storage calls time out (storageTimeoutMs).
+        const tookMs = Date.now() - t0;
+        if (cut && tookMs > budgetMs + SEND_TIMEOUT_MS + 2 * STORAGE_TIMEOUT_MS + 1_500) {
+          slowDrains.push(`${label}: ${tookMs} ms to fail behind the cut, for a budget of ${budgetMs} ms`);
+        }
+        if (cut) return; // the cut made it fail: the process is gone
         if (flaky && causedByFlakiness(e)) {
           flakyFailures++;
           await sleep(5 + Math.floor(rng() * 20)); // as relay.run backs off, then drains again
@@ -518,9 +524,9 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
   }
   stop = true;
   for (const c of stopRuns) c.abort();
-  // The live processes end within a drain (its budget, at most 1,230 ms, plus the send timeout); a process behind a
-  // hanging cut never returns and is left behind.
-  const live = [...running].filter(([label]) => !hung.has(label));
+  // Every process ends within a drain (its budget, at most 1,230 ms, plus the send timeout), one behind a hanging cut
+  // too: its storage calls time out.
+  const live = [...running];
   const stillRunning = (): string =>
     live.filter(([label]) => state.get(label) !== "stopped").map(([label]) => `${label} (${state.get(label) ?? "not started"})`).join(", ");
   await within(5_000, Promise.all(live.map(([, p]) => p)), () => `stopping the relays: still running ${stillRunning()}`);
@@ -535,7 +541,7 @@ async function chaosRun(db: Db, plan: Plan): Promise<void> {
   expect(unexpected, `${ctx}: a drain failed`).toEqual([]);
   expect(pending, `${ctx}: rows left pending`).toBe(0);
   expect(w.breaches, `${ctx}: invariant breaches`).toEqual([]);
-  expect(slowDrains, `${ctx}: drains past their budget + sendTimeout + 1.5 s`).toEqual([]);
+  expect(slowDrains, `${ctx}: drains past their budget + sendTimeout (+ 2 x storageTimeout behind a cut) + 1.5 s`).toEqual([]);
 
   const dead = await allDead(db.writer);
   const lost = [...w.committed].filter((id) => !w.delivered.has(id) && !dead.has(id));

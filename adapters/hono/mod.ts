@@ -137,7 +137,9 @@ export interface RelayAppOptions {
   routes?: RelayAppRoutes | undefined;
   /**
    * Time budget of each drain, ms. A call answers within about `budgetMs` plus the relay's `sendTimeoutMs` (plus
-   * `followUpTimeoutMs` when it triggers a follow-up): keep that under your platform's time limit. @default 8000
+   * `followUpTimeoutMs` when it triggers a follow-up), or, when the database stops answering, that plus twice the
+   * relay's `storageTimeoutMs` (the call then answers 503 STORAGE): keep that under your platform's time limit.
+   * @default 8000
    */
   budgetMs?: number | undefined;
   /**
