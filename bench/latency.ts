@@ -167,9 +167,21 @@ async function nudgeLatency(t: Target, n: number): Promise<Latency & { drains: n
     sendTimeoutMs: 3_000,
   });
   let drains = 0;
+  /** Drains in flight: the last trailing-edge or follow-up drain may still run when every message has arrived. */
+  let active = 0;
   const app = new Hono();
   app.route("/outbox", createRelayApp({
-    relay: { drain: (o) => (drains++, relay.drain(o)) },
+    relay: {
+      drain: async (o) => {
+        drains++;
+        active++;
+        try {
+          return await relay.drain(o);
+        } finally {
+          active--;
+        }
+      },
+    },
     outbox: t.outbox,
     auth: { qstash: { verifier: new Receiver({ currentSigningKey: e.currentSigningKey, nextSigningKey: e.nextSigningKey, devMode: false }) } },
     publicUrl: `${server.url}/outbox`,
@@ -184,6 +196,9 @@ async function nudgeLatency(t: Target, n: number): Promise<Latency & { drains: n
     return { ...latencies(committed, received), drains, nudges };
   } finally {
     await server.close();
+    // Before the caller drops the schema: a drain still claiming there deadlocked with the DROP SCHEMA (a slow hour,
+    // 2026-12-03 17:46).
+    await waitFor(() => active === 0, 15_000, "the drains in flight");
     await consumer.close();
     await e.close();
   }
