@@ -44,7 +44,9 @@ export interface RelayOptions {
   /** Longest a single `send` call may take, ms; its signal aborts then. @default 10000 */
   sendTimeoutMs?: number | undefined;
   /**
-   * Longest the relay waits for one storage call (a claim, a settle, `hasDue`), ms. A call that takes longer (a
+   * Longest the relay waits for one storage call (a claim, a settle, `hasDue`), ms; also for the `lock`'s
+   * `acquire` (LOCK when it takes longer: a lock that still lands expires by itself, and drains meanwhile skip with
+   * `lock-busy`) and a lease's `release` (given up: it expires). A storage call that takes longer (a
    * database behind a half-open connection, a partition: drivers such as postgres.js have no query timeout of their
    * own, and TCP keepalive takes minutes) fails the drain with STORAGE, as a failed call does: nothing new is
    * claimed or sent, the drain waits for its sends in flight, hands back its unsent rows and settles what it can,
@@ -269,11 +271,15 @@ export function createRelay(options: RelayOptions): Relay {
   /** Keys whose run was in a call that failed as a whole: sent a row per call for a while (see sendUnit). */
   const soloKeys = new ExpiringSet(SOLO_KEY_MS, 10_000);
   const { batchSize, concurrency, leaseMs, sendTimeoutMs, storageTimeoutMs, maxAttempts, backoff } = o;
-  /** A storage call, rejected with STORAGE when it has not answered within storageTimeoutMs (see the option). */
-  const bounded = <T>(what: string, call: () => Promise<T>): Promise<T> =>
+  /**
+   * A storage call (or, with `code` LOCK, a lock call), rejected with that code when it has not answered within
+   * storageTimeoutMs (see the option).
+   */
+  const bounded = <T>(what: string, call: () => Promise<T>, code: "STORAGE" | "LOCK" = "STORAGE"): Promise<T> =>
     new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
-        reject(new OutboxError("STORAGE", `${storage.name} ${what} did not answer within storageTimeoutMs (${storageTimeoutMs} ms)`, { retryable: true }));
+        const subject = code === "LOCK" ? lock!.name : storage.name;
+        reject(new OutboxError(code, `${subject} ${what} did not answer within storageTimeoutMs (${storageTimeoutMs} ms)`, { retryable: true }));
       }, storageTimeoutMs);
       Promise.resolve().then(call).then(
         (value) => {
@@ -313,7 +319,7 @@ export function createRelay(options: RelayOptions): Relay {
     if (lock) {
       for (;;) {
         try {
-          lease = await lock.acquire(lockKey, d.budgetMs + sendTimeoutMs + 1_000);
+          lease = await bounded("acquire()", () => lock.acquire(lockKey, d.budgetMs + sendTimeoutMs + 1_000), "LOCK");
         } catch (e) {
           throw toOutboxError("LOCK", `[edge-outbox:relay] acquiring lock "${lockKey}" with ${lock.name} failed`, e, true);
         }
@@ -349,7 +355,8 @@ export function createRelay(options: RelayOptions): Relay {
       traceSafely(() => span?.recordError(error));
       throw error;
     } finally {
-      if (lease) await lease.release().catch(() => {}); // an unreleased lock expires by itself
+      const held = lease;
+      if (held) await bounded("release()", () => held.release(), "LOCK").catch(() => {}); // an unreleased lock expires by itself
       report.elapsedMs = Math.round(now() - started);
       traceSafely(() => {
         span?.setAttributes({

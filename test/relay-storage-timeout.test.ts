@@ -3,9 +3,9 @@
 import postgres from "postgres";
 import { describe, expect, it } from "vitest";
 import { createRelayApp } from "../adapters/hono/mod.ts";
-import { recordingTransport } from "../adapters/memory/mod.ts";
+import { memoryLock, recordingTransport } from "../adapters/memory/mod.ts";
 import { postgresStorage } from "../adapters/postgres/mod.ts";
-import { createOutbox, createRelay, isOutboxError, type Outbox } from "../mod.ts";
+import { createOutbox, createRelay, isOutboxError, type Lock, type Outbox } from "../mod.ts";
 import type { OutboxStorage } from "../src/storage.ts";
 import { startDelayProxy } from "./fixtures/delay-proxy.ts";
 import { codeOf, event, fill, memoryOutbox, sleep } from "./helpers.ts";
@@ -143,6 +143,31 @@ describe("storageTimeoutMs: a storage call that never answers", () => {
     expect(res.status).toBe(503);
     expect(await res.json()).toMatchObject({ error: "STORAGE", retryable: true });
     expect(performance.now() - t0).toBeLessThan(1_000 + 100 + 2 * 200 + 300);
+  });
+
+  it("a lock whose acquire hangs fails the drain with LOCK in time; one whose release hangs does not hold the report", async () => {
+    const t = setup(4);
+    await t.fill();
+    const real = memoryLock();
+    const hangingAcquire: Lock = { name: "stuck-lock", acquire: () => new Promise(() => {}) };
+    const r = await within(3_000, createRelay({ outbox: t.relayOutbox, transport: recordingTransport(), lock: hangingAcquire, storageTimeoutMs: 150 }).drain());
+    expect(r).not.toBe("pending");
+    const error = (r as { error: Error & { code: string } }).error;
+    expect(error.code).toBe("LOCK");
+    expect(`${error.message} ${(error.cause as Error | undefined)?.message}`).toMatch(/stuck-lock acquire\(\) did not answer within storageTimeoutMs \(150 ms\)/);
+    expect((await t.storage.stats()).pending).toBe(4); // nothing was claimed
+    const hangingRelease: Lock = {
+      name: "sticky-lock",
+      acquire: async (key, ms) => {
+        const lease = await real.acquire(key, ms);
+        return lease && { ...lease, signal: lease.signal, release: () => new Promise<void>(() => {}) };
+      },
+    };
+    const t0 = performance.now();
+    const done = await within(3_000, createRelay({ outbox: t.relayOutbox, transport: recordingTransport(), lock: hangingRelease, storageTimeoutMs: 150 }).drain());
+    expect(done).not.toBe("pending");
+    expect((done as { value: { delivered: number } }).value.delivered).toBe(4);
+    expect(performance.now() - t0).toBeLessThan(150 + 500);
   });
 
   it("a slow storage that answers within the timeout is not cut off", async () => {
