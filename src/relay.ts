@@ -281,7 +281,15 @@ export function createRelay(options: RelayOptions): Relay {
         const subject = code === "LOCK" ? lock!.name : storage.name;
         reject(new OutboxError(code, `${subject} ${what} did not answer within storageTimeoutMs (${storageTimeoutMs} ms)`, { retryable: true }));
       }, storageTimeoutMs);
-      Promise.resolve().then(call).then(
+      // Called at once, as before the bound (a write issued in this turn still joins a libSQL commit of this turn);
+      // a synchronous throw rejects like a failed call.
+      let pending: Promise<T>;
+      try {
+        pending = call();
+      } catch (e) {
+        pending = Promise.reject(e);
+      }
+      pending.then(
         (value) => {
           clearTimeout(timer);
           resolve(value);

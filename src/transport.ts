@@ -62,7 +62,9 @@ export interface Transport {
    * the outcomes in order up to the first that is not `delivered` and hands back the key's later messages of the call
    * unattempted (`released`: due again at once, their attempt not counted, whatever outcome the transport gave them),
    * with the key's rows queued behind them. A call that throws, times out or returns the wrong number of outcomes
-   * counts as `retry` for every message of it, as for any batch. Each message's `prevSeq` is the `seq` of the message
+   * counts as `retry` for each key's first message of it (its later ones are released, and the key goes one message
+   * per call for ten minutes, so a message that fails such calls is charged its own attempts) and for every keyless
+   * message. Each message's `prevSeq` is the `seq` of the message
    * before it in the call when that one has the same key (delivered just before it, or this one is not attempted).
    * A transport that delivers a call's messages independently (in parallel, or through a service that may reorder
    * them) must leave it unset. @default false
@@ -70,7 +72,7 @@ export interface Transport {
   readonly orderedBatches?: boolean | undefined;
   /**
    * Delivers `messages` and returns exactly one outcome per message, in the same order. Throwing (or returning
-   * the wrong number of outcomes) counts as `retry` for every message of the call.
+   * the wrong number of outcomes) counts as `retry` for every message of the call (with `orderedBatches`, see there).
    */
   send(messages: readonly OutboxMessage[], context: SendContext): Promise<readonly DeliveryOutcome[]>;
 }

@@ -3,9 +3,9 @@
 // writers commit (and roll back) more, with short random budgets and aborted drains, some as `relay.run` loops woken
 // by commits, some sharing a lock; the transport delivers, asks for retries, dead-letters, throws, answers with the
 // wrong number of outcomes or hangs until its signal fires (every other relay's transport sets orderedBatches, so it
-// gets runs of a key's rows and checks the order as it attempts each one); and relays lose their database mid-drain (every storage
-// call hangs, as behind a partition, while the relay keeps the sends its leases allow, or fails) or see flaky
-// connections. At the end:
+// gets runs of a key's rows and checks the order as it attempts each one); and relays lose their database mid-drain
+// (every storage call hangs, as behind a partition, while the relay keeps the sends its leases allow, or fails) or see
+// flaky connections. At the end:
 //
 // - nothing lost: every committed message was delivered (the transport said so at least once) or is a dead letter,
 //   nothing is left pending, and nothing of a rolled-back transaction was ever sent;
@@ -245,20 +245,20 @@ function chaosTransport(
       }
       /** One message's outcome: delivered (80%), retry (15%) or dead (5%). */
       function judge(m: OutboxMessage): DeliveryOutcome {
-          const x = rng();
-          if (x < 0.8) {
-            w.delivered.set(m.id, (w.delivered.get(m.id) ?? 0) + 1);
-            markFinal(w, m.id);
-            return { status: "delivered" as const };
-          }
-          if (x < 0.95) {
-            if (m.attempts >= MAX_ATTEMPTS) markFinal(w, m.id); // the relay dead-letters it
-            return x < 0.9
-              ? { status: "retry" as const, error: "chaos: 503" }
-              : { status: "retry" as const, error: "chaos: 429", retryAfterMs: Math.floor(rng() * 40) };
-          }
+        const x = rng();
+        if (x < 0.8) {
+          w.delivered.set(m.id, (w.delivered.get(m.id) ?? 0) + 1);
           markFinal(w, m.id);
-          return { status: "dead" as const, error: "chaos: 400" };
+          return { status: "delivered" as const };
+        }
+        if (x < 0.95) {
+          if (m.attempts >= MAX_ATTEMPTS) markFinal(w, m.id); // the relay dead-letters it
+          return x < 0.9
+            ? { status: "retry" as const, error: "chaos: 503" }
+            : { status: "retry" as const, error: "chaos: 429", retryAfterMs: Math.floor(rng() * 40) };
+        }
+        markFinal(w, m.id);
+        return { status: "dead" as const, error: "chaos: 400" };
       }
     },
   };
