@@ -18,8 +18,9 @@
  *   can read stale snapshots claims only each key's head (no earlier pending row at all) and declares
  *   `capabilities.keyPrefixClaims: false`.
  * - With `capabilities.continueClaims`, a claim may also take the next rows of a key whose earlier rows the caller
- *   holds (`ClaimOptions.continue`), only while every pending row of that key up to the caller's last one is leased
- *   with one of the caller's tokens; the caller sends them after those, or releases them. Such a storage also honours
+ *   holds (`ClaimOptions.continue`), only while those rows are still the caller's: every pending row of that key up
+ *   to the caller's last one was claimed by the caller and none of them was retried, released or claimed by another
+ *   claimer since; the caller sends them after those, or releases them. Such a storage also honours
  *   `ClaimOptions.maxKeys` (at most that many keys besides the continued ones).
  * - Counters (delivered, retried, dead, delivery latency) live in the database, written in the same statement
  *   batch as the settle, so `stats()` is right when every call runs in a new serverless process.
@@ -176,8 +177,9 @@ export interface ClaimOptions {
    * such key, the `seq` of the last row of it the caller holds; `tokens`, the caller's lease tokens whose rows are not
    * settled yet. A storage with `capabilities.continueClaims` may then claim the next rows of that key (seq greater
    * than `after`, a due prefix, in seq order) although the rows up to `after` are still leased, but only when every
-   * pending row of the key up to `after` is leased with one of `tokens`. It may skip any of them (one another claimer
-   * holds locked, say). The caller promises to send a continued key's new rows only after every row it holds of that
+   * pending row of the key up to `after` is still leased to the caller: claimed with one of `tokens` (the last claim
+   * that took rows of the key, at least; pass every token, as the relay does), and none of them retried, released or
+   * claimed by another claimer since. It may skip any of them (one another claimer holds locked, say). The caller promises to send a continued key's new rows only after every row it holds of that
    * key up to `after` has been delivered or dead-lettered, and to release them otherwise (a retry, a release, a lost
    * lease). Storages without the capability ignore it. @default none
    */

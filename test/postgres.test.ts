@@ -26,6 +26,7 @@ import {
   TABLE_PLACEHOLDER,
 } from "../adapters/postgres/schema.ts";
 import { postgresSql } from "../adapters/postgres/sql.ts";
+import { CLAIM_CONTINUE_FUNCTION_V9, CLAIM_FUNCTION_V9 } from "./fixtures/postgres-claim-v9.ts";
 import { createOutbox, createRelay } from "../mod.ts";
 import { recordingTransport } from "../adapters/memory/mod.ts";
 import { isOutboxError, type OutboxError, type OutboxErrorCode } from "../src/errors.ts";
@@ -203,7 +204,7 @@ describe("postgresStorage: schema and migrations", () => {
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".my_outbox_migrations`);
       expect(versions.map((r) => r["version"])).toEqual(SCHEMA_VERSIONS.map((v) => v.version));
-      expect(LATEST_SCHEMA_VERSION).toBe(9);
+      expect(LATEST_SCHEMA_VERSION).toBe(10);
       await sql.begin((tx) => storage.enqueue(tx, [message(1)]));
       expect((await storage.stats()).pending).toBe(1);
     } finally {
@@ -234,7 +235,7 @@ describe("postgresStorage: schema and migrations", () => {
         "second_positions",
       ]);
       const versions = await a.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
       const indexes = await a`select indexname from pg_indexes where schemaname = ${schema} and tablename = 'outbox' order by 1`;
       expect(indexes.map((r) => r["indexname"])).toEqual([
         "outbox_dead",
@@ -300,7 +301,7 @@ describe("postgresStorage: schema v1 -> v2 upgrade", () => {
       const storage = postgresStorage(sql, { schema });
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
       const keys = await sql.unsafe(`SELECT key FROM "${schema}".outbox_keys ORDER BY 1`);
       expect(keys.map((r) => r["key"])).toEqual(["k0", "k1", "k2"]);
       const indexes = await sql.unsafe(`SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'outbox'`, [schema]);
@@ -357,7 +358,7 @@ describe("postgresStorage: schema v4 -> v5 (the claim function's clock)", () => 
       const before = await storage.claim({ limit: 3, leaseMs: 30_000 }); // on the v4 schema
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
       const body = await sql.unsafe(
         `SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 AND p.proname = 'outbox_claim' AND p.pronargs = 3`,
         [schema],
@@ -398,11 +399,11 @@ describe("postgresStorage: schema v5 -> v6 (claims that continue held keys)", ()
       expect(onV5.messages).toEqual([]); // both keys' heads are leased: the 3-argument claim takes nothing
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
       const onV6 = await storage.claim({ limit: 2, leaseMs: 30_000, continue: cont });
       expect(ids(onV6)).toEqual([sent[4]!.id, sent[5]!.id]); // k0's next rows; nothing of k1, which was not named
-      // Named with a token that does not hold k0's rows up to `after` (b's is missing): nothing.
-      expect(await storage.claim({ limit: 2, leaseMs: 30_000, continue: { after: [onV6.messages[1]!.seq], tokens: [onV6.token] } }))
+      // Named with a token that does not hold k0's rows (a's: it holds k1's): nothing.
+      expect(await storage.claim({ limit: 2, leaseMs: 30_000, continue: { after: [onV6.messages[1]!.seq], tokens: [a.token] } }))
         .toMatchObject({ messages: [] });
       expect(await storage.claim({ limit: 2, leaseMs: 30_000 })).toMatchObject({ messages: [] });
       for (const c of [a, b, onV6]) {
@@ -434,7 +435,7 @@ describe("postgresStorage: schema v3 -> v4 (the claim function)", () => {
       expect((await storage.stats()).leased).toBe(0); // the failed claim changed nothing
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
       const fns = await sql.unsafe(
         `SELECT p.proname, p.pronargs FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 ORDER BY 2`,
         [schema],
@@ -700,8 +701,11 @@ describe("postgresStorage: plans of a drain over few keys", () => {
         // A primary-key scan may probe seqs (the continued rows), never walk a range of them filtering keys out.
         for (const node of nodes(text, "outbox_pkey")) expect(node).not.toMatch(/Filter: .*\bkey (=|>=|<=) (?!ANY)/);
       }
-      // The claim's per-key reads (each continued key's check and every key's prefix) and the settle's head lookup.
-      expect(nodes(claimPlans, "outbox_key").length).toBeGreaterThanOrEqual(2);
+      // The claim's per-key reads (every key's prefix) and the settle's head lookup. A continued key is checked on its
+      // key row (schema v10), no longer by reading its rows up to the caller's last one.
+      expect(nodes(claimPlans, "outbox_key").length).toBeGreaterThanOrEqual(1);
+      for (const node of nodes(claimPlans, "outbox_key")) expect(node).not.toMatch(/seq <= /);
+      expect(nodes(claimPlans, "outbox_keys_pkey").some((n) => /lease_token = ANY/.test(n) || /Index Cond: \(key = a\.key\)/.test(n))).toBe(true);
       expect(nodes(settlePlans, "outbox_key").length).toBeGreaterThanOrEqual(1);
     } finally {
       await f.close();
@@ -765,12 +769,12 @@ describe("postgresStorage: a claim over many due deep keys (schema v8)", () => {
 });
 
 /**
- * The claim functions as schema version 8 created them: this version's text without the `maxKeys` setting (version 9
- * added only the `v_max_keys` declaration and its use as the due-key lock's limit). Throws if the text has drifted, so
- * the test never runs on a function it did not mean.
+ * The claim functions as schema version 8 created them: version 9's text (test/fixtures/postgres-claim-v9.ts) without
+ * the `maxKeys` setting (version 9 added only the `v_max_keys` declaration and its use as the due-key lock's limit).
+ * Throws if the text has drifted, so the test never runs on a function it did not mean.
  */
 function claimFunctionsV8(): string[] {
-  return [CLAIM_FUNCTION_DDL, CLAIM_CONTINUE_FUNCTION_DDL].map((ddl) => {
+  return [CLAIM_FUNCTION_V9, CLAIM_CONTINUE_FUNCTION_V9].map((ddl) => {
     const v8 = ddl
       .replace(/\n  -- The most due keys to lock[^\n]*\n  v_max_keys integer := [^\n]*;/, "")
       .replace("ORDER BY k.available_at LIMIT v_max_keys", "ORDER BY k.available_at LIMIT p_limit");
@@ -797,7 +801,7 @@ describe("postgresStorage: maxKeys (schema v9)", () => {
       expect(keysOf(onV8).size).toBe(3);
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
-      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
       // v9: of the 3 keys left, 2, each its whole queue (ceil(100 / 1) rows read per key).
       const onV9 = await storage.claim({ limit: 100, leaseMs: 30_000, maxKeys: 2 });
       expect(keysOf(onV9).size).toBe(2);
@@ -829,6 +833,59 @@ describe("postgresStorage: maxKeys (schema v9)", () => {
       await f.close();
     }
   });
+});
+
+describe("postgresStorage: schema v9 -> v10 (continued keys checked on the key row)", () => {
+  it("on a real v9 schema (no key token) a claim continues a held key as before; migrate() adds the column and replaces the functions while rows are leased; a key continued across the upgrade is not continued (no token yet), the next claim sets it, and every key then drains in order", async () => {
+    const schema = `eo_test_v10_${randomSuffix()}`;
+    const sql = connect(`eo-test-v10-${randomSuffix()}`, { max: 4 });
+    try {
+      await installUpTo(sql, schema, 9);
+      // Exactly as version 9 left it: its function texts, and no lease_token column on the key table.
+      for (const ddl of [CLAIM_FUNCTION_V9, CLAIM_CONTINUE_FUNCTION_V9]) await sql.unsafe(renderSql(ddl, { schema }));
+      await sql.unsafe(`ALTER TABLE "${schema}".outbox_keys DROP COLUMN lease_token`);
+      const storage = postgresStorage(sql, { schema });
+      const sent = Array.from({ length: 40 }, (_, i) => message(i, { key: `k${i % 2}` }));
+      await sql.begin((tx) => storage.enqueue(tx, sent));
+      const ids = (c: { messages: readonly { id: string }[] }): string[] => c.messages.map((m) => m.id);
+      const of = (key: string, from: number, n: number) => sent.filter((m) => m.key === key).slice(from, from + n).map((m) => m.id);
+      const lastOf = (c: { messages: readonly { key: string | null; seq: number }[] }, key: string) => c.messages.filter((m) => m.key === key).at(-1)!.seq;
+      // One key's first two rows, then the other's (the first is held); the keys are due at the same time.
+      const a = await storage.claim({ limit: 2, leaseMs: 30_000 });
+      const k0 = a.messages[0]!.key!, k1 = k0 === "k0" ? "k1" : "k0";
+      expect(ids(a)).toEqual(of(k0, 0, 2));
+      const a1 = await storage.claim({ limit: 2, leaseMs: 30_000 });
+      expect(ids(a1)).toEqual(of(k1, 0, 2));
+      const b = await storage.claim({ limit: 2, leaseMs: 30_000, continue: { after: [lastOf(a, k0)], tokens: [a.token, a1.token] } });
+      expect(ids(b)).toEqual(of(k0, 2, 2)); // v9 continues by reading the rows up to `after`
+      await storage.migrate();
+      const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
+      expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+      const tokens = await sql.unsafe(`SELECT count(lease_token)::int AS n FROM "${schema}".outbox_keys`);
+      expect(tokens[0]!["n"]).toBe(0); // the column is there, null on every key row
+      // Continued across the upgrade: no token on the key row, so not continued (nothing claimed past b's rows).
+      const c = await storage.claim({ limit: 10, leaseMs: 30_000, continue: { after: [lastOf(b, k0), lastOf(a1, k1)], tokens: [a.token, a1.token, b.token] } });
+      expect(c.messages).toEqual([]);
+      for (const x of [a, a1, b]) {
+        expect((await storage.settle(x.token, x.messages.map((m) => ({ id: m.id, outcome: "delivered" as const })))).applied).toBe(x.messages.length);
+      }
+      // A claim of the keys from their heads sets the token, and the key is continued behind it.
+      const d = await storage.claim({ limit: 2, leaseMs: 30_000 });
+      const k = d.messages[0]!.key!;
+      expect((await sql.unsafe(`SELECT lease_token::text AS t FROM "${schema}".outbox_keys WHERE key = $1`, [k]))[0]!["t"]).toBe(d.token);
+      const e = await storage.claim({ limit: 2, leaseMs: 30_000, maxKeys: 0, continue: { after: [lastOf(d, k)], tokens: [d.token] } });
+      expect(ids(e)).toEqual(of(k, k === k0 ? 6 : 4, 2));
+      for (const x of [d, e]) {
+        expect((await storage.settle(x.token, x.messages.map((m) => ({ id: m.id, outcome: "released" as const })))).applied).toBe(x.messages.length);
+      }
+      const rest = sent.filter((m) => ![a, a1, b].some((x) => ids(x).includes(m.id)));
+      await expectDrainsInKeyOrder(storage, rest, { batchSize: 5, concurrency: 4 });
+      expect((await storage.stats()).pending).toBe(0);
+    } finally {
+      await sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
+      await sql.end({ timeout: 5 });
+    }
+  }, 60_000);
 });
 
 describe("postgresStorage: claim plans under stale statistics", () => {

@@ -201,6 +201,8 @@ const CLAIMED_COLUMNS = `t.seq, t.id::text AS id, t.topic, t.key, t.payload::tex
 const CLAIMED_FROM_C = "c.seq, c.id, c.topic, c.key, c.payload, c.headers, c.created, c.attempts, c.lasterror";
 /** The database clock on every returned row: now and the lease expiry, epoch ms (`v_now`: computed once per call). */
 const CLAIM_CLOCK = `v_now, v_now + p_lease`;
+/** A claimed keyed row's delivery position, read once per key (`pos`, schema version 10), not once per row. */
+const PREVSEQ = "(SELECT pos.seq FROM pos WHERE pos.key = c.key)";
 /**
  * The setting (`SET LOCAL`, for the claim's transaction only) through which a claim passes `ClaimOptions.maxKeys` to
  * the claim functions of schema version 9: they lock at most that many due keys (the keys a claim may take rows of,
@@ -293,8 +295,10 @@ function prefixSteps(continued: boolean): string {
     ORDER BY x.head, x.seq LIMIT p_limit
   ), c AS (
     ${LEASE_ROWS("pick")}
-    RETURNING ${CLAIMED_COLUMNS},
-      CASE WHEN t.key IS NOT NULL THEN (SELECT p.seq FROM ${POSITIONS} AS p WHERE p.key = t.key) END AS prevseq
+    RETURNING ${CLAIMED_COLUMNS}
+  ), pos AS MATERIALIZED (
+    SELECT k.key, (SELECT p.seq FROM ${POSITIONS} AS p WHERE p.key = k.key) AS seq
+    FROM (SELECT DISTINCT pre.key FROM pre WHERE pre.seq IS NOT NULL) AS k
   )`;
 }
 
@@ -317,12 +321,11 @@ function claimFunctionDdl(continued: boolean): string {
     : "";
   const notContinued = continued ? " AND NOT (k.key = ANY (v_cont))" : "";
   // lk: the locked due keys (after: null, read from their head) and, with a fresh snapshot, the continued keys whose
-  // every pending row up to the caller's last one carries one of the caller's tokens (read from after that row).
+  // key row carries one of the caller's tokens (schema version 10: the last claim that took rows of the key was the
+  // caller's, and no row of the key was retried or released since), read from after the caller's last row.
   const validContinued = `SELECT a.key, a.after FROM (
       SELECT o.key, max(o.seq) AS after FROM ${OUTBOX} AS o WHERE o.seq = ANY (p_after) AND o.key = ANY (v_cont) GROUP BY o.key
-    ) AS a WHERE (
-      SELECT o.seq FROM ${OUTBOX} AS o WHERE ${sameKeyRange("a.key")} AND o.status = 'pending' AND o.seq <= a.after
-        AND (o.lease_token IS NULL OR NOT (o.lease_token = ANY (p_tokens))) ORDER BY o.key, o.seq LIMIT 1) IS NULL`;
+    ) AS a WHERE EXISTS (SELECT 1 FROM ${KEYS} AS k WHERE k.key = a.key AND k.lease_token = ANY (p_tokens))`;
   // The claim reads keys in this order until it has `p_limit` rows (see prefixSteps): the due keys in due order, then
   // the continued ones. Never the continued first: a relay that keeps continuing deep keys would then never read a key
   // that waits to be due; a continued key left unread stays held, and is due (read in due order) once it is settled.
@@ -374,9 +377,9 @@ ${continued ? `  IF cardinality(v_keys) = 0 THEN
     RETURN QUERY WITH lk AS (
     ${validContinued}
   ), ${prefixSteps(continued)}, kh AS (
-    UPDATE ${KEYS} AS k SET available_at = now() + ${LEASE} WHERE k.key IN (SELECT c.key FROM c)
+    UPDATE ${KEYS} AS k SET available_at = now() + ${LEASE}, lease_token = p_token WHERE k.key IN (SELECT c.key FROM c)
   )
-  SELECT ${CLAIMED_FROM_C}, c.prevseq, ${CLAIM_CLOCK}
+  SELECT ${CLAIMED_FROM_C}, ${PREVSEQ}, ${CLAIM_CLOCK}
   FROM (SELECT 1) AS one LEFT JOIN c ON true;
     RETURN;
   END IF;
@@ -387,7 +390,8 @@ ${continued ? `  IF cardinality(v_keys) = 0 THEN
       EXISTS (SELECT 1 FROM c WHERE c.key = pre.key) AS claimed${hCont}
     FROM pre WHERE pre.seq IS NOT NULL GROUP BY pre.key
   ), kh AS (
-    UPDATE ${KEYS} AS k SET available_at = CASE WHEN h.claimed THEN now() + ${LEASE} ELSE h.head_at END
+    UPDATE ${KEYS} AS k SET available_at = CASE WHEN h.claimed THEN now() + ${LEASE} ELSE h.head_at END,
+      lease_token = CASE WHEN h.claimed THEN p_token ELSE k.lease_token END
     FROM h WHERE k.key = h.key AND (h.claimed OR ${unclaimedMove})
   ), em AS MATERIALIZED (
     SELECT pre.key FROM pre WHERE pre.seq IS NULL${emWhere}
@@ -395,7 +399,7 @@ ${continued ? `  IF cardinality(v_keys) = 0 THEN
     SELECT set_config('edge_outbox.claim_empty', coalesce((SELECT json_agg(em.key)::text FROM em
       WHERE pg_try_advisory_xact_lock(${KEY_LOCK_NAMESPACE_SQL}, hashtext(em.key))), '[]'), true) AS empty
   )
-  SELECT ${CLAIMED_FROM_C}, c.prevseq, ${CLAIM_CLOCK}
+  SELECT ${CLAIMED_FROM_C}, ${PREVSEQ}, ${CLAIM_CLOCK}
   FROM e LEFT JOIN c ON true;
   IF current_setting('edge_outbox.claim_empty') <> '[]' THEN
     DELETE FROM ${KEYS} AS k USING json_array_elements_text(current_setting('edge_outbox.claim_empty')::json) AS j(key)
@@ -406,14 +410,23 @@ $claim$`;
 }
 
 /**
+ * `<table>_keys.lease_token` (see {@link SCHEMA_V10}), which the current claim functions read and write. Every version
+ * that creates them holds the current text of the functions (a new install creates them at version 4 and replaces
+ * them with the same text at each later version), so version 4 adds the column too, before the function: a schema at
+ * any version then has the column its function uses. `IF NOT EXISTS`: version 10 adds it where version 4 did not.
+ */
+const KEY_TOKEN_COLUMN_DDL = `ALTER TABLE "{{schema}}"."{{table}}_keys" ADD COLUMN IF NOT EXISTS lease_token uuid`;
+
+/**
  * Version 4: the claim as a function, `<table>_claim` ({@link CLAIM_FUNCTION_DDL}): the same statements the claim
- * used to send as one simple query, kept parsed per connection. Tables and rows are unchanged, so it applies to a
- * populated table at once; an edge-outbox that predates it never calls it. A relay of this version on a schema
- * without it gets a CONFIG error naming `storage.migrate()`.
+ * used to send as one simple query, kept parsed per connection. Rows are unchanged (the key table gets the nullable
+ * column the current function uses, {@link KEY_TOKEN_COLUMN_DDL}), so it applies to a populated table at once; an
+ * edge-outbox that predates it never calls it. A relay of this version on a schema without it gets a CONFIG error
+ * naming `storage.migrate()`.
  */
 export const SCHEMA_V4: SchemaVersion = {
   version: 4,
-  statements: [CLAIM_FUNCTION_DDL],
+  statements: [KEY_TOKEN_COLUMN_DDL, CLAIM_FUNCTION_DDL],
 };
 
 /**
@@ -438,11 +451,12 @@ export const SCHEMA_V5: SchemaVersion = {
  *
  * 1. Before the due keys, it locks the key rows of the `p_after` rows that are still pending and leased with one of
  *    `p_tokens`, `FOR UPDATE SKIP LOCKED`, and leaves them out of the due keys.
- * 2. With the fresh snapshot of the claim statement, a continued key is read only when every pending row of it up to
- *    its `p_after` row carries one of `p_tokens` (none of them was retried or released, or taken by another
- *    claimer since; delivered and dead rows are no longer pending), from the row after that one: its due prefix, as
- *    for a due key. Its key row becomes this lease's expiry when rows of it were taken and is left as it is
- *    otherwise, and it is never deleted here.
+ * 2. With the fresh snapshot of the claim statement, a continued key is read only when its key row's `lease_token`
+ *    (schema version 10) is one of `p_tokens`: the last claim that took rows of the key was the caller's, and no row
+ *    of it was retried or released since (that settle cleared the token); until version 10 the same was checked by
+ *    reading every pending row up to the `p_after` row (see {@link SCHEMA_V10} for why the two agree). It is read from
+ *    the row after that one: its due prefix, as for a due key. Its key row becomes this lease's expiry (and its token
+ *    this claim's) when rows of it were taken and is left as it is otherwise, and it is never deleted here.
  *
  * Safe for the same reason as the 3-argument claim (the key row lock orders every claim and settle of a key): the rows
  * taken follow, in seq order, rows that are all leased to the caller, and the caller sends them only after it has
@@ -507,8 +521,41 @@ export const SCHEMA_V9: SchemaVersion = {
   statements: [CLAIM_FUNCTION_DDL, CLAIM_CONTINUE_FUNCTION_DDL],
 };
 
+/**
+ * Version 10: a cheaper check of continued keys, and each key's delivery position read once per claim.
+ *
+ * - `<table>_keys.lease_token`: the token of the last claim that took rows of the key (set by the claim functions), or
+ *   null once a settle retried or released one of its rows (`SETTLE_SQL` in `sql.ts`, in the same statement).
+ * - Both claim functions re-created (`CREATE OR REPLACE`, {@link CLAIM_FUNCTION_DDL} and
+ *   {@link CLAIM_CONTINUE_FUNCTION_DDL}): a continued key is valid when its key row carries one of the caller's
+ *   tokens, one probe of the key row where version 9 read every pending row of the key up to the caller's last one
+ *   (the rows the caller holds: 20 and more per key over a few deep keys); and `prevseq` comes from one read of
+ *   `<table>_positions` per key, not per row. Same arguments and result columns.
+ *
+ * Why the token says what the row walk said (every pending row of the key up to the caller's last one is leased to
+ * the caller): a claim takes a key's rows from its head, or after rows all leased to the caller (the check itself),
+ * under the key row's lock, so when it sets its token every pending row of the key up to its last one is the
+ * caller's. Those rows then stop being the caller's only by a settle of the caller (delivered or dead: no longer
+ * pending; retried or released: the settle clears the token) or by another claim taking them after their lease ended,
+ * which takes the key from its head and sets its own token. So the check fails where the walk failed, and a key row
+ * whose token is null (the column added to a populated table, a new key) is simply not continued: its next claim reads
+ * it from its head.
+ *
+ * Adds a nullable column (no rewrite of a populated table) and replaces the functions. Relays must run this version's
+ * code once it is applied: an older relay's settle does not clear the token when it retries or releases a row (its
+ * own drain still never continues such a key: it hands back the key's later rows and forgets the key).
+ */
+export const SCHEMA_V10: SchemaVersion = {
+  version: 10,
+  statements: [
+    KEY_TOKEN_COLUMN_DDL,
+    CLAIM_FUNCTION_DDL,
+    CLAIM_CONTINUE_FUNCTION_DDL,
+  ],
+};
+
 /** Every schema version, oldest first. */
-export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9];
+export const SCHEMA_VERSIONS: readonly SchemaVersion[] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9, SCHEMA_V10];
 
 /** The newest schema version. */
 export const LATEST_SCHEMA_VERSION: number = SCHEMA_VERSIONS[SCHEMA_VERSIONS.length - 1]!.version;

@@ -241,13 +241,28 @@ function keyHints(ids: string, removed: readonly string[], moved: readonly strin
   SELECT sk.key, (
     SELECT ${moved.length > 0 ? `coalesce(${movedAt}, o.available_at)` : "o.available_at"} FROM ${T} AS o
     WHERE ${sameKeyRange("sk.key")} AND o.status = 'pending' AND o.id NOT IN (${removed.map((c) => `SELECT ${c}.id FROM ${c}`).join(" UNION ALL ")})
-    ORDER BY o.key, o.seq LIMIT 1) AS at
+    ORDER BY o.key, o.seq LIMIT 1) AS at${moved.length > 0 ? `,
+    sk.key IN (${moved.map((c) => `SELECT ${c}.key FROM ${c}`).join(" UNION ALL ")}) AS broken` : ""}
   FROM sk
-), kh AS (
+), kh AS (${moved.length > 0 ? MOVED_KEY_UPDATE : `
   UPDATE ${K} AS kk SET available_at = coalesce(nh.at, now())
-  FROM nh WHERE kk.key = nh.key AND kk.available_at <= (SELECT lu.until FROM lu) AND kk.available_at IS DISTINCT FROM nh.at
+  FROM nh WHERE kk.key = nh.key AND ${KEY_ROW_MOVES}`}
 )`;
 }
+
+/** The key row of `nh` takes its new head's due time (see {@link keyHints}: fenced on the settle's lease expiry). */
+const KEY_ROW_MOVES = "kk.available_at <= (SELECT lu.until FROM lu) AND kk.available_at IS DISTINCT FROM nh.at";
+
+/**
+ * {@link keyHints}' key update when the settle retries or releases rows (`nh.broken`: a key with such a row): it also
+ * clears the key row's `lease_token` (schema v10), whatever its `available_at`, so no claim continues the key past a
+ * row that is no longer leased to its caller (`CLAIM_CONTINUE_FUNCTION_DDL` in `schema.ts` checks that token). Only
+ * this settle's own rows are retried or released (fenced on its token), so the key row's token was its caller's.
+ */
+const MOVED_KEY_UPDATE = `
+  UPDATE ${K} AS kk SET available_at = CASE WHEN ${KEY_ROW_MOVES} THEN coalesce(nh.at, now()) ELSE kk.available_at END,
+    lease_token = CASE WHEN nh.broken THEN NULL ELSE kk.lease_token END
+  FROM nh WHERE kk.key = nh.key AND ((${KEY_ROW_MOVES}) OR (nh.broken AND kk.lease_token IS NOT NULL))`;
 
 const JSON_IDS = `SELECT j.id::uuid FROM json_array_elements_text($2::text::json) AS j(id)
     UNION ALL SELECT (j.v->>0)::uuid FROM json_array_elements($3::text::json) AS j(v)
