@@ -177,6 +177,21 @@ export interface RelayAppOptions {
   /** Default counter window of `GET /stats`, ms. @default 300000 */
   statsWindowMs?: number | undefined;
   /**
+   * Longest wait for each outbox call of the read, metrics and admin routes (`stats()`, `deadLetters.list()`,
+   * `replay()`, `purge()`), ms: a database that stops answering then gets 503 `STORAGE` (retryable; `GET /health`
+   * answers 503 `unhealthy`) and `onError` the timeout, instead of a call held open until the platform kills it. A
+   * timed-out write may still commit later (a replay, a purge chunk): both are safe to call again. `POST /drain` is
+   * bounded by the relay's own `storageTimeoutMs` (see `budgetMs`). @default 10000
+   * @example
+   * ```ts
+   * import { createRelayApp } from "edge-outbox/hono";
+   *
+   * // Vercel's default function limit is 10 s (Hobby): answer a hung database's /stats within 5 s.
+   * const relayApp = createRelayApp({ relay, outbox, auth: { read: env.OUTBOX_READ_SECRET }, storageTimeoutMs: 5_000 });
+   * ```
+   */
+  storageTimeoutMs?: number | undefined;
+  /**
    * The counter windows `GET /metrics` reports (`window_seconds` label), ms; one `outbox.stats()` read each.
    * @default [statsWindowMs]
    */
@@ -262,6 +277,7 @@ const optionsSchema = v.pipe(
       }, "must be an absolute http(s) URL without query or fragment, e.g. https://app.example/outbox"),
     )),
     statsWindowMs: v.optional(int(1, 30 * 86_400_000), 300_000),
+    storageTimeoutMs: v.optional(int(10, 3_600_000), 10_000),
     metricsWindowsMs: v.optional(v.pipe(
       v.array(int(60_000, 30 * 86_400_000)),
       v.minLength(1, "must list at least one window"),
@@ -289,7 +305,8 @@ const GROUP_SCOPE: Record<Group, RelayAppScope> = { drain: "drain", metrics: "me
  * another scope), checked before the body is read; bodies over `maxBodyBytes` get 413.
  *
  * @param options relay, outbox, auth, routes, budgetMs (8000), maxLingerMs (0), thresholds, followUp, followUpTimeoutMs (2000),
- *   publicUrl, statsWindowMs (300000), metricsWindowsMs ([statsWindowMs]), dashboard, maxBodyBytes (4096), onError
+ *   publicUrl, statsWindowMs (300000), storageTimeoutMs (10000), metricsWindowsMs ([statsWindowMs]), dashboard,
+ *   maxBodyBytes (4096), onError
  * @returns a Hono app with the route groups some credential grants: `POST /drain`; `GET /metrics`; `GET /health`,
  *   `GET /stats`, `GET /dead-letters` (and the dashboard `GET /` when given); `POST /dead-letters/:id/replay`,
  *   `DELETE /dead-letters`
@@ -311,7 +328,7 @@ export function createRelayApp(options: RelayAppOptions): Hono {
   const outbox = options.outbox;
   const followUp = options.followUp;
   const onError = options.onError ?? ((e: unknown, route: string) => console.error(`[edge-outbox:hono] ${route}:`, e));
-  const { budgetMs, maxLingerMs, followUpTimeoutMs, statsWindowMs, maxBodyBytes } = o;
+  const { budgetMs, maxLingerMs, followUpTimeoutMs, statsWindowMs, maxBodyBytes, storageTimeoutMs } = o;
   const metricsWindowsMs = o.metricsWindowsMs ?? [statsWindowMs];
   const publicUrl = o.publicUrl?.replace(/\/+$/, "");
   const creds = credentials(options.auth);
@@ -374,9 +391,20 @@ export function createRelayApp(options: RelayAppOptions): Hono {
     if (isOutboxError(e, "LOCK")) return error(c, 503, "LOCK", "the relay lock is unavailable; retry later", true);
     return error(c, 500, "INTERNAL", "internal error");
   };
+  /** `outbox` with every call bounded by storageTimeoutMs (a retryable STORAGE error after it). */
+  const bounded: RelayAppOutbox | undefined = outbox && {
+    stats: (opts) => withTimeout(() => outbox.stats(opts), storageTimeoutMs, storageTimedOut("stats()")),
+    deadLetters: {
+      list: (opts) => withTimeout(() => outbox.deadLetters.list(opts), storageTimeoutMs, storageTimedOut("deadLetters.list()")),
+      replay: (id) => withTimeout(() => outbox.deadLetters.replay(id), storageTimeoutMs, storageTimedOut("deadLetters.replay()")),
+      purge: (opts) => withTimeout(() => outbox.deadLetters.purge(opts), storageTimeoutMs, storageTimedOut("deadLetters.purge()")),
+    },
+  };
+  const storageTimedOut = (call: string) => (): OutboxError =>
+    new OutboxError("STORAGE", `outbox ${call} did not answer within storageTimeoutMs (${storageTimeoutMs} ms)`, { retryable: true });
   const withOutbox = async (c: Context, route: string, run: (outbox: RelayAppOutbox) => Promise<Response>): Promise<Response> => {
     try {
-      return await run(outbox!);
+      return await run(bounded!);
     } catch (e) {
       return fail(c, route, e);
     }
@@ -400,7 +428,7 @@ export function createRelayApp(options: RelayAppOptions): Hono {
       if (report.more && followUp) {
         const dedupId = await followUpId(c);
         try {
-          await withTimeout(Promise.resolve().then(() => followUp({ dedupId, report })), followUpTimeoutMs);
+          await withTimeout(() => followUp({ dedupId, report }), followUpTimeoutMs, () => new OutboxError("ABORTED", `follow-up did not finish within ${followUpTimeoutMs} ms`));
           body.followUp = { dedupId, ok: true };
         } catch (e) {
           onError(e, "POST /drain follow-up");
@@ -426,7 +454,7 @@ export function createRelayApp(options: RelayAppOptions): Hono {
     app.get("/health", ...protect("read", "/health"), async (c) => {
       let stats: OutboxStats;
       try {
-        stats = await outbox!.stats({ windowMs: statsWindowMs });
+        stats = await bounded!.stats({ windowMs: statsWindowMs });
       } catch (e) {
         onError(e, "GET /health");
         return c.json({ status: "unhealthy", checks: [], error: "STORAGE", message: "the outbox stats could not be read", retryable: true }, 503, NO_STORE);
@@ -510,11 +538,13 @@ async function followUpId(c: Context): Promise<string> {
   return `drain-${[...digest.slice(0, 16)].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+/** `run()` (called in a microtask, so a synchronous throw rejects), or `timedOut()` rejected after `ms`. */
+function withTimeout<T>(run: () => T | Promise<T>, ms: number, timedOut: () => Error): Promise<Awaited<T>> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new OutboxError("ABORTED", `follow-up did not finish within ${ms} ms`)), ms);
+    timer = setTimeout(() => reject(timedOut()), ms);
   });
+  const p = Promise.resolve().then(run);
   p.catch(() => {}); // a late rejection must not become unhandled
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
