@@ -232,9 +232,10 @@ export const MAX_KEYS_SETTING = "edge_outbox.claim_max_keys";
  *    claims and settles alternate, bench/README.md "7 keys"). Shallow keys (a row or two each) all fit in one claim.
  *    A key read without a pending row is kept in the read as a row of nulls, so an unread key is never taken for an
  *    empty one. Each locked key that was read gets its `available_at` set: to the lease expiry when rows of it were
- *    claimed, to its head's due time when that is later than now (a locked key none of whose rows was taken keeps
+ *    claimed (and its `lease_token` to this claim's token, schema version 10: what a later claim continuing the key
+ *    checks), to its head's due time when that is later than now (a locked key none of whose rows was taken keeps
  *    it). A locked key read without a pending row is try-locked with the enqueue's advisory key lock. Each keyed row
- *    comes with its key's delivery position (`prevseq`, `<table>_positions`).
+ *    comes with its key's delivery position (`prevseq`, `<table>_positions`, read once per key).
  * 3. Deletes those empty key rows (rechecked with a fresh snapshot, so an enqueue that committed meanwhile is seen;
  *    one still running holds the advisory lock, so its key was not try-locked).
  *
