@@ -836,7 +836,7 @@ describe("postgresStorage: maxKeys (schema v9)", () => {
 });
 
 describe("postgresStorage: schema v9 -> v10 (continued keys checked on the key row)", () => {
-  it("on a real v9 schema (no key token) a claim continues a held key as before; migrate() adds the column and replaces the functions while rows are leased; a key continued across the upgrade is not continued (no token yet), the next claim sets it, and every key then drains in order", async () => {
+  it("on a real v9 schema (no key token) a claim continues a held key as before and a settle that releases rows applies; migrate() adds the column and replaces the functions while rows are leased; a key continued across the upgrade is not continued (no token yet), the next claim sets it, and every key then drains in order", async () => {
     const schema = `eo_test_v10_${randomSuffix()}`;
     const sql = connect(`eo-test-v10-${randomSuffix()}`, { max: 4 });
     try {
@@ -856,8 +856,14 @@ describe("postgresStorage: schema v9 -> v10 (continued keys checked on the key r
       expect(ids(a)).toEqual(of(k0, 0, 2));
       const a1 = await storage.claim({ limit: 2, leaseMs: 30_000 });
       expect(ids(a1)).toEqual(of(k1, 0, 2));
-      const b = await storage.claim({ limit: 2, leaseMs: 30_000, continue: { after: [lastOf(a, k0)], tokens: [a.token, a1.token] } });
-      expect(ids(b)).toEqual(of(k0, 2, 2)); // v9 continues by reading the rows up to `after`
+      const continueK0 = { after: [lastOf(a, k0)], tokens: [a.token, a1.token] };
+      const b0 = await storage.claim({ limit: 2, leaseMs: 30_000, continue: continueK0 });
+      expect(ids(b0)).toEqual(of(k0, 2, 2)); // v9 continues by reading the rows up to `after`
+      // A settle that releases (or retries) rows runs on the v9 schema too: there is no key token to clear there.
+      const released = await storage.settle(b0.token, b0.messages.map((m) => ({ id: m.id, outcome: "released" as const })));
+      expect(released).toEqual({ applied: 2, lost: [] });
+      const b = await storage.claim({ limit: 2, leaseMs: 30_000, continue: continueK0 });
+      expect(ids(b)).toEqual(of(k0, 2, 2));
       await storage.migrate();
       const versions = await sql.unsafe(`SELECT version FROM "${schema}".outbox_migrations ORDER BY 1`);
       expect(versions.map((r) => r["version"])).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
@@ -878,6 +884,8 @@ describe("postgresStorage: schema v9 -> v10 (continued keys checked on the key r
       for (const x of [d, e]) {
         expect((await storage.settle(x.token, x.messages.map((m) => ({ id: m.id, outcome: "released" as const })))).applied).toBe(x.messages.length);
       }
+      // This storage settled on the v9 schema without the token; on v10 its release cleared it.
+      expect((await sql.unsafe(`SELECT lease_token FROM "${schema}".outbox_keys WHERE key = $1`, [k]))[0]!["lease_token"]).toBeNull();
       const rest = sent.filter((m) => ![a, a1, b].some((x) => ids(x).includes(m.id)));
       await expectDrainsInKeyOrder(storage, rest, { batchSize: 5, concurrency: 4 });
       expect((await storage.stats()).pending).toBe(0);

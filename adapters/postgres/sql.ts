@@ -230,7 +230,7 @@ const POSITIONS_UPSERT = `INSERT INTO ${P} AS p (key, seq, at)
  * sends, keys stood still for up to 1.2 s and the drain ran 0.80–0.85x its ideal (`bench/README.md`, "What changed on
  * 2026-12-02, 18:22").
  */
-function keyHints(ids: string, removed: readonly string[], moved: readonly string[]): string {
+function keyHints(ids: string, removed: readonly string[], moved: readonly string[], keyTokens = true): string {
   const all = [...removed, ...moved];
   const movedAt = moved.map((m) => `(SELECT ${m}.available_at FROM ${m} WHERE ${m}.id = o.id)`).join(", ");
   return `lu AS (
@@ -241,10 +241,10 @@ function keyHints(ids: string, removed: readonly string[], moved: readonly strin
   SELECT sk.key, (
     SELECT ${moved.length > 0 ? `coalesce(${movedAt}, o.available_at)` : "o.available_at"} FROM ${T} AS o
     WHERE ${sameKeyRange("sk.key")} AND o.status = 'pending' AND o.id NOT IN (${removed.map((c) => `SELECT ${c}.id FROM ${c}`).join(" UNION ALL ")})
-    ORDER BY o.key, o.seq LIMIT 1) AS at${moved.length > 0 ? `,
+    ORDER BY o.key, o.seq LIMIT 1) AS at${moved.length > 0 && keyTokens ? `,
     sk.key IN (${moved.map((c) => `SELECT ${c}.key FROM ${c}`).join(" UNION ALL ")}) AS broken` : ""}
   FROM sk
-), kh AS (${moved.length > 0 ? MOVED_KEY_UPDATE : `
+), kh AS (${moved.length > 0 && keyTokens ? MOVED_KEY_UPDATE : `
   UPDATE ${K} AS kk SET available_at = coalesce(nh.at, now())
   FROM nh WHERE kk.key = nh.key AND ${KEY_ROW_MOVES}`}
 )`;
@@ -269,7 +269,8 @@ const JSON_IDS = `SELECT j.id::uuid FROM json_array_elements_text($2::text::json
     UNION ALL SELECT (j.v->>0)::uuid FROM json_array_elements($4::text::json) AS j(v)
     UNION ALL SELECT j.id::uuid FROM json_array_elements_text($5::text::json) AS j(id)`;
 
-function settleSql(deliveredCte: string): string {
+/** `keyTokens` false: without clearing `<table>_keys.lease_token` (a schema before version 10 has no such column). */
+function settleSql(deliveredCte: string, keyTokens = true): string {
   return `WITH d AS (
   ${deliveredCte}
 ), r AS (
@@ -290,7 +291,7 @@ function settleSql(deliveredCte: string): string {
   FROM json_array_elements_text($5::text::json) AS j(id)
   WHERE t.id = j.id::uuid AND ${FENCE}
   RETURNING t.id, t.key, t.available_at
-), ${keyHints(JSON_IDS, ["d", "k"], ["r", "l"])}, a AS (
+), ${keyHints(JSON_IDS, ["d", "k"], ["r", "l"], keyTokens)}, a AS (
   SELECT x.delivered, (SELECT count(*) FROM r) AS retried, (SELECT count(*) FROM k) AS dead, x.latency_sum, x.latency_max
   FROM (${DELIVERED_STATS}) AS x
 ), n AS (${COUNTERS_UPSERT}), ps AS (${POSITIONS_UPSERT})
@@ -328,12 +329,27 @@ export const SETTLE_DELIVERED_SQL: string = `WITH d AS (
 SELECT j.id::text AS id FROM unnest($2::uuid[]) AS j(id)
 WHERE (SELECT count(*) FROM d) < cardinality($2::uuid[]) AND j.id NOT IN (SELECT id FROM d)`;
 
-/** {@link SETTLE_SQL} with a delivered-row retention window: delivered rows are marked, not deleted. */
-export const SETTLE_RETAIN_SQL: string = settleSql(`UPDATE ${T} AS t
+/** The delivered step of {@link SETTLE_RETAIN_SQL}: rows marked delivered, not deleted. */
+const RETAIN_DELIVERED = `UPDATE ${T} AS t
   SET status = 'delivered', done_at = now(), lease_token = NULL, lease_until = NULL
   FROM json_array_elements_text($2::text::json) AS j(id)
   WHERE t.id = j.id::uuid AND ${FENCE}
-  RETURNING t.id, t.key, t.created_at, t.seq`);
+  RETURNING t.id, t.key, t.created_at, t.seq`;
+
+/** {@link SETTLE_SQL} with a delivered-row retention window: delivered rows are marked, not deleted. */
+export const SETTLE_RETAIN_SQL: string = settleSql(RETAIN_DELIVERED);
+
+/**
+ * {@link SETTLE_SQL} for a schema before version 10, which has no `<table>_keys.lease_token` (its claim functions
+ * check a continued key by reading the key's rows, so nothing needs clearing): the same statement without clearing
+ * the key token. The storage runs it when {@link SETTLE_SQL} fails for the missing column (a relay of this version
+ * on a schema `migrate()` has not upgraded yet); not remembered, so a settle clears tokens again once the schema has
+ * them.
+ */
+export const SETTLE_BEFORE_V10_SQL: string = settleSql(DELETE_DELIVERED, false);
+
+/** {@link SETTLE_RETAIN_SQL} for a schema before version 10 (see {@link SETTLE_BEFORE_V10_SQL}). */
+export const SETTLE_RETAIN_BEFORE_V10_SQL: string = settleSql(RETAIN_DELIVERED, false);
 
 /** Counts and windowed counters in one statement (one snapshot). `$1` window ms. */
 export const STATS_SQL: string = `SELECT ${ms("now()")} AS now,
@@ -432,6 +448,10 @@ export interface PostgresSql {
   readonly settleDelivered: string;
   /** See {@link SETTLE_RETAIN_SQL}. */
   readonly settleRetain: string;
+  /** See {@link SETTLE_BEFORE_V10_SQL}. */
+  readonly settleBeforeV10: string;
+  /** See {@link SETTLE_RETAIN_BEFORE_V10_SQL}. */
+  readonly settleRetainBeforeV10: string;
   /** See {@link STATS_SQL}. */
   readonly stats: string;
   /** See {@link LIST_DEAD_SQL}. */
@@ -477,6 +497,8 @@ export function postgresSql(names: PostgresNames & { readonly notify?: boolean |
     settle: r(SETTLE_SQL),
     settleDelivered: r(SETTLE_DELIVERED_SQL),
     settleRetain: r(SETTLE_RETAIN_SQL),
+    settleBeforeV10: r(SETTLE_BEFORE_V10_SQL),
+    settleRetainBeforeV10: r(SETTLE_RETAIN_BEFORE_V10_SQL),
     stats: r(STATS_SQL),
     listDead: r(LIST_DEAD_SQL),
     replayDead: r(REPLAY_DEAD_SQL),

@@ -133,6 +133,11 @@ const UUID_ANY_CASE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 const lower = (id: string): string => id.toLowerCase();
 const isUuid = (id: string): boolean => UUID_ANY_CASE.test(id);
 const SETTLE_IDS = { normalize: lower, accept: isUuid };
+/** Whether `e` is PostgreSQL's undefined_column (42703) for `lease_token`: the key table of a schema before v10. */
+const isMissingKeyToken = (e: unknown): boolean => {
+  const err = e as { code?: unknown; message?: unknown } | null;
+  return err?.code === "42703" && typeof err.message === "string" && err.message.includes("lease_token");
+};
 
 /** The structural parts of the handles postgres.js hands out, to tell them apart. */
 type HandleKind = "transaction" | "pool" | "other";
@@ -373,15 +378,20 @@ export function createPostgresStorage(
       const { delivered, retried, dead, released } = part;
       return relaySide("settle", async () => {
         const onlyDelivered = retain === 0 && retried.length + dead.length + released.length === 0;
-        const rows = onlyDelivered
-          ? await query(client, sql.settleDelivered, [token, `{${delivered.join(",")}}`]) // validated UUIDs: a safe literal
-          : await query(client, retain > 0 ? sql.settleRetain : sql.settle, [
-            token,
-            JSON.stringify(delivered),
-            JSON.stringify(retried),
-            JSON.stringify(dead),
-            JSON.stringify(released),
-          ]);
+        const params = [token, JSON.stringify(delivered), JSON.stringify(retried), JSON.stringify(dead), JSON.stringify(released)];
+        let rows: readonly PostgresRow[];
+        if (onlyDelivered) rows = await query(client, sql.settleDelivered, [token, `{${delivered.join(",")}}`]); // validated UUIDs: a safe literal
+        else {
+          try {
+            rows = await query(client, retain > 0 ? sql.settleRetain : sql.settle, params);
+          } catch (e) {
+            // A schema before version 10 (migrate() not run yet): no key token to clear, and its claim functions do
+            // not read one. The failed statement changed nothing: the same settle without the token. Not remembered,
+            // so the settle clears tokens again as soon as the schema has them (its claims then rely on them).
+            if (!isMissingKeyToken(e)) throw e;
+            rows = await query(client, retain > 0 ? sql.settleRetainBeforeV10 : sql.settleBeforeV10, params);
+          }
+        }
         // The rows are the sent ids that did not apply; invalid ids were not sent, repeated ids were sent once.
         return settleResult(settlements, part, new Set(rows.map((r) => lower(text(r["id"])))), SETTLE_IDS);
       });
