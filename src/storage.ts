@@ -179,9 +179,10 @@ export interface ClaimOptions {
    * than `after`, a due prefix, in seq order) although the rows up to `after` are still leased, but only when every
    * pending row of the key up to `after` is still leased to the caller: claimed with one of `tokens` (the last claim
    * that took rows of the key, at least; pass every token, as the relay does), and none of them retried, released or
-   * claimed by another claimer since. It may skip any of them (one another claimer holds locked, say). The caller promises to send a continued key's new rows only after every row it holds of that
-   * key up to `after` has been delivered or dead-lettered, and to release them otherwise (a retry, a release, a lost
-   * lease). Storages without the capability ignore it. @default none
+   * claimed by another claimer since. It may skip any of them (one another claimer holds locked, say). The caller
+   * promises to send a continued key's new rows only after every row it holds of that key up to `after` has been
+   * delivered or dead-lettered, and to release them otherwise (a retry, a release, a lost lease). Storages without
+   * the capability ignore it. @default none
    */
   readonly continue?: {
     /** Per key to continue, the seq of the last row of it the caller holds. */

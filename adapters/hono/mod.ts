@@ -391,17 +391,19 @@ export function createRelayApp(options: RelayAppOptions): Hono {
     if (isOutboxError(e, "LOCK")) return error(c, 503, "LOCK", "the relay lock is unavailable; retry later", true);
     return error(c, 500, "INTERNAL", "internal error");
   };
-  /** `outbox` with every call bounded by storageTimeoutMs (a retryable STORAGE error after it). */
+  /** `run()` bounded by storageTimeoutMs: a retryable STORAGE error naming `call` after it. */
+  const bound = <T>(call: string, run: () => Promise<T>): Promise<T> =>
+    withTimeout(run, storageTimeoutMs, () =>
+      new OutboxError("STORAGE", `outbox ${call} did not answer within storageTimeoutMs (${storageTimeoutMs} ms)`, { retryable: true }));
+  /** `outbox` with every call bounded (see {@link bound}). */
   const bounded: RelayAppOutbox | undefined = outbox && {
-    stats: (opts) => withTimeout(() => outbox.stats(opts), storageTimeoutMs, storageTimedOut("stats()")),
+    stats: (opts) => bound("stats()", () => outbox.stats(opts)),
     deadLetters: {
-      list: (opts) => withTimeout(() => outbox.deadLetters.list(opts), storageTimeoutMs, storageTimedOut("deadLetters.list()")),
-      replay: (id) => withTimeout(() => outbox.deadLetters.replay(id), storageTimeoutMs, storageTimedOut("deadLetters.replay()")),
-      purge: (opts) => withTimeout(() => outbox.deadLetters.purge(opts), storageTimeoutMs, storageTimedOut("deadLetters.purge()")),
+      list: (opts) => bound("deadLetters.list()", () => outbox.deadLetters.list(opts)),
+      replay: (id) => bound("deadLetters.replay()", () => outbox.deadLetters.replay(id)),
+      purge: (opts) => bound("deadLetters.purge()", () => outbox.deadLetters.purge(opts)),
     },
   };
-  const storageTimedOut = (call: string) => (): OutboxError =>
-    new OutboxError("STORAGE", `outbox ${call} did not answer within storageTimeoutMs (${storageTimeoutMs} ms)`, { retryable: true });
   const withOutbox = async (c: Context, route: string, run: (outbox: RelayAppOutbox) => Promise<Response>): Promise<Response> => {
     try {
       return await run(bounded!);

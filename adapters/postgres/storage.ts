@@ -378,10 +378,10 @@ export function createPostgresStorage(
       const { delivered, retried, dead, released } = part;
       return relaySide("settle", async () => {
         const onlyDelivered = retain === 0 && retried.length + dead.length + released.length === 0;
-        const params = [token, JSON.stringify(delivered), JSON.stringify(retried), JSON.stringify(dead), JSON.stringify(released)];
         let rows: readonly PostgresRow[];
         if (onlyDelivered) rows = await query(client, sql.settleDelivered, [token, `{${delivered.join(",")}}`]); // validated UUIDs: a safe literal
         else {
+          const params = [token, JSON.stringify(delivered), JSON.stringify(retried), JSON.stringify(dead), JSON.stringify(released)];
           try {
             rows = await query(client, retain > 0 ? sql.settleRetain : sql.settle, params);
           } catch (e) {

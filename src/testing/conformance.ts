@@ -99,7 +99,7 @@ export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: Con
   const prefix = (f: ConformanceFixture<Tx, Stmt>, keyIds: string[]): string[] =>
     f.storage.capabilities.keyPrefixClaims ? keyIds : keyIds.slice(0, 1);
   /** The seq of the last row of key "m" in a claim (what a continuation names as `after`). */
-  const m2Seq = (c: { messages: readonly ClaimedMessage[] }): number => c.messages.filter((x) => x.key === "m").at(-1)!.seq;
+  const lastSeqOfM = (c: { messages: readonly ClaimedMessage[] }): number => c.messages.filter((x) => x.key === "m").at(-1)!.seq;
 
   describe(`storage conformance: ${options.name}`, () => {
     describe("transactions", () => {
@@ -559,7 +559,7 @@ export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: Con
         const of = (c: { messages: readonly ClaimedMessage[] }) => c.messages.filter((x) => x.key === "m");
         const e1 = await f.storage.claim({ limit: 2, leaseMs: 10_000 });
         expect(ids(of(e1))).toEqual([m[0]!.id, m[1]!.id]);
-        const e2 = await f.storage.claim({ limit: 2, leaseMs: 20_000, continue: { after: [m2Seq(e1)], tokens: [e1.token] } });
+        const e2 = await f.storage.claim({ limit: 2, leaseMs: 20_000, continue: { after: [lastSeqOfM(e1)], tokens: [e1.token] } });
         expect(ids(of(e2))).toEqual([m[2]!.id, m[3]!.id]);
         // The earlier claim settles last-but-one: its first row is retried (due at once), its second delivered.
         const s1 = await f.storage.settle(e1.token, [
@@ -568,7 +568,7 @@ export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: Con
         ]);
         expect(s1.applied).toBe(2);
         // m1 is pending and no longer leased: the key is not continued past m4 (m1 itself, the key's head, may come).
-        const after = { after: [m2Seq(e2)], tokens: [e1.token, e2.token] };
+        const after = { after: [lastSeqOfM(e2)], tokens: [e1.token, e2.token] };
         const c = await f.storage.claim({ limit: 10, leaseMs: 10_000, continue: after });
         expect(ids(of(c)).filter((id) => id !== m[0]!.id)).toEqual([]);
         await f.storage.settle(c.token, of(c).map((x) => ({ id: x.id, outcome: "released" as const })));
@@ -577,14 +577,14 @@ export function storageConformance<Tx, Stmt>(t: ConformanceHarness, options: Con
         const g1 = await f.storage.claim({ limit: 3, leaseMs: 10_000 });
         expect(ids(of(g1))).toEqual([m[0]!.id, m[2]!.id, m[3]!.id]);
         // A dead row of the chain is no longer pending: the key is still continued behind the rows the caller holds.
-        const g2 = await f.storage.claim({ limit: 2, leaseMs: 20_000, continue: { after: [m2Seq(g1)], tokens: [g1.token] } });
+        const g2 = await f.storage.claim({ limit: 2, leaseMs: 20_000, continue: { after: [lastSeqOfM(g1)], tokens: [g1.token] } });
         expect(ids(of(g2))).toEqual([m[4]!.id, m[5]!.id]);
         await f.storage.settle(g1.token, [
           { id: m[0]!.id, outcome: "dead", error: "gone" },
           { id: m[2]!.id, outcome: "delivered" },
           { id: m[3]!.id, outcome: "delivered" },
         ]);
-        const g3 = await f.storage.claim({ limit: 10, leaseMs: 10_000, continue: { after: [m2Seq(g2)], tokens: [g2.token] } });
+        const g3 = await f.storage.claim({ limit: 10, leaseMs: 10_000, continue: { after: [lastSeqOfM(g2)], tokens: [g2.token] } });
         expect(ids(of(g3))).toEqual([m[6]!.id, m[7]!.id]);
       });
 
